@@ -1,0 +1,372 @@
+"""`stylegan`: generate images, inspect and convert model files, build datasets, train.
+
+A thin layer: each command parses its options, calls one library function and prints. Bad input ends in a
+one-line error on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="StyleGAN2 networks: generate, inspect, convert, build datasets and train.")
+
+
+class UsageError(ValueError):
+    """Bad command-line input detected by the CLI itself."""
+
+
+def _user_errors() -> tuple:
+    from .config import ConfigError
+    from .dataset import DatasetError
+    from .formats import ModelFormatError
+    from .training import TrainingError
+
+    return (UsageError, ConfigError, DatasetError, ModelFormatError, TrainingError, FileNotFoundError,
+            IsADirectoryError, PermissionError)
+
+
+@contextlib.contextmanager
+def user_errors(extra: tuple = ()) -> Iterator[None]:
+    """Turn expected bad-input errors into 'error: ...' on one line and exit code 2."""
+    try:
+        yield
+    except _user_errors() + extra as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        typer.echo(f"error: {msg}", err=True)
+        raise typer.Exit(2)
+
+
+def setup_torch() -> None:
+    import torch
+
+    torch.set_flush_denormal(True)  # VGG/LPIPS and the generator are up to 20x slower on CPU without it
+
+
+def parse_seeds(text: str) -> List[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    seeds: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise UsageError(f"cannot parse seeds {text!r}: use a list like 0-15 or 1,5,9-12")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise UsageError(f"seed range {part!r} runs backwards")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise UsageError("no seeds given")
+    if max(seeds) >= 2**32:
+        raise UsageError("seeds must be below 2**32 (numpy RandomState)")
+    return seeds
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file: our .pt, NVIDIA .pkl or rosinality .pt."),
+    seeds: str = typer.Option("0-15", help="Seeds, e.g. 0-15 or 1,5,9-12. Seed N uses z = RandomState(N).randn(1, z_dim), as NVIDIA's generate.py."),
+    trunc: float = typer.Option(1.0, "--trunc", help="Truncation psi (1 = none)."),
+    trunc_cutoff: Optional[int] = typer.Option(None, "--trunc-cutoff", help="Truncate only the first N layers."),
+    noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none."),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Folder for seedNNNN.png and grid.png."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+) -> None:
+    """Write one PNG per seed and a grid of them."""
+    setup_torch()
+    with user_errors():
+        import torch
+
+        from .formats import load_generator
+        from .generator import NOISE_MODES, seed_to_z
+        from .imageio import save_grid, save_png
+
+        if noise_mode not in NOISE_MODES:
+            raise UsageError(f"--noise-mode must be one of {', '.join(NOISE_MODES)}")
+        seed_list = parse_seeds(seeds)
+        device = device or default_device()
+        G = load_generator(model, device=device)
+        outdir.mkdir(parents=True, exist_ok=True)
+        images = []
+        for seed in seed_list:
+            z = seed_to_z(seed, G.z_dim).to(device)
+            with torch.no_grad():
+                img = G(z, truncation_psi=trunc, truncation_cutoff=trunc_cutoff, noise_mode=noise_mode)
+            save_png(img[0], outdir / f"seed{seed:04d}.png")
+            images.append(img.cpu())
+        save_grid(torch.cat(images), outdir / "grid.png")
+        typer.echo(f"wrote {len(seed_list)} images and grid.png to {outdir}")
+
+
+@app.command()
+def info(
+    model: Path = typer.Argument(..., help="Model file: our .pt, NVIDIA .pkl or rosinality .pt."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Architecture, parameter count and metadata of a model file."""
+    with user_errors():
+        from .formats import load_model
+
+        m = load_model(model, with_training=True)
+        G = m.G_ema
+        cfg = G.config
+        out = {
+            "file": str(model),
+            "format": m.source_format,
+            "arch": m.arch,
+            "file_sha256": m.file_sha256,
+            "config": cfg.to_dict(),
+            "num_ws": G.num_ws,
+            "noise_inputs": len(G.synthesis.noise_layers()),
+            "parameters": {"G_ema": sum(p.numel() for p in G.parameters()),
+                           "D": sum(p.numel() for p in m.D.parameters()) if m.D is not None else None},
+            "has_training_state": m.training_state is not None,
+            "calibration": _calibration_summary(m.calibration),
+            "metadata": m.metadata,
+        }
+        if as_json:
+            typer.echo(json.dumps(out, indent=2, default=str))
+            return
+        typer.echo(f"{model}  ({m.source_format}, {m.arch})")
+        typer.echo(f"  resolution {cfg.img_resolution}x{cfg.img_resolution}x{cfg.img_channels}, z_dim {cfg.z_dim}, "
+                   f"w_dim {cfg.w_dim}, num_ws {G.num_ws}, mapping layers {cfg.mapping_layers}")
+        typer.echo(f"  channels: " + ", ".join(f"{r}:{cfg.channels(r)}" for r in cfg.block_resolutions)
+                   + f"  architecture {cfg.architecture}, conv_clamp {cfg.conv_clamp}")
+        typer.echo(f"  parameters: G_ema {out['parameters']['G_ema']:,}"
+                   + (f", D {out['parameters']['D']:,}" if m.D is not None else ""))
+        meta = m.metadata
+        typer.echo(f"  created {meta.get('created')}, weights sha256 {str(meta.get('weights_sha256'))[:16]}...")
+        if meta.get("training"):
+            typer.echo(f"  training: {json.dumps(meta['training'], default=str)}")
+        if meta.get("source"):
+            typer.echo(f"  source: {json.dumps(meta['source'], default=str)}")
+        if out["calibration"]:
+            typer.echo(f"  calibration: {json.dumps(out['calibration'])}")
+
+
+def _calibration_summary(cal: Optional[dict]) -> Optional[dict]:
+    if not cal:
+        return None
+    return {k: cal[k] for k in ("threshold", "target_fpr", "achieved_fpr", "auc", "n_generated", "n_real") if k in cal}
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Any supported model file."),
+    dst: Path = typer.Argument(..., help="Output .pt in our format."),
+) -> None:
+    """Convert an NVIDIA .pkl, rosinality .pt (or our own) file to our .pt format. Nothing in the source runs."""
+    with user_errors():
+        from .formats import convert as convert_file
+
+        path = convert_file(src, dst)
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def dataset(
+    src: Path = typer.Argument(..., help="Image folder, .zip of images, or an HDF5 dataset to re-crop."),
+    out: Path = typer.Argument(..., help="Output .h5."),
+    res: int = typer.Option(..., "--res", help="Resolution (power of two)."),
+    crop: str = typer.Option("center", help="center | celeba | none."),
+    channels: int = typer.Option(3, help="3 (RGB) or 1 (greyscale)."),
+    max_images: Optional[int] = typer.Option(None, help="Use only the first N images (sorted by name)."),
+) -> None:
+    """Build an HDF5 training set (uint8 NCHW), listing every file that could not be read and why."""
+    with user_errors():
+        from .dataset import build_dataset
+
+        with _progress("building dataset") as update:
+            report = build_dataset(src, out, res, crop=crop, channels=channels, max_images=max_images,
+                                   progress=lambda done, total: update(done, total))
+        typer.echo(report.summary())
+        for item in report.failed:
+            typer.echo(f"  could not read {item['file']}: {item['reason']}", err=True)
+
+
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Callable[[float, float], None]]:
+    """A rich progress bar (on stderr); yields update(done, total)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal) as p:
+        task = p.add_task(description, total=None)
+
+        def update(done: float, total: float) -> None:
+            p.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, help="HDF5 dataset from `stylegan dataset`."),
+    outdir: Path = typer.Option(Path("runs"), help="Parent folder of run folders."),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: <preset>-<res>-NNNNN)."),
+    preset: str = typer.Option("paper-f", help="paper-f | paper-e | cifar | celeba32 | cpu-tiny."),
+    res: Optional[int] = typer.Option(None, help="Resolution (default: the dataset's)."),
+    kimg: Optional[float] = typer.Option(None, help="Total training length in thousands of images."),
+    batch: Optional[int] = typer.Option(None, help="Total batch size over all ranks."),
+    gamma: Optional[float] = typer.Option(None, help="R1 weight gamma."),
+    pl_weight: Optional[float] = typer.Option(None, "--pl-weight", help="Path-length weight (0 disables)."),
+    style_mixing: Optional[float] = typer.Option(None, "--style-mixing", help="Style-mixing probability."),
+    glr: Optional[float] = typer.Option(None, help="G learning rate."),
+    dlr: Optional[float] = typer.Option(None, help="D learning rate."),
+    ema_kimg: Optional[float] = typer.Option(None, "--ema-kimg", help="G EMA half-life in kimg."),
+    ema_rampup: Optional[float] = typer.Option(None, "--ema-rampup", help="EMA ramp-up (e.g. 0.05)."),
+    mirror: Optional[bool] = typer.Option(None, "--mirror/--no-mirror", help="x-flip augmentation."),
+    cbase: Optional[int] = typer.Option(None, help="channel_base."),
+    cmax: Optional[int] = typer.Option(None, help="channel_max."),
+    map_layers: Optional[int] = typer.Option(None, "--map", help="Mapping network depth."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    tick: Optional[float] = typer.Option(None, help="kimg per log tick."),
+    snap: Optional[int] = typer.Option(None, help="Ticks between snapshots."),
+    keep: Optional[int] = typer.Option(None, help="Snapshots to keep."),
+    resume: Optional[Path] = typer.Option(None, help="Continue this run folder exactly where it stopped."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available; LOCAL_RANK under torchrun)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (with a snapshot) after this long; continue with --resume."),
+) -> None:
+    """Train a StyleGAN2 (App. B objective: lazy R1, path length, style mixing, EMA).
+
+    Runs under torchrun too (gloo on CPU, NCCL on GPU): each rank reads its own shard, gradients are averaged,
+    rank 0 alone writes.
+    """
+    setup_torch()
+    with user_errors():
+        import dataclasses
+        import os
+        import time
+
+        import torch
+
+        from .training import Trainer, TrainingError, training_config_for
+
+        rank = _init_distributed()
+        if device is None:
+            device = default_device()
+            if device == "cuda" and "LOCAL_RANK" in os.environ:
+                device = f"cuda:{os.environ['LOCAL_RANK']}"
+        bar = _TrainProgress() if rank == 0 else None
+        try:
+            if resume is not None:
+                trainer = Trainer.resume(resume, device=device, total_kimg=kimg, progress=bar)
+                typer.echo(f"resuming {resume} at {trainer.cur_nimg / 1000:.1f} kimg", err=True)
+            else:
+                if data is None:
+                    raise UsageError("--data is required (or --resume RUN_DIR)")
+                from .dataset import open_dataset
+
+                with open_dataset(data) as ds:
+                    data_res = ds.resolution
+                if res is not None and res != data_res:
+                    raise TrainingError(f"--res {res} does not match the dataset's resolution {data_res}")
+                cfg = training_config_for(
+                    preset, data_res, data=str(data), total_kimg=kimg, batch_size=batch, r1_gamma=gamma,
+                    pl_weight=pl_weight, style_mixing_prob=style_mixing, g_lr=glr, d_lr=dlr, ema_kimg=ema_kimg,
+                    ema_rampup=ema_rampup, xflip=mirror, seed=seed, tick_kimg=tick, snapshot_ticks=snap,
+                    keep_snapshots=keep)
+                net = {k: v for k, v in dict(channel_base=cbase, channel_max=cmax, mapping_layers=map_layers).items()
+                       if v is not None}
+                if net:
+                    d_net = {k: v for k, v in net.items() if k != "mapping_layers"}
+                    cfg = cfg.replace(G=dataclasses.replace(cfg.G, **net), D=dataclasses.replace(cfg.D, **d_net))
+                run_dir = outdir / (run_name or _next_run_name(outdir, f"{preset}-{data_res}"))
+                trainer = Trainer(cfg, run_dir, device=device, progress=bar)
+                trainer.start()
+                typer.echo(f"training into {run_dir}", err=True)
+            max_iterations = None
+            if max_minutes is not None:
+                trainer.deadline = time.time() + max_minutes * 60
+            with bar or contextlib.nullcontext():
+                final = trainer.run(max_iterations=max_iterations)
+        except KeyboardInterrupt:
+            typer.echo("interrupted: snapshot written; continue with --resume", err=True)
+            raise typer.Exit(130)
+        if rank == 0:
+            if final is not None:
+                typer.echo(f"done: {final}")
+            else:
+                typer.echo(f"stopped at {trainer.cur_nimg / 1000:.1f} kimg; continue with --resume {trainer.run_dir}")
+
+
+def _init_distributed() -> int:
+    """Join the torchrun process group when launched under torchrun (gloo on CPU, NCCL on GPU)."""
+    import os
+
+    import torch
+
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return 0
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.distributed.get_rank()
+
+
+def _next_run_name(outdir: Path, stem: str) -> str:
+    existing = [int(m.group(1)) for p in (outdir.glob("*") if outdir.exists() else [])
+                if (m := re.match(r"(\d{5})-", p.name))]
+    return f"{(max(existing) + 1) if existing else 0:05d}-{stem}"
+
+
+class _TrainProgress:
+    """Progress bar for training: kimg done of total, kimg/s and ETA; prints each tick's losses."""
+
+    def __enter__(self) -> "_TrainProgress":
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.p = Progress(TextColumn("kimg {task.completed:.1f}/{task.total:.0f}"), BarColumn(),
+                          TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=self.console)
+        self.task = self.p.add_task("train", total=1, rate="")
+        self.p.__enter__()
+        self.last = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.p.__exit__(*exc)
+
+    def __call__(self, info: dict) -> None:
+        import time
+
+        now = time.perf_counter()
+        rate = ""
+        if "sec_per_kimg" in info and info["sec_per_kimg"] > 0:
+            rate = f"{3600 / info['sec_per_kimg']:.1f} kimg/h"
+            losses = {k: v for k, v in info.items() if k.startswith(("loss/", "pl/"))}
+            self.p.console.print(f"tick {info['tick']} kimg {info['kimg']:.1f} " +
+                                 " ".join(f"{k}={v:.3f}" for k, v in losses.items()) +
+                                 f" {info['sec_per_kimg']:.1f} s/kimg")
+            self.p.update(self.task, rate=rate)
+        self.p.update(self.task, completed=info["kimg"], total=info["total_kimg"])
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

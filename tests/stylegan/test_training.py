@@ -1,0 +1,265 @@
+"""The training objective and loop (StyleGAN2 App. B): hand-computed loss terms, lazy-regularisation corrections,
+EMA, exact resume, bad input, and two gloo ranks staying identical."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from stylegan import loss as L
+from stylegan.cli import app
+from stylegan.config import DiscriminatorConfig, GeneratorConfig
+from stylegan.dataset import build_dataset
+from stylegan.formats.ours import read_network_file
+from stylegan.generator import Generator
+from stylegan.training import Trainer, TrainingConfig, TrainingError, latest_snapshot, training_config_for
+from tests.conftest import shared_file
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss terms against hand-computed values
+
+
+def test_logistic_losses():
+    logits = torch.tensor([0.0, 1.0, -2.0])
+    torch.testing.assert_close(L.g_nonsaturating_loss(logits),
+                               torch.tensor([math.log(2), math.log(1 + math.exp(-1)), math.log(1 + math.exp(2))]))
+    real = torch.tensor([2.0, 0.0])
+    fake = torch.tensor([-1.0, 0.5])
+    expected = torch.tensor([math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2)),
+                             math.log(1 + math.exp(0.5)) + math.log(2)])
+    torch.testing.assert_close(L.d_logistic_loss(real, fake), expected)
+
+
+def test_r1_penalty_of_a_linear_discriminator():
+    a = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]])  # D(x) = sum(a * x) -> grad = a, |grad|^2 = 1+4+0.25+9
+    x = torch.randn(3, 1, 2, 2, requires_grad=True)
+    logits = (x * a).sum(dim=[1, 2, 3])
+    torch.testing.assert_close(L.r1_penalty(x, logits), torch.full((3,), 14.25))
+
+
+def test_path_lengths_of_a_linear_synthesis():
+    """img = M applied to sum over layers of ws: J^T y = M^T y at every layer, so the length is |M^T y|."""
+    torch.manual_seed(3)
+    M = torch.randn(5, 1 * 2 * 2)
+    ws = torch.randn(2, 3, 5, requires_grad=True)
+    img = (ws.sum(1) @ M).reshape(2, 1, 2, 2)
+    y = torch.randn(2, 1, 2, 2)
+    lengths = L.path_lengths(img, ws, y)
+    expected = (y.reshape(2, 4) @ M.t()).norm(dim=1)
+    torch.testing.assert_close(lengths, expected)
+    pl_mean = L.update_pl_mean(torch.zeros([]), lengths, 0.01)
+    torch.testing.assert_close(pl_mean, 0.01 * expected.mean())
+    torch.testing.assert_close(L.path_length_penalty(lengths, pl_mean), (expected - pl_mean) ** 2)
+
+
+def test_path_length_pieces_match_parity_fixture():
+    fx = torch.load(shared_file("parity/ada32_G.pt"), weights_only=True)
+    kw = fx["G_init_kwargs"]
+    G = Generator(GeneratorConfig(img_resolution=32, channel_base=kw["synthesis_kwargs"]["channel_base"],
+                                  channel_max=kw["synthesis_kwargs"]["channel_max"])).eval()
+    G.load_state_dict({k: v for k, v in fx["G_state_dict"].items() if not k.endswith("resample_filter")})
+    ws = fx["a_ws"].clone().requires_grad_(True)
+    img = G.synthesis(ws, noise_mode="const")
+    lengths = L.path_lengths(img, ws, fx["f_pl_noise"])
+    torch.testing.assert_close(lengths, fx["f_pl_lengths"], rtol=5e-4, atol=0)
+    pl_mean = L.update_pl_mean(torch.zeros([]), lengths, 0.01)
+    torch.testing.assert_close(pl_mean, fx["f_pl_mean"].reshape([]), rtol=5e-4, atol=0)
+    torch.testing.assert_close(L.path_length_penalty(lengths, pl_mean), fx["f_pl_penalty"], rtol=5e-4, atol=0)
+
+
+def test_lazy_regularisation_correction():
+    lr, betas = L.lazy_adam_hyperparameters(0.002, (0.0, 0.99), 16)
+    assert lr == pytest.approx(0.002 * 16 / 17)
+    assert betas == pytest.approx((0.0, 0.99 ** (16 / 17)))
+    lr, betas = L.lazy_adam_hyperparameters(0.0025, (0.5, 0.99), 4)
+    assert lr == pytest.approx(0.002) and betas == pytest.approx((0.5**0.8, 0.99**0.8))
+    assert L.lazy_adam_hyperparameters(0.002, (0.0, 0.99), 0) == (0.002, (0.0, 0.99))
+
+
+def test_ema_formula():
+    assert L.ema_beta(32, 10, 10**6) == pytest.approx(0.5 ** (32 / 10000))
+    assert L.ema_beta(32, 10, 1000, ema_rampup=0.05) == pytest.approx(0.5 ** (32 / 50))
+    assert L.ema_beta(32, 10, 10**6, ema_rampup=0.05) == pytest.approx(0.5 ** (32 / 10000))
+    a = torch.nn.Linear(2, 2)
+    b = torch.nn.Linear(2, 2)
+    before = [p.detach().clone() for p in a.parameters()]
+    L.update_ema(a, b, 0.9)
+    for p_ema, p_old, p in zip(a.parameters(), before, b.parameters()):
+        torch.testing.assert_close(p_ema, p + 0.9 * (p_old - p))
+
+
+def test_style_mixing():
+    ws = torch.zeros(4, 6, 3)
+    ws2 = torch.ones(4, 6, 3)
+    assert torch.equal(L.style_mix(ws, ws2, 0.0), ws)
+    for seed in range(10):
+        mixed = L.style_mix(ws, ws2, 1.0, generator=torch.Generator().manual_seed(seed))
+        layer_from_2 = mixed[0, :, 0] == 1
+        cutoff = int(layer_from_2.float().argmax())
+        assert 1 <= cutoff < 6
+        assert not layer_from_2[:cutoff].any() and layer_from_2[cutoff:].all()
+        assert torch.equal(mixed[0], mixed[3])  # one crossover for the batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _dataset(tmp_path: Path, res: int = 16, n: int = 32) -> Path:
+    src = tmp_path / f"imgs{res}"
+    src.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(n):
+        Image.fromarray(rng.randint(0, 255, (res, res, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
+    out = tmp_path / f"data{res}.h5"
+    build_dataset(src, out, res)
+    return out
+
+
+def _tiny_config(data: Path, **kw) -> TrainingConfig:
+    base = dict(data=str(data), total_kimg=0.064, tick_kimg=0.016, snapshot_ticks=100, image_ticks=2,
+                grid_size=4, r1_interval=4, pl_interval=2)
+    base.update(kw)
+    return training_config_for("cpu-tiny", **base)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exact_resume(tmp_path):
+    """N iterations straight == N/2, stop (snapshot), resume, N/2: identical weights, EMA and pl mean."""
+    data = _dataset(tmp_path)
+    cfg = _tiny_config(data)
+    straight = Trainer(cfg, tmp_path / "a")
+    straight.start()
+    final_a = straight.run()
+    assert straight.iteration == 8
+    stopped = Trainer(cfg, tmp_path / "b")
+    stopped.start()
+    assert stopped.run(max_iterations=3) is None
+    resumed = Trainer.resume(tmp_path / "b")
+    assert resumed.iteration == 3
+    final_b = resumed.run()
+    a, b = read_network_file(final_a), read_network_file(final_b)
+    for key in ("G", "D", "G_ema"):
+        assert _states_equal(a[key], b[key]), key
+    torch.testing.assert_close(a["training_state"]["pl_mean"], b["training_state"]["pl_mean"], rtol=0, atol=0)
+    assert a["training_state"]["cur_nimg"] == b["training_state"]["cur_nimg"] == 64
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    for key in ("loss/G", "loss/D", "loss/pl_penalty", "loss/r1_penalty", "pl/mean", "sec_per_kimg", "peak_rss_mb",
+                "lr/G", "kimg"):
+        assert any(key in entry for entry in log), key
+    assert (tmp_path / "a" / "fakes-000000.png").exists()
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["preset"] == "cpu-tiny"
+
+
+def test_training_moves_weights_and_tracks_w_avg(tmp_path):
+    data = _dataset(tmp_path)
+    trainer = Trainer(_tiny_config(data), tmp_path / "run")
+    g0 = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    for _ in range(4):
+        trainer.train_step()
+    changed = [k for k, v in trainer.G.state_dict().items() if not torch.equal(v, g0[k]) and "noise_const" not in k]
+    assert "mapping.w_avg" in changed and "synthesis.b16.conv1.weight" in changed and "mapping.fc0.weight" in changed
+    assert float(trainer.pl_mean) > 0
+    # G_ema trails G: different from both its start and G itself.
+    assert not torch.equal(trainer.G_ema.synthesis.b16.conv1.weight, trainer.G.synthesis.b16.conv1.weight)
+
+
+def test_snapshots_rotate_and_latest_is_found(tmp_path):
+    data = _dataset(tmp_path)
+    cfg = _tiny_config(data, total_kimg=5.0, tick_kimg=0.008, snapshot_ticks=1, keep_snapshots=2, batch_size=8)
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.start()
+    trainer.run(max_iterations=140)  # 1.12 kimg: snapshots 000000 and 001
+    snaps = sorted(p.name for p in (tmp_path / "run").glob("network-snapshot-*.pt"))
+    assert snaps == ["network-snapshot-000000.pt", "network-snapshot-000001.pt"]
+    assert latest_snapshot(tmp_path / "run").name == "network-snapshot-000001.pt"
+    assert Trainer.resume(tmp_path / "run").iteration == 140
+
+
+def test_bad_input(tmp_path):
+    data = _dataset(tmp_path)
+    with pytest.raises(TrainingError, match="resolution"):
+        Trainer(training_config_for("cpu-tiny", img_resolution=32, data=str(data)), tmp_path / "r1")
+    with pytest.raises(TrainingError):
+        Trainer(training_config_for("cpu-tiny", data=str(tmp_path / "missing.h5")), tmp_path / "r2")
+    with pytest.raises(TrainingError, match="does not exist"):
+        Trainer.resume(tmp_path / "nope")
+    trainer = Trainer(_tiny_config(data), tmp_path / "r3")
+    trainer.start()
+    trainer.run(max_iterations=1)
+    with pytest.raises(TrainingError, match="another config"):
+        Trainer.resume(tmp_path / "r3", expect=_tiny_config(data, r1_gamma=5.0))
+    with pytest.raises(TrainingError, match="already holds a run"):
+        Trainer(_tiny_config(data), tmp_path / "r3").start()
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    runner = CliRunner()
+    data = _dataset(tmp_path)
+    r = runner.invoke(app, ["train", "--data", str(data), "--preset", "cpu-tiny", "--res", "32"])
+    assert r.exit_code == 2 and "error:" in r.output and len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["dataset", str(tmp_path / "empty"), str(tmp_path / "x.h5"), "--res", "16"])
+    assert r.exit_code == 2 and "error:" in r.output
+    r = runner.invoke(app, ["dataset", str(tmp_path / "imgs16"), str(tmp_path / "x.h5"), "--res", "48"])
+    assert r.exit_code == 2 and "power of two" in r.output
+
+
+def test_cli_train_and_resume(tmp_path):
+    runner = CliRunner()
+    data = _dataset(tmp_path)
+    args = ["train", "--data", str(data), "--preset", "cpu-tiny", "--outdir", str(tmp_path / "runs"), "--run", "x",
+            "--kimg", "0.032", "--tick", "0.016"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "x" / "network-final.pt").exists()
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "runs" / "x"), "--kimg", "0.048"])
+    assert r.exit_code != 0 or "no snapshot" in r.output  # a finished run keeps only network-final.pt
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.distributed (gloo on CPU)
+
+
+def _dist_worker(rank: int, world: int, init_file: str, data: str, out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        cfg = _tiny_config(Path(data), total_kimg=0.032, batch_size=8)
+        trainer = Trainer(cfg, Path(out_dir) / "run")
+        trainer.start()
+        torch.distributed.barrier()
+        trainer.run()
+        torch.save({"G": trainer.G.state_dict(), "D": trainer.D.state_dict(), "G_ema": trainer.G_ema.state_dict(),
+                    "pl_mean": trainer.pl_mean, "indices_seen": trainer.stream.sampler.state_dict()},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_hold_identical_weights(tmp_path):
+    data = _dataset(tmp_path)
+    torch.multiprocessing.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(data), str(tmp_path)), nprocs=2,
+                                join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in ("G", "D", "G_ema"):
+        assert _states_equal(r0[key], r1[key]), key
+    assert torch.equal(r0["pl_mean"], r1["pl_mean"])
+    assert r0["indices_seen"]["rank"] == 0 and r1["indices_seen"]["rank"] == 1
+    # rank 0 alone wrote the run; its final file holds both ranks' RNG and data states for exact resume
+    final = read_network_file(tmp_path / "run" / "network-final.pt")
+    assert final["training_state"]["world_size"] == 2 and len(final["training_state"]["data_states"]) == 2
+    assert _states_equal(final["G"], r0["G"])
