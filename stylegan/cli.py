@@ -181,6 +181,31 @@ def convert(
 
 
 @app.command()
+def init(
+    out: Path = typer.Argument(..., help="Output .pt in our format."),
+    preset: str = typer.Option("cpu-tiny", help="paper-f | paper-e | cifar | celeba32 | cpu-tiny."),
+    res: Optional[int] = typer.Option(None, help="Override the preset's resolution."),
+    seed: int = typer.Option(0, help="Seed of the random initialisation."),
+) -> None:
+    """Write a randomly initialised (untrained) network: to try the tools, or to test a pipeline end to end."""
+    with user_errors():
+        import torch
+
+        from .config import get_preset
+        from .discriminator import Discriminator
+        from .formats import save_network
+        from .generator import Generator
+
+        net = get_preset(preset, res)
+        torch.manual_seed(seed)
+        G = Generator(net.G)
+        D = Discriminator(net.D)
+        path = save_network(out, G, D=D, metadata={"source": {"producer": "stylegan init", "preset": preset,
+                                                               "seed": seed, "trained": False}})
+        typer.echo(f"wrote untrained {preset} network ({net.G.img_resolution} px) to {path}")
+
+
+@app.command()
 def dataset(
     src: Path = typer.Argument(..., help="Image folder, .zip of images, or an HDF5 dataset to re-crop."),
     out: Path = typer.Argument(..., help="Output .h5."),

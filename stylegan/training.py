@@ -429,6 +429,9 @@ class Trainer:
         self.D.requires_grad_(True)
         with torch.no_grad():
             fake, _ = self._generate(self.batch_gpu, update_emas=True)
+            # w_avg moved by lerp towards this rank's batch mean; the mean over ranks is the lerp towards the
+            # global batch mean, so every rank keeps the same w_avg.
+            self.G.mapping.w_avg.copy_(_mean_over_ranks(self.G.mapping.w_avg))
         fake_logits = self.D(fake)
         real_logits = self.D(real)
         loss_d = d_logistic_loss(real_logits, fake_logits)
