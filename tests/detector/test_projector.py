@@ -1,0 +1,489 @@
+"""The projector of StyleGAN2 §5 / App. D (detector/projector.py) on tiny random networks.
+
+The networks are 16 px with random weights; their ToRGB weights are scaled down so that images lie roughly in
+[-1, 1], and the noise strengths (0 at initialisation) are set non-zero so that the noise maps matter. The
+distance is the per-image mean squared error unless a test says otherwise.
+"""
+
+import json
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detector.projector import (DEFAULT_PYRAMID, TRACE_DTYPE, ProjectionResult, Projector, ProjectorSettings,
+                                _RowAdam, cached_w_stats, compute_w_stats, distance_resolution, image_seeds,
+                                learning_rate, noise_regularization, noise_structure_correlation, normalize_noise_,
+                                project, w_noise_std)
+from stylegan.config import GeneratorConfig
+from stylegan.generator import Generator
+
+torch.set_flush_denormal(True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The 16 px networks gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP threads
+    waiting for each other made this file up to 50x slower; one thread for this module only."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mse(a, b):
+    return (a - b).square().mean(dim=(1, 2, 3))
+
+
+def make_g(seed=1234, noise_strength=0.1, res=16):
+    torch.manual_seed(seed)
+    G = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=res, mapping_layers=2, channel_base=256,
+                                  channel_max=32))
+    with torch.no_grad():
+        for block in G.synthesis.blocks():
+            block.torgb.weight.mul_(0.15)
+        for layer in G.synthesis.noise_layers():
+            layer.noise_strength.fill_(noise_strength)
+    return G.eval()
+
+
+@pytest.fixture(scope="module")
+def G():
+    return make_g()
+
+
+def generated_images(G, n, seed=7):
+    """Images made by G itself, with its constant noise."""
+    with torch.no_grad():
+        z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
+        return G.synthesis(G.mapping(z), noise_mode="const")
+
+
+def real_like_images(n, res=16, seed=5):
+    """Piecewise-smooth 'photographs': a coloured disk on a coloured background with a horizontal gradient."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij")
+    out = []
+    for _ in range(n):
+        cx, cy = (torch.rand(2, generator=g) - 0.5).tolist()
+        rad = 0.3 + 0.5 * torch.rand(1, generator=g).item()
+        disk = ((xx - cx) ** 2 + (yy - cy) ** 2 < rad**2).float()
+        col = torch.rand(3, 1, 1, generator=g) * 1.6 - 0.8
+        bg = torch.rand(3, 1, 1, generator=g) * 1.6 - 0.8
+        out.append((disk * col + (1 - disk) * bg + 0.2 * xx).clamp(-1, 1))
+    return torch.stack(out)
+
+
+def resynthesize(G, result, noise=None):
+    ws, maps = result.synthesis_inputs()
+    with torch.no_grad():
+        return G.synthesis(ws, noise=maps if noise is None else noise)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Schedules
+
+
+def test_learning_rate_schedule_hand_values():
+    # t:    0 (ramp-up starts at 0), 0.01 (1/5 of the ramp-up), 0.05 and 0.5 (flat), 0.8, 0.9 (cosine), 1 (0)
+    expected = {
+        0.0: 0.0,
+        0.01: 0.02,
+        0.05: 0.1,
+        0.5: 0.1,
+        0.8: 0.1 * (0.5 + 0.5 * 0.8090169943749475),  # ramp 0.8: 0.5 - 0.5 cos(0.8 pi)
+        0.9: 0.1 * (0.5 - 0.5 * 0.30901699437494745),  # ramp 0.4: 0.5 - 0.5 cos(0.4 pi)
+        1.0: 0.0,
+    }
+    for t, lr in expected.items():
+        assert learning_rate(t, 0.1, 0.25, 0.05) == pytest.approx(lr, abs=1e-12), t
+    assert learning_rate(0.8, 0.1, 0.25, 0.05) == pytest.approx(0.09045084971874737, abs=1e-12)
+    assert learning_rate(0.9, 0.1, 0.25, 0.05) == pytest.approx(0.034549150281252626, abs=1e-12)
+    assert learning_rate(0.5, lr_max=0.3) == pytest.approx(0.3)
+
+
+def test_w_noise_ramp_hand_values():
+    sigma = 2.0
+    assert w_noise_std(0.0, sigma) == pytest.approx(0.1)  # 0.05 * sigma_w
+    assert w_noise_std(0.375, sigma) == pytest.approx(0.1 * 0.25)  # (1 - 0.5)^2
+    assert w_noise_std(0.5, sigma) == pytest.approx(0.1 / 9)  # (1 - 2/3)^2
+    assert w_noise_std(0.75, sigma) == 0.0
+    assert w_noise_std(0.9, sigma) == 0.0  # max(0, .) keeps it at 0 after the ramp
+    assert w_noise_std(0.0, sigma, scale=0.1, noise_ramp=0.5) == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Noise regulariser and renormalisation
+
+
+def checkerboard(res):
+    yy, xx = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+    return ((-1.0) ** (xx + yy)).reshape(1, 1, res, res)
+
+
+def test_noise_regularization_hand_values():
+    # Checkerboard: both 1-pixel autocorrelations are -1 -> 1 + 1 = 2; an 8x8 map has one level only.
+    for pyr in ("paper", "official"):
+        assert noise_regularization([checkerboard(8)], pyr).item() == pytest.approx(2.0)
+        assert noise_regularization([checkerboard(4)], pyr).item() == pytest.approx(2.0)  # 4x4: own level
+        # 16x16 checkerboard: 2 at 16x16; its 2x2 averages are 0, so the 8x8 level adds nothing.
+        assert noise_regularization([checkerboard(16)], pyr).item() == pytest.approx(2.0)
+
+    # Constant c = 1, 16x16: level 16 gives 2; level 8 is 1 (official) or 2 (paper) -> 2 + 2 = 4 or 2 + 2*16 = 34.
+    const16 = torch.ones(1, 1, 16, 16)
+    assert noise_regularization([const16], "official").item() == pytest.approx(4.0)
+    assert noise_regularization([const16], "paper").item() == pytest.approx(34.0)
+    # Constant 32x32: three levels (32, 16, 8): 6 vs 2 * (1 + 16 + 256) = 546.
+    const32 = torch.ones(1, 1, 32, 32)
+    assert noise_regularization([const32], "official").item() == pytest.approx(6.0)
+    assert noise_regularization([const32], "paper").item() == pytest.approx(546.0)
+
+    # m = C + U on 16x16: C the pixel checkerboard, U an 8x8 column pattern B[y, x] = (-1)^x upsampled 2x.
+    # Level 16: x-autocorrelation mean(C C') + mean(U U') + cross = -1 + 0 + 0 -> 1; y: -1 + 1 + 0 = 0 -> 0.
+    # 2x2 averages: C vanishes, U -> B. Level 8 (official): B has x-autocorr -1 and y-autocorr +1 -> 1 + 1 = 2.
+    # Paper: 2B -> (-4)^2 + 4^2 = 32. Totals 3 and 33: the paper's level 8 term is 4^2 = 16x the official one.
+    x = torch.arange(16)
+    U = ((-1.0) ** (x // 2)).reshape(1, 16).expand(16, 16)
+    m = (checkerboard(16)[0, 0] + U).reshape(1, 1, 16, 16)
+    assert torch.equal(F.avg_pool2d(m, 2)[0, 0], ((-1.0) ** torch.arange(8)).reshape(1, 8).expand(8, 8))
+    assert noise_regularization([m], "official").item() == pytest.approx(3.0)
+    assert noise_regularization([m], "paper").item() == pytest.approx(33.0)
+
+    # Sums over maps, one value per image.
+    maps = [torch.cat([checkerboard(8), torch.full((1, 1, 8, 8), 0.5)]), torch.cat([const16, m])]
+    reg = noise_regularization(maps, "official")
+    assert reg.shape == (2,)
+    assert reg.tolist() == pytest.approx([2.0 + 4.0, 2 * 0.5**4 + 3.0])
+    assert DEFAULT_PYRAMID in ("paper", "official")
+
+
+def test_paper_pyramid_keeps_white_noise_variance():
+    """The paper's x2 per level keeps white noise at unit variance, so each level of white noise contributes
+    about equally (~2 / pixels); averaging alone shrinks level j by 4^-j, and its autocorrelations by 16^-j."""
+    n = torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
+    level = n
+    for _ in range(3):
+        level = F.avg_pool2d(level, 2) * 2
+        assert 0.85 < level.var().item() < 1.15
+    white = torch.randn(64, 1, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    paper = torch.stack([noise_regularization([w], "paper") for w in white]).mean().item()
+    official = torch.stack([noise_regularization([w], "official") for w in white]).mean().item()
+    # E[L] for white noise at r x r: 2 / r^2 (times 16^-j official). paper: 2/1024 + 2/256 + 2/64.
+    assert paper == pytest.approx(2 / 1024 + 2 / 256 + 2 / 64, rel=0.35)
+    assert official == pytest.approx(2 / 1024 + 2 / 256 / 16 + 2 / 64 / 256, rel=0.35)
+
+
+def test_normalize_noise_zero_mean_unit_population_variance():
+    g = torch.Generator().manual_seed(3)
+    maps = [torch.randn(3, 1, r, r, generator=g) * torch.tensor([0.5, 2.0, 7.0]).reshape(3, 1, 1, 1) + 3
+            for r in (4, 8, 16)]
+    normalize_noise_(maps)
+    for n in maps:
+        mean = n.mean(dim=(1, 2, 3))
+        var = n.square().mean(dim=(1, 2, 3))  # population variance (divisor r*r)
+        assert mean.abs().max().item() < 1e-6
+        assert (var - 1).abs().max().item() < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# W statistics, optimiser
+
+
+def test_w_stats_match_definition_and_are_cached(G):
+    stats = compute_w_stats(G, num_samples=500, seed=9)
+    z = torch.from_numpy(np.random.RandomState(9).randn(500, G.z_dim)).float()
+    with torch.no_grad():
+        w = G.mapping(z)[:, 0].double()
+    mu = w.mean(0)
+    sigma = (w - mu).square().sum(1).mean().sqrt().item()  # E ||f(z) - mu_w||^2, over the samples
+    assert torch.allclose(stats.w_avg.double(), mu, atol=1e-5)
+    assert stats.w_std == pytest.approx(sigma, rel=1e-5)
+    # Chunking does not change the samples.
+    assert compute_w_stats(G, 500, 9, chunk_size=37).w_std == pytest.approx(stats.w_std, rel=1e-6)
+    a = cached_w_stats(G, 500, 9)
+    assert cached_w_stats(G, 500, 9) is a
+    G2 = make_g(seed=99)
+    assert cached_w_stats(G2, 500, 9).w_std != pytest.approx(a.w_std, rel=1e-6)
+
+
+def test_row_adam_matches_torch_adam():
+    g = torch.Generator().manual_seed(0)
+    p0 = [torch.randn(3, 1, 5, generator=g), torch.randn(3, 1, 4, 4, generator=g)]
+    ours = [p.clone().requires_grad_(True) for p in p0]
+    ref = [p.clone().requires_grad_(True) for p in p0]
+    opt = _RowAdam(ours, (0.9, 0.999), 1e-8)
+    topt = torch.optim.Adam(ref, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    for step in range(8):
+        lr = learning_rate(step / 8, 0.1)
+        for group in topt.param_groups:
+            group["lr"] = lr
+        for params in (opt.params, ref):
+            loss = sum((p.square() * (1 + k)).sum() + p.sin().sum() for k, p in enumerate(params))
+            loss.backward()
+        opt.step(lr)
+        topt.step()
+        opt.zero_grad()
+        topt.zero_grad()
+    for a, b in zip(opt.params, ref):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Projection
+
+
+def test_batch_equals_one_by_one(G):
+    targets = torch.cat([generated_images(G, 1), real_like_images(2)])
+    settings = ProjectorSettings(steps=30, w_avg_samples=1000)
+    seeds = [11, 12, 13]
+    batch = project(G, targets, settings, distance=mse, seed=seeds)
+    for k in range(3):
+        [single] = project(G, targets[k:k + 1], settings, distance=mse, seed=[seeds[k]])
+        assert abs(single.distance - batch[k].distance) < 1e-4
+        assert torch.allclose(single.w, batch[k].w, atol=1e-4)
+        assert np.allclose(single.loss_trace["loss"], batch[k].loss_trace["loss"], atol=1e-4)
+    # Chunked forward/backward passes within a step change nothing either.
+    chunked = project(G, targets, ProjectorSettings(steps=30, w_avg_samples=1000, chunk_size=2), distance=mse,
+                      seed=seeds)
+    for a, b in zip(chunked, batch):
+        assert abs(a.distance - b.distance) < 1e-4
+    # An int seed gives image k the seed image_seeds(seed, N)[k].
+    by_int = project(G, targets, settings, distance=mse, seed=5)
+    by_list = project(G, targets, settings, distance=mse, seed=image_seeds(5, 3))
+    assert [r.distance for r in by_int] == [r.distance for r in by_list]
+    assert by_int[0].settings["seed"] == image_seeds(5, 3)[0]
+
+
+def test_final_distance_is_at_clean_w_with_optimised_noise(G):
+    targets = real_like_images(2)
+    results = project(G, targets, ProjectorSettings(steps=40, w_avg_samples=1000), distance=mse, seed=[1, 2])
+    for r, target in zip(results, targets):
+        img = resynthesize(G, r)
+        assert torch.allclose(img[0], r.image, atol=1e-6)
+        assert mse(img, target[None]).item() == pytest.approx(r.distance, abs=1e-6)
+        # The optimised noise matters: fresh noise gives another distance.
+        fresh = [torch.randn(1, *shape, generator=torch.Generator().manual_seed(123))
+                 for shape in G.synthesis.noise_shapes]
+        assert abs(mse(resynthesize(G, r, fresh), target[None]).item() - r.distance) > 1e-4
+        # W mode: one w for all layers.
+        assert r.w.shape == (G.num_ws, G.w_dim)
+        assert torch.equal(r.w, r.w[:1].expand_as(r.w))
+        assert [tuple(n.shape) for n in r.noise] == list(G.synthesis.noise_shapes)
+        assert r.steps_run == 40 and r.stopped_at_step is None
+        assert len(r.loss_trace) == 40 and r.loss_trace.dtype == TRACE_DTYPE
+        for n in r.noise:  # renormalised after the last step
+            assert abs(n.mean().item()) < 1e-5 and abs(n.square().mean().item() - 1) < 1e-4
+
+
+def test_generated_image_projects_closer_than_real_like(G):
+    targets = torch.cat([generated_images(G, 2), real_like_images(2)])
+    assert targets.abs().max() <= 1.0
+    results = project(G, targets, ProjectorSettings(steps=100, w_avg_samples=1000), distance=mse, seed=0)
+    d = [r.distance for r in results]
+    assert max(d[:2]) < 0.2 * min(d[2:]), d
+
+
+class ConvFeatureDistance(torch.nn.Module):
+    """A cheap LPIPS stand-in: squared differences of unit-normalised features of a fixed random conv net,
+    offering the optional cached-target protocol (target_features / distance_to_features)."""
+
+    def __init__(self, use_cache=True):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(8, 3, 3, 3, generator=g) / 5)
+        self.w2 = torch.nn.Parameter(torch.randn(16, 8, 3, 3, generator=g) / 8)
+        if not use_cache:
+            self.target_features = None  # hides the protocol methods
+            del self.target_features
+
+    def feats(self, x):
+        h1 = F.relu(F.conv2d(x, self.w1, padding=1))
+        h2 = F.relu(F.conv2d(F.avg_pool2d(h1, 2), self.w2, padding=1))
+        return [h / (h.square().sum(1, keepdim=True).sqrt() + 1e-10) for h in (h1, h2)]
+
+    def distance_to_features(self, a, feats_b):
+        return sum((fa - fb).square().sum(1).mean(dim=(1, 2)) for fa, fb in zip(self.feats(a), feats_b))
+
+    def target_features(self, b):
+        return self.feats(b)
+
+    def forward(self, a, b):
+        return self.distance_to_features(a, self.feats(b))
+
+
+class Uncached(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, a, b):
+        return self.inner(a, b)
+
+
+def test_cached_target_features_give_the_same_result(G):
+    targets = real_like_images(2)
+    dist = ConvFeatureDistance()
+    settings = ProjectorSettings(steps=15, w_avg_samples=1000)
+    cached = project(G, targets, settings, distance=dist, seed=[3, 4])
+    plain = project(G, targets, settings, distance=Uncached(dist), seed=[3, 4])
+    for a, b in zip(cached, plain):
+        assert a.distance == pytest.approx(b.distance, abs=1e-6)
+    assert cached[0].settings["distance"] == "ConvFeatureDistance"
+    # The distance module is frozen during projection and restored after.
+    assert all(p.requires_grad for p in dist.parameters())
+
+
+def test_wplus_runs(G):
+    targets = real_like_images(1)
+    w_mode = project(G, targets, ProjectorSettings(steps=40, w_avg_samples=1000), distance=mse, seed=[1])[0]
+    plus = project(G, targets, ProjectorSettings(steps=40, wplus=True, w_avg_samples=1000), distance=mse,
+                   seed=[1])[0]
+    assert plus.w.shape == (G.num_ws, G.w_dim)
+    assert not torch.allclose(plus.w[0], plus.w[-1])  # one w per layer
+    assert mse(resynthesize(G, plus), targets).item() == pytest.approx(plus.distance, abs=1e-6)
+    assert plus.distance < w_mode.distance  # W+ is the larger space
+    assert plus.settings["wplus"] is True
+
+
+def test_early_stopping_freezes_settled_images(G):
+    targets = torch.cat([generated_images(G, 1), real_like_images(1)])
+    steps = 60
+    base = dict(steps=steps, w_avg_samples=1000)
+    full = project(G, targets, ProjectorSettings(**base), distance=mse, seed=[1, 2])
+    assert full[0].distance < 0.02 and full[1].distance > 0.05  # the band below separates them
+    settings = ProjectorSettings(**base, early_stop=(0.05, 10.0), early_stop_start=0.5, early_stop_every=5,
+                                 early_stop_patience=3, early_stop_margin=0.01)
+    calls = []
+    results = project(G, targets, settings, distance=mse, seed=[1, 2],
+                      progress=lambda step, total, losses: calls.append((step, total, losses)))
+    gen, real = results
+    # Checks at steps 30, 35, 40: the generated image (distance << 0.04) is frozen at the third check.
+    assert gen.stopped_at_step == 40 and gen.steps_run == 40
+    assert len(gen.loss_trace) == 40
+    assert mse(resynthesize(G, gen), targets[:1]).item() == pytest.approx(gen.distance, abs=1e-6)
+    assert gen.distance < 0.04
+    # The other image is undecided (inside the band) and runs to the end, exactly as it would alone.
+    assert real.stopped_at_step is None and real.steps_run == steps
+    assert abs(real.distance - full[1].distance) < 1e-4
+    assert [c[0] for c in calls] == list(range(1, steps + 1))
+    assert all(c[1] == steps and c[2].shape == (2,) for c in calls)
+    assert calls[-1][2][0] == calls[39][2][0]  # a frozen image keeps its last loss
+    # A band that no image can leave: nobody stops.
+    never = ProjectorSettings(**base, early_stop=(-1.0, 10.0), early_stop_every=5)
+    assert all(r.stopped_at_step is None for r in project(G, targets, never, distance=mse, seed=[1, 2]))
+
+
+def test_trace_every_and_progress(G):
+    targets = real_like_images(2)
+    results = project(G, targets, ProjectorSettings(steps=12, trace_every=5, w_avg_samples=1000), distance=mse)
+    assert results[0].loss_trace["step"].tolist() == [0, 5, 10, 11]
+    assert results[0].loss_trace["lr"][0] == 0.0  # the ramp-up starts at 0
+    none = project(G, targets, ProjectorSettings(steps=3, trace_every=0, w_avg_samples=1000), distance=mse)
+    assert len(none[0].loss_trace) == 0
+    assert none[0].to_dict()["final_loss"] is None
+
+
+def test_hdf5_round_trip(G, tmp_path):
+    [r] = project(G, real_like_images(1), ProjectorSettings(steps=10, w_avg_samples=1000,
+                                                            early_stop=(0.1, 0.2)), distance=mse)
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        r.save_hdf5(f.create_group("img0"))
+    with h5py.File(path, "r") as f:
+        assert set(f["img0"].keys()) >= {"w", "image", "loss_trace", "noise_0"}
+        back = ProjectionResult.load_hdf5(f["img0"])
+    assert torch.equal(back.w, r.w) and torch.equal(back.image, r.image)
+    assert len(back.noise) == len(r.noise) and all(torch.equal(a, b) for a, b in zip(back.noise, r.noise))
+    assert back.distance == r.distance and back.steps_run == r.steps_run
+    assert back.stopped_at_step == r.stopped_at_step
+    assert np.array_equal(back.loss_trace, r.loss_trace)
+    assert back.settings == json.loads(json.dumps(r.settings))
+    assert json.loads(json.dumps(r.to_dict())) == back.to_dict()
+    assert ProjectorSettings.from_dict({k: v for k, v in back.settings.items()
+                                        if k in ProjectorSettings().to_dict()}).early_stop == (0.1, 0.2)
+
+
+def test_settings_and_validation(G):
+    s = ProjectorSettings()
+    assert (s.steps, s.lr, s.lr_rampdown, s.lr_rampup, s.w_noise_scale, s.noise_ramp, s.alpha) == (
+        1000, 0.1, 0.25, 0.05, 0.05, 0.75, 1e5)
+    assert s.betas == (0.9, 0.999) and s.eps == 1e-8 and not s.wplus and s.w_avg_samples == 10000
+    json.dumps(s.to_dict())
+    assert ProjectorSettings.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="pyramid"):
+        ProjectorSettings(pyramid="nope")
+    with pytest.raises(ValueError, match="steps"):
+        ProjectorSettings(steps=0)
+    with pytest.raises(ValueError, match="early_stop"):
+        ProjectorSettings(early_stop=(0.5, 0.1))
+    with pytest.raises(ValueError, match=r"\[N, 3, 16, 16\]"):
+        project(G, torch.zeros(1, 3, 32, 32), distance=mse)
+    with pytest.raises(ValueError, match=r"\[N, 3, 16, 16\]"):
+        project(G, torch.zeros(3, 16, 16), distance=mse)
+    with pytest.raises(ValueError, match="1, 1"):
+        project(G, torch.full((1, 3, 16, 16), 200.0), distance=mse)
+    with pytest.raises(ValueError, match="seeds"):
+        project(G, torch.zeros(2, 3, 16, 16), distance=mse, seed=[1])
+
+
+def test_generator_frozen_during_and_restored_after(G):
+    G.train()
+    seen = []
+
+    def spy(a, b):
+        seen.append((G.training, any(p.requires_grad for p in G.parameters())))
+        return mse(a, b)
+
+    project(G, real_like_images(1), ProjectorSettings(steps=2, w_avg_samples=100), distance=spy)
+    assert seen and all(s == (False, False) for s in seen)
+    assert G.training and all(p.requires_grad for p in G.parameters())
+    G.eval()
+
+
+def test_distance_resolution():
+    assert distance_resolution(16, None) == 16
+    assert distance_resolution(256, None) == 256
+    assert distance_resolution(1024, None) == 256  # area-down-sampled to 256 as NVIDIA's projector does
+    assert distance_resolution(32, 64) == 64
+
+
+def test_distance_sees_resized_images(G):
+    shapes = []
+
+    def spy(a, b):
+        shapes.append((tuple(a.shape), tuple(b.shape)))
+        return mse(a, b)
+
+    project(G, real_like_images(2), ProjectorSettings(steps=2, lpips_resolution=32, w_avg_samples=100),
+            distance=spy)
+    assert set(shapes) == {((2, 3, 32, 32), (2, 3, 32, 32))}
+    big = Generator(GeneratorConfig(z_dim=8, w_dim=8, img_resolution=512, mapping_layers=1, channel_base=512,
+                                    channel_max=2))
+    shapes.clear()
+    [r] = project(big, torch.zeros(1, 3, 512, 512), ProjectorSettings(steps=1, w_avg_samples=100), distance=spy)
+    assert set(shapes) == {((1, 3, 256, 256), (1, 3, 256, 256))}
+    assert r.image.shape == (3, 512, 512)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# StyleGAN2 Fig. 18
+
+
+def test_noise_regulariser_keeps_image_structure_out_of_the_noise_maps():
+    """Without the regulariser (alpha = 0) the optimised noise maps of projected real-like images copy their
+    structure; with alpha = 1e5 they stay close to white noise. Averaged over six images: single 8x8 maps
+    correlate with anything by chance at ~0.1."""
+    G = make_g(noise_strength=0.5)
+    targets = real_like_images(6)
+    corr = {}
+    for alpha in (0.0, 1e5):
+        results = project(G, targets, ProjectorSettings(steps=200, alpha=alpha, w_avg_samples=1000),
+                          distance=mse, seed=list(range(6)))
+        corr[alpha] = float(np.mean([noise_structure_correlation(r, t) for r, t in zip(results, targets)]))
+        if alpha:
+            assert max(r.loss_trace["reg"][-1] for r in results) < 1e-6
+    assert corr[0.0] > 0.2
+    assert corr[1e5] < 0.6 * corr[0.0], corr
