@@ -71,6 +71,12 @@ def load_targets(paths: Sequence[Path], resolution: int, channels: int) -> tuple
     return records, loaded, index
 
 
+def image_seed(seed: int, sha256: str) -> int:
+    """The projection seed of one image: from the run's seed and the file's hash, so that an image gets the same
+    result whatever else is checked with it and in whatever order."""
+    return (seed * 1_000_003 + int(sha256[:8], 16)) % 2**32
+
+
 def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, *,
                  settings: Optional[ProjectorSettings] = None, calibration: Optional[dict] = None,
                  threshold: Optional[float] = None, seed: int = 0,
@@ -83,11 +89,11 @@ def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, 
     device = G.mapping.w_avg.device
     targets = torch.cat([img.tensor for img in loaded]).to(device)
     projector = Projector(G, distance, settings or ProjectorSettings())
-    results = projector.project(targets, seeds=seed, progress=progress)
-    for k, res in zip(index, results):
+    results = projector.project(targets, seeds=[image_seed(seed, img.sha256) for img in loaded], progress=progress)
+    for j, (k, res) in enumerate(zip(index, results)):
         rec = records[k]
         rec.result = res
-        rec.target = targets[len([i for i in index if i < k])].detach().cpu()
+        rec.target = targets[j].detach().cpu()
         rec.distance = float(res.distance)
         rec.threshold = th.value
         rec.threshold_source = th.source

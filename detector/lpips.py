@@ -393,16 +393,39 @@ class PerceptualDistance(torch.nn.Module):
     def train(self, mode: bool = True) -> "PerceptualDistance":
         return super().train(False)
 
+    def _features(self, x: torch.Tensor) -> list:
+        """Unit-normalised trunk activations of a batch in [-1, 1] (Zhang et al. Eq. 1, before the weighting)."""
+        import lpips
+
+        if x.ndim != 4:
+            raise ValueError(f"LPIPS needs NCHW batches, got {list(x.shape)}")
+        if x.shape[1] == 1:  # greyscale: the trunk sees it as grey RGB
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != 3:
+            raise ValueError(f"LPIPS needs 1 or 3 channels, got {x.shape[1]}")
+        x = self.model.scaling_layer(x.to(self.model.scaling_layer.shift.dtype))
+        if x.device.type == "cpu":  # oneDNN convolutions are faster in channels-last layout on CPU
+            x = x.contiguous(memory_format=torch.channels_last)
+        return [lpips.normalize_tensor(f) for f in self.model.net(x)]
+
+    def target_features(self, y: torch.Tensor) -> list:
+        """Features of fixed targets, computed once by the projector (as NVIDIA's projector does for VGG)."""
+        return [f.detach() for f in self._features(y)]
+
+    def distance_to_features(self, x: torch.Tensor, features: list) -> torch.Tensor:
+        """LPIPS between x [N, C, H, W] and targets given by :meth:`target_features`: [N]."""
+        fx = self._features(x)
+        if len(fx) != len(features) or fx[0].shape != features[0].shape:
+            raise ValueError("target features do not match the input batch")
+        d = 0
+        for lin, a, b in zip(self.model.lins, fx, features):
+            d = d + lin((a - b).square()).mean(dim=[2, 3])
+        return d.reshape(d.shape[0])
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape != y.shape:
             raise ValueError(f"LPIPS needs two NCHW batches of equal shape, got {list(x.shape)} and {list(y.shape)}")
-        if x.shape[1] == 1:  # greyscale: the trunk sees it as grey RGB
-            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
-        if x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs 1 or 3 channels, got {x.shape[1]}")
-        dtype = self.model.scaling_layer.shift.dtype
-        d = self.model(x.to(dtype), y.to(dtype))  # [N, 1, 1, 1]: each sample on its own, no batch reduction
-        return d.reshape(d.shape[0])
+        return self.distance_to_features(x, self._features(y))  # each sample on its own, no batch reduction
 
     def provenance(self) -> Dict[str, object]:
         return {"net": self.net, "weights_source": self.weights_source,
@@ -448,6 +471,7 @@ def _build_lpips(trunk: _Trunk, state_dict: Mapping[str, torch.Tensor], lin_file
     for name in model.net.state_dict():
         mapped[name] = state_dict[name.split(".", 1)[1]]  # 'slice3.10.weight' -> '10.weight'
     model.net.load_state_dict(mapped, strict=True)
+    model.net.to(memory_format=torch.channels_last)
     try:
         lin = torch.load(lin_file, map_location="cpu", weights_only=True)
         for i, layer in enumerate(model.lins):

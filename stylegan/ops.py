@@ -103,9 +103,18 @@ def _fir1d(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
     n = x.shape[dim] - k + 1
     if n <= 0:
         raise ValueError(f"input of size {x.shape[dim]} is smaller than the {k}-tap filter")
+    if all(abs(taps[i] - taps[k - 1 - i]) <= 1e-12 * abs(taps[i]) for i in range(k)):
+        # Symmetric taps (the binomial filters): pair the mirrored samples first, half the multiplies.
+        y = None
+        for i in range(k // 2):
+            pair = x.narrow(dim, i, n) + x.narrow(dim, k - 1 - i, n)
+            y = pair * taps[i] if y is None else torch.add(y, pair, alpha=taps[i])
+        if k % 2:
+            y = torch.add(y, x.narrow(dim, k // 2, n), alpha=taps[k // 2])
+        return y
     y = x.narrow(dim, 0, n) * taps[0]
     for i in range(1, k):
-        y = y + x.narrow(dim, i, n) * taps[i]
+        y = torch.add(y, x.narrow(dim, i, n), alpha=taps[i])
     return y
 
 

@@ -71,3 +71,20 @@ def test_bad_model_and_options(setup, tmp_path):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_result_of_an_image_does_not_depend_on_its_companions(setup):
+    """Per-image seeds come from the file hash: checking [real, fake] or [fake] alone gives fake the same result."""
+    from detector.check import check_images
+    from stylegan.formats import load_generator
+
+    t = setup
+    G = load_generator(t / "g.pt")
+    mse = lambda a, b: (a - b).square().mean(dim=[1, 2, 3])  # noqa: E731 - a cheap distance for this property
+    from detector.projector import ProjectorSettings
+
+    settings = ProjectorSettings(steps=8, w_avg_samples=500)
+    both = check_images(G, [t / "real.jpg", t / "fake.png"], mse, settings=settings, threshold=0.1)
+    alone = check_images(G, [t / "fake.png"], mse, settings=settings, threshold=0.1)
+    assert abs(both[1].distance - alone[0].distance) < 1e-4
+    assert both[1].verdict == alone[0].verdict
