@@ -55,6 +55,7 @@ def check(
         from stylegan.formats import load_model
 
         from .attribution import threshold_for
+        from .calibration import load_calibration
         from .check import check_images, save_check_outputs
         from .images import ImageInputError
         from .lpips import load_lpips
@@ -64,7 +65,8 @@ def check(
             raise UsageError("--steps must be at least 1")
         device = device or default_device()
         m = load_model(model, device=device)
-        th = threshold_for(m.calibration, threshold)
+        calibration = load_calibration(model, m)
+        th = threshold_for(calibration, threshold)
         if th.source == "default":
             typer.echo(f"warning: {model.name} has no calibration; using the uncalibrated default threshold "
                        f"{th.value} (run `detect calibrate` for a threshold with a stated error rate)", err=True)
@@ -77,7 +79,7 @@ def check(
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         with _StepProgress(steps, not as_json) as progress:
-            records = check_images(m.G_ema, images, distance, settings=settings, calibration=m.calibration,
+            records = check_images(m.G_ema, images, distance, settings=settings, calibration=calibration,
                                    threshold=threshold, seed=seed, progress=progress)
         bad = [r for r in records if r.error]
         for rec in records:
@@ -141,6 +143,11 @@ def fetch_weights_cmd(
 
         path = fetch_weights(net, cache_dir, archive=archive)
         typer.echo(f"stored {path}")
+
+
+# The case and calibration commands live in their own modules and register themselves on `app`.
+from . import cli_calibrate  # noqa: E402,F401
+from . import cli_cases  # noqa: E402,F401
 
 
 def main() -> None:

@@ -77,6 +77,8 @@ def _ensure_builtin_archs() -> None:
         from ..generator import Generator
 
         register_arch(ArchSpec("stylegan2", GeneratorConfig, Generator, DiscriminatorConfig, Discriminator))
+    if "stylegan1" not in _ARCHS:
+        from .. import stylegan1  # noqa: F401  (registers ArchSpec 'stylegan1' on import)
 
 
 def get_arch(name: str) -> ArchSpec:

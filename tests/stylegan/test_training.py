@@ -176,14 +176,14 @@ def test_training_moves_weights_and_tracks_w_avg(tmp_path):
 
 def test_snapshots_rotate_and_latest_is_found(tmp_path):
     data = _dataset(tmp_path)
-    cfg = _tiny_config(data, total_kimg=5.0, tick_kimg=0.008, snapshot_ticks=1, keep_snapshots=2, batch_size=8)
+    cfg = _tiny_config(data, total_kimg=5.0, tick_kimg=0.032, snapshot_ticks=8, keep_snapshots=1, batch_size=32)
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.start()
-    trainer.run(max_iterations=140)  # 1.12 kimg: snapshots 000000 and 001
+    trainer.run(max_iterations=35)  # 1.12 kimg: snapshots 000000 (x3), then 000001 replaces them
     snaps = sorted(p.name for p in (tmp_path / "run").glob("network-snapshot-*.pt"))
-    assert snaps == ["network-snapshot-000000.pt", "network-snapshot-000001.pt"]
+    assert snaps == ["network-snapshot-000001.pt"]
     assert latest_snapshot(tmp_path / "run").name == "network-snapshot-000001.pt"
-    assert Trainer.resume(tmp_path / "run").iteration == 140
+    assert Trainer.resume(tmp_path / "run").iteration == 35
 
 
 def test_bad_input(tmp_path):

@@ -1,0 +1,435 @@
+"""`detect report`: a case as a self-contained HTML page and a JSON document.
+
+:func:`write_report` reads a case folder (:class:`cases.store.CaseStore`) and writes ``report.html`` and
+``report.json`` (default folder: ``CASE/report``). The HTML embeds everything (PNG images as base64 data URIs,
+inline CSS, no scripts, no external resources). Stable hooks for automated checks: ``#summary``,
+``#histogram`` (an ``<img>`` inside), ``#images`` holding one ``.panel`` per input, ``#errors``, ``#changed``,
+``#provenance``.
+
+What it shows (StyleGAN2 §5): the counts per verdict and each network's threshold with its source; the case's
+LPIPS distances drawn over the calibration's generated and real distance histograms when the network has a
+calibration record (Fig. 9); per image the target, the re-synthesis, the amplified difference
+(:func:`detector.check.difference_image`, Fig. 10) and the two largest optimised noise maps, min-max
+normalised to grey (Fig. 18), with the distance and verdict under every network; and the provenance.
+
+JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report`). ``X|None`` may be null::
+
+    format      "stylegan-forensics-report"        version  1        generated  ISO time (str)
+    case        {case_id: str, path: str, created: str}
+    summary     {inputs: int            paths recorded in the manifest (readable ones)
+                 distinct: int          distinct contents among them
+                 processed: int         distinct contents with a result under every network
+                 pending: int           distinct contents still without a result
+                 errors: int            distinct contents that could not be used
+                 unreadable: int        paths that could not be read at all
+                 changed: int           changes of content detected (manifest ``changed``)
+                 stale_results: int     results of content that no recorded path has any more
+                 verdicts: {verdict (str): count (int)}   over processed + errors
+                 models: [{name: str, path: str, file_sha256: str, weights_sha256: str|None,
+                           threshold: float, threshold_source: str ('calibration'|'user'|'default'),
+                           target_fpr: float|None, calibrated: bool, auc: float|None,
+                           achieved_fpr: float|None}]}
+    histogram   {bins: [float], models: [{name: str, case: [int], generated: [int]|None, real: [int]|None}]}
+                counts per bin (len(bins) - 1 each); generated/real from the calibration record
+    images      [{paths: [str], sha256: str, verdict: str, attributed_to: str|None,
+                  distances: {model name: float|None},
+                  per_model: [{model: str, model_sha256: str, distance: float|None, threshold: float|None,
+                               threshold_source: str|None, verdict: str|None, steps_run: int|None,
+                               seed: int|None, error: str|None, batch_file: str}],
+                  notes: [str], error: str|None}]
+    errors      [{path: str, sha256: str|None, error: str}]           (bad and unreadable inputs)
+    changed     [{path: str, old_sha256: str, new_sha256: str, detected: str}]
+    provenance  {tool: dict, libraries: dict, settings: dict, seed: int, image_seed_rule: str,
+                 threshold_override: float|None, distance: dict, models: [dict], batches: [str],
+                 runs: [dict], case_created: str, case_updated: str}
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from stylegan.fileio import atomic_write_text
+
+from .store import CaseStore, ResultRecord, attribute_records, now_iso
+
+REPORT_FORMAT = "stylegan-forensics-report"
+REPORT_VERSION = 1
+
+_S, _I, _F, _B, _L, _D = str, int, float, bool, list, dict
+_N = type(None)
+
+MODEL_SCHEMA = {"name": _S, "path": _S, "file_sha256": _S, "weights_sha256": (_S, _N), "threshold": _F,
+                "threshold_source": _S, "target_fpr": (_F, _N), "calibrated": _B, "auc": (_F, _N),
+                "achieved_fpr": (_F, _N)}
+PER_MODEL_SCHEMA = {"model": _S, "model_sha256": _S, "distance": (_F, _N), "threshold": (_F, _N),
+                    "threshold_source": (_S, _N), "verdict": (_S, _N), "steps_run": (_I, _N), "seed": (_I, _N),
+                    "error": (_S, _N), "batch_file": _S}
+IMAGE_SCHEMA = {"paths": [_S], "sha256": _S, "verdict": _S, "attributed_to": (_S, _N), "distances": _D,
+                "per_model": [PER_MODEL_SCHEMA], "notes": [_S], "error": (_S, _N)}
+REPORT_SCHEMA = {
+    "format": _S, "version": _I, "generated": _S,
+    "case": {"case_id": _S, "path": _S, "created": _S},
+    "summary": {"inputs": _I, "distinct": _I, "processed": _I, "pending": _I, "errors": _I, "unreadable": _I,
+                "changed": _I, "stale_results": _I, "verdicts": _D, "models": [MODEL_SCHEMA]},
+    "histogram": {"bins": [_F], "models": [{"name": _S, "case": [_I], "generated": ([_I], _N),
+                                             "real": ([_I], _N)}]},
+    "images": [IMAGE_SCHEMA],
+    "errors": [{"path": _S, "sha256": (_S, _N), "error": _S}],
+    "changed": [{"path": _S, "old_sha256": _S, "new_sha256": _S, "detected": _S}],
+    "provenance": {"tool": _D, "libraries": _D, "settings": _D, "seed": _I, "image_seed_rule": _S,
+                   "threshold_override": (_F, _N), "distance": _D, "models": [_D], "batches": [_S], "runs": [_D],
+                   "case_created": _S, "case_updated": _S},
+}
+
+
+def _check(value: Any, schema: Any, where: str) -> None:
+    if isinstance(schema, tuple):  # alternatives
+        errors = []
+        for alt in schema:
+            try:
+                _check(value, alt, where)
+                return
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(f"{where}: matches none of the allowed types ({'; '.join(errors)})")
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        missing = sorted(set(schema) - set(value))
+        extra = sorted(set(value) - set(schema))
+        if missing or extra:
+            raise ValueError(f"{where}: missing keys {missing}, unexpected keys {extra}")
+        for k, sub in schema.items():
+            _check(value[k], sub, f"{where}.{k}")
+        return
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        for i, v in enumerate(value):
+            _check(v, schema[0], f"{where}[{i}]")
+        return
+    if schema is _F:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif schema is _I:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, schema)
+    if not ok:
+        raise ValueError(f"{where}: expected {schema.__name__}, got {type(value).__name__}")
+
+
+def validate_report(doc: Dict[str, Any]) -> None:
+    """Raise ValueError naming the first place where ``doc`` departs from :data:`REPORT_SCHEMA`."""
+    _check(doc, REPORT_SCHEMA, "report")
+    if doc["format"] != REPORT_FORMAT or doc["version"] != REPORT_VERSION:
+        raise ValueError("report: wrong format or version")
+    for i, img in enumerate(doc["images"]):
+        for k, v in img["distances"].items():
+            _check(v, (_F, _N), f"report.images[{i}].distances.{k}")
+    for k, v in doc["summary"]["verdicts"].items():
+        _check(v, _I, f"report.summary.verdicts.{k}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the document
+
+
+def _model_summary(entry: Dict[str, Any], override: Optional[float]) -> Dict[str, Any]:
+    from detector.attribution import threshold_for
+
+    cal = entry.get("calibration")
+    th = threshold_for(cal, override)
+    cal = cal or {}
+    return {"name": entry["name"], "path": entry["path"], "file_sha256": entry["file_sha256"],
+            "weights_sha256": entry.get("weights_sha256"), "threshold": float(th.value),
+            "threshold_source": th.source, "target_fpr": th.target_fpr, "calibrated": bool(entry.get("calibration")),
+            "auc": cal.get("auc"), "achieved_fpr": cal.get("achieved_fpr")}
+
+
+def _histogram(models: List[Dict[str, Any]], by_model: Dict[str, List[float]]) -> Dict[str, Any]:
+    values = [d for m in models for d in by_model.get(m["file_sha256"], [])]
+    for m in models:
+        cal = m.get("calibration") or {}
+        values += (cal.get("generated_distances") or []) + (cal.get("real_distances") or [])
+    hi = max(values) if values else 1.0
+    bins = np.linspace(0.0, max(hi * 1.05, 1e-3), 31)
+    out = {"bins": [float(b) for b in bins], "models": []}
+    for m in models:
+        cal = m.get("calibration") or {}
+
+        def counts(v):
+            return None if v is None else [int(c) for c in np.histogram(np.asarray(v, float), bins)[0]]
+
+        out["models"].append({"name": m["name"], "case": counts(by_model.get(m["file_sha256"], [])),
+                              "generated": counts(cal.get("generated_distances")),
+                              "real": counts(cal.get("real_distances"))})
+    return out
+
+
+def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[ResultRecord]]]:
+    """(the JSON document, records with arrays per current input sha256) of a case."""
+    m = store.manifest
+    models = m["models"]
+    names = {e["file_sha256"]: e["name"] for e in models}
+    model_shas = [e["file_sha256"] for e in models]
+    override = m.get("threshold_override")
+    paths_of: Dict[str, List[str]] = defaultdict(list)
+    for e in m.get("inputs", []):
+        if e.get("sha256"):
+            paths_of[e["sha256"]].append(e["path"])
+
+    per_input: Dict[str, List[ResultRecord]] = defaultdict(list)
+    stale = 0
+    for rec in store.results(load=True):
+        if not rec.current:
+            stale += 1
+            continue
+        per_input[rec.input_sha256].append(rec)
+
+    images = []
+    verdicts: Counter = Counter()
+    by_model: Dict[str, List[float]] = defaultdict(list)
+    processed = errors = 0
+    for sha in sorted(paths_of, key=lambda s: sorted(paths_of[s])[0]):
+        recs = sorted(per_input.get(sha, []), key=lambda r: model_shas.index(r.model_sha256)
+                      if r.model_sha256 in model_shas else len(model_shas))
+        if {r.model_sha256 for r in recs} < set(model_shas) and not any(r.error for r in recs):
+            continue  # pending
+        att = attribute_records(recs, names)
+        err = next((r.error for r in recs if r.error), None) if all(r.error for r in recs) else None
+        if err:
+            errors += 1
+        else:
+            processed += 1
+        verdicts[att["verdict"]] += 1
+        per_model = []
+        for r in recs:
+            if r.distance is not None:
+                by_model[r.model_sha256].append(r.distance)
+            per_model.append({
+                "model": names.get(r.model_sha256, r.model_sha256[:12]), "model_sha256": r.model_sha256,
+                "distance": r.distance, "threshold": r.threshold, "threshold_source": r.threshold_source,
+                "verdict": r.verdict, "steps_run": None if r.result is None else int(r.result.steps_run),
+                "seed": None if r.result is None else r.result.settings.get("seed"), "error": r.error,
+                "batch_file": r.batch_file or ""})
+        notes = recs[0].notes if recs else []
+        images.append({"paths": sorted(paths_of[sha]), "sha256": sha, "verdict": att["verdict"],
+                       "attributed_to": att["model"],
+                       "distances": {p["model"]: p["distance"] for p in per_model},
+                       "per_model": per_model, "notes": list(notes), "error": err})
+    distinct = len(paths_of)
+    err_list = [{"path": p, "sha256": img["sha256"], "error": img["error"]}
+                for img in images if img["error"] for p in img["paths"]]
+    err_list += [{"path": u["path"], "sha256": None, "error": u["error"]} for u in m.get("unreadable", [])]
+    doc = {
+        "format": REPORT_FORMAT, "version": REPORT_VERSION, "generated": now_iso(),
+        "case": {"case_id": m["case_id"], "path": str(store.path), "created": m["created"]},
+        "summary": {"inputs": sum(len(v) for v in paths_of.values()), "distinct": distinct,
+                    "processed": processed, "pending": distinct - processed - errors, "errors": errors,
+                    "unreadable": len(m.get("unreadable", [])), "changed": len(m.get("changed", [])),
+                    "stale_results": stale, "verdicts": dict(sorted(verdicts.items())),
+                    "models": [_model_summary(e, override) for e in models]},
+        "histogram": _histogram(models, by_model),
+        "images": images,
+        "errors": err_list,
+        "changed": list(m.get("changed", [])),
+        "provenance": {"tool": m.get("tool", {}), "libraries": m.get("libraries", {}),
+                       "settings": m.get("settings", {}), "seed": int(m["seed"]),
+                       "image_seed_rule": m.get("image_seed_rule", ""), "threshold_override": override,
+                       "distance": m.get("distance", {}), "models": models,
+                       "batches": [p.name for p in store.batch_files()], "runs": m.get("runs", []),
+                       "case_created": m["created"], "case_updated": m.get("updated", m["created"])},
+    }
+    records = {img["sha256"]: per_input.get(img["sha256"], []) for img in images}
+    return doc, records
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images and figures
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _tensor_png(t) -> str:
+    """[C, H, W] in [-1, 1] -> data URI of an 8-bit PNG."""
+    from PIL import Image
+
+    from detector.images import to_uint8
+
+    a = to_uint8(t.clamp(-1, 1)).permute(1, 2, 0).cpu().numpy()
+    img = Image.fromarray(a[:, :, 0], mode="L") if a.shape[2] == 1 else Image.fromarray(a, mode="RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return _png_uri(buf.getvalue())
+
+
+def _noise_png(n) -> str:
+    """A noise map [1, H, W], min-max normalised to [0, 1] grey."""
+    x = n.detach().float()
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / (hi - lo) if hi > lo else x * 0
+    return _tensor_png(x * 2 - 1)
+
+
+def _histogram_png(doc: Dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    hist = doc["histogram"]
+    bins = np.asarray(hist["bins"])
+    n = max(1, len(hist["models"]))
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 3.6), squeeze=False)
+    centers = (bins[:-1] + bins[1:]) / 2
+    width = bins[1] - bins[0]
+    for ax, mh in zip(axes[0], hist["models"]):
+        if mh["generated"] is not None:
+            ax.bar(centers, mh["generated"], width=width, color="tab:blue", alpha=0.45,
+                   label="calibration: generated")
+        if mh["real"] is not None:
+            ax.bar(centers, mh["real"], width=width, color="tab:orange", alpha=0.45, label="calibration: real")
+        ax.step(bins, list(mh["case"]) + [mh["case"][-1] if mh["case"] else 0], where="post", color="black",
+                linewidth=1.8, label="this case")
+        th = next((m["threshold"] for m in doc["summary"]["models"] if m["name"] == mh["name"]), None)
+        if th is not None:
+            ax.axvline(th, color="tab:red", linestyle="--", linewidth=1.2, label=f"threshold {th:.3f}")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("LPIPS distance")
+        ax.set_ylabel("count")
+        ax.set_title(mh["name"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return _png_uri(buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body{font-family:sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
+.panel{display:inline-block;vertical-align:top;border:1px solid #bbb;border-radius:4px;margin:6px;padding:8px;width:720px}
+.panel.generated{border-color:#c0392b} .panel .verdict{font-weight:bold}
+.panel figure{display:inline-block;margin:4px;text-align:center}
+.panel figure img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ddd}
+.panel figcaption{font-size:11px}
+.mono{font-family:monospace;font-size:12px;word-break:break-all}
+#histogram img{max-width:100%}
+pre{background:#f6f6f6;padding:8px;font-size:11px;overflow-x:auto}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _fmt(d: Optional[float]) -> str:
+    return "–" if d is None else f"{d:.4f}"
+
+
+def _panel(img: Dict[str, Any], recs: List[ResultRecord], idx: int) -> str:
+    from detector.check import difference_image
+
+    generated = img["verdict"].startswith("generated")
+    parts = [f'<div class="panel{" generated" if generated else ""}" id="panel-{idx}" '
+             f'data-sha256="{_e(img["sha256"])}">',
+             f'<div class="paths mono">{"<br>".join(_e(p) for p in img["paths"])}</div>',
+             f'<div>verdict: <span class="verdict">{_e(img["verdict"])}</span></div>']
+    ok = [r for r in recs if r.result is not None]
+    if ok:
+        # Images of the attributed network, else of the closest one.
+        best = next((r for r in ok if img["attributed_to"] and r.model_sha256 ==
+                     next(p["model_sha256"] for p in img["per_model"] if p["model"] == img["attributed_to"])),
+                    min(ok, key=lambda r: r.distance))
+        res = best.result
+        figs = [("target", _tensor_png(best.target)), ("re-synthesis", _tensor_png(res.image)),
+                ("difference ×4", _tensor_png(difference_image(best.target, res.image)))]
+        maps = sorted(range(len(res.noise)), key=lambda i: -res.noise[i].shape[-1])[:2]
+        for i in maps:
+            r = res.noise[i].shape[-1]
+            figs.append((f"noise {i} ({r}×{r})", _noise_png(res.noise[i])))
+        parts.append('<div class="figures">' + "".join(
+            f'<figure class="{_e(cap.split()[0])}"><img alt="{_e(cap)}" src="{uri}"><figcaption>{_e(cap)}'
+            f'</figcaption></figure>' for cap, uri in figs) + "</div>")
+    rows = "".join(f"<tr><td>{_e(p['model'])}</td><td>{_fmt(p['distance'])}</td><td>{_fmt(p['threshold'])}"
+                   f" ({_e(p['threshold_source'])})</td><td>{_e(p['verdict'] or p['error'])}</td></tr>"
+                   for p in img["per_model"])
+    parts.append(f'<table class="distances"><tr><th>network</th><th>LPIPS distance</th><th>threshold</th>'
+                 f'<th>verdict</th></tr>{rows}</table>')
+    if img["notes"]:
+        parts.append(f'<div class="notes">{"; ".join(_e(n) for n in img["notes"])}</div>')
+    parts.append(f'<div class="mono">sha256 {_e(img["sha256"])}</div></div>')
+    return "".join(parts)
+
+
+def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> str:
+    s = doc["summary"]
+    model_rows = "".join(
+        f"<tr><td>{_e(m['name'])}</td><td>{m['threshold']:.4f}</td><td>{_e(m['threshold_source'])}</td>"
+        f"<td>{_e(m['target_fpr'])}</td><td>{_e(m['achieved_fpr'])}</td><td>{_e(m['auc'])}</td>"
+        f"<td class='mono'>{_e(m['file_sha256'])}</td></tr>" for m in s["models"])
+    verdict_rows = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in s["verdicts"].items())
+    counts = ", ".join(f"{k} {s[k]}" for k in ("inputs", "distinct", "processed", "pending", "errors",
+                                                 "unreadable", "changed", "stale_results"))
+    warn = ""
+    if any(m["threshold_source"] == "default" for m in s["models"]):
+        warn = ("<p class='warning'><b>Warning:</b> at least one network has no calibration; its threshold is the "
+                "uncalibrated default and has no stated error rate.</p>")
+    panels = "".join(_panel(img, records.get(img["sha256"], []), i) for i, img in enumerate(doc["images"]))
+    errors = "".join(f"<tr><td class='mono'>{_e(e['path'])}</td><td>{_e(e['error'])}</td></tr>"
+                     for e in doc["errors"])
+    changed = "".join(f"<tr><td class='mono'>{_e(c['path'])}</td><td class='mono'>{_e(c['old_sha256'][:16])}…</td>"
+                      f"<td class='mono'>{_e(c['new_sha256'][:16])}…</td><td>{_e(c['detected'])}</td></tr>"
+                      for c in doc["changed"])
+    prov = json.dumps(doc["provenance"], indent=2, default=str)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Case {_e(doc['case']['case_id'])}</title>
+<style>{_CSS}</style></head><body>
+<h1>Attribution report — case {_e(doc['case']['case_id'])}</h1>
+<section id="summary"><h2>Summary</h2>
+<p>{_e(counts)}</p>{warn}
+<table class="verdicts"><tr><th>verdict</th><th>images</th></tr>{verdict_rows}</table>
+<table class="models"><tr><th>network</th><th>threshold</th><th>source</th><th>target FPR</th><th>achieved FPR</th>
+<th>AUC</th><th>file sha256</th></tr>{model_rows}</table></section>
+<section id="histogram"><h2>LPIPS distances</h2>
+<img alt="LPIPS distance histogram of this case over the calibration's generated and real images"
+ src="{_histogram_png(doc)}"></section>
+<section id="images"><h2>Images</h2>{panels or '<p>No results yet.</p>'}</section>
+<section id="errors"><h2>Errors</h2><table><tr><th>path</th><th>error</th></tr>{errors}</table></section>
+<section id="changed"><h2>Inputs changed since recorded</h2>
+<table><tr><th>path</th><th>old sha256</th><th>new sha256</th><th>detected</th></tr>{changed}</table></section>
+<section id="provenance"><h2>Provenance</h2><pre>{_e(prov)}</pre></section>
+</body></html>
+"""
+
+
+def write_report(case_dir, out_dir=None) -> Tuple[Path, Path]:
+    """Write ``report.html`` and ``report.json`` for a case (default folder ``CASE/report``); returns their
+    paths. Both are written atomically; the JSON is validated against :data:`REPORT_SCHEMA` first."""
+    store = CaseStore.open(case_dir)
+    doc, records = build_report(store)
+    validate_report(doc)
+    out = Path(out_dir) if out_dir is not None else store.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = atomic_write_text(out / "report.json", json.dumps(doc, indent=2) + "\n")
+    html_path = atomic_write_text(out / "report.html", render_html(doc, records))
+    return html_path, json_path
+
+
+__all__ = ["write_report", "build_report", "render_html", "validate_report", "REPORT_SCHEMA", "REPORT_FORMAT"]

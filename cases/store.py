@@ -1,0 +1,510 @@
+"""A case folder: what was analysed, with what, and the results, written so that a crash never corrupts it.
+
+Layout::
+
+    CASE/
+      manifest.json                 case id, dates, tool and library versions, projector settings, seed, the
+                                    threshold override, the distance's provenance, the model(s) (path, file and
+                                    weights sha256, threshold, calibration summary), every input (path, sha256,
+                                    size, format), changed inputs, unreadable inputs, the runs
+      results/batch-r<rank>-<n>.h5  one HDF5 file per completed batch (rank = torchrun rank, n = 1, 2, ...)
+
+Crash safety (issue 6: "a kill -9 at any moment loses at most the batch in flight and never duplicates a
+result"):
+
+* A batch file is written under a temporary name in ``results/``, fsync'ed and ``os.replace``'d onto its final
+  name, so it is complete or absent (HDF5 files are not crash-safe when modified in place, so nothing is ever
+  appended to an existing file). Left-over temporary files (``.batch-*.tmp``) are ignored and removed by the
+  next run of the same rank.
+* The set of result files on disk is the truth. ``manifest.json`` (also replaced atomically) lists the batch
+  files as bookkeeping only: a file written just before a crash that did not reach the manifest is adopted by
+  the next run. Nothing depends on the manifest being current, so a crash between the two writes loses nothing.
+* A result's key is (input sha256, model file sha256). Reading the case is the union of all batch files; a key
+  found in several files (possible only when two processes ran the same case at once, or after a crash between
+  a write and bookkeeping of an older layout) is taken from the first file in sorted file-name order and never
+  counted twice.
+* Inputs are identified by content. The same bytes under two paths are projected once; an input whose content
+  changed since it was recorded (same path, new sha256) is reported by :meth:`CaseStore.check_inputs` and
+  projected again as a new result under its new hash; the old result stays in the files and is marked stale
+  (``current`` False) when read against the manifest.
+
+Under torchrun every rank writes only its own batch files (the rank is in the name) and only rank 0 writes the
+manifest; the case then reads as one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from stylegan.fileio import _fsync_dir, atomic_write_text, sha256_file
+
+CASE_FORMAT = "stylegan-forensics-case"
+BATCH_FORMAT = "stylegan-forensics-case-batch"
+CASE_VERSION = 1
+MANIFEST = "manifest.json"
+RESULTS = "results"
+_BATCH_RE = re.compile(r"^batch-r(\d{3,})-(\d{6,})\.h5$")
+
+# Settings that change speed, memory or placement but not results: a case may be resumed with other values.
+NON_RESULT_SETTINGS = ("device", "chunk_size")
+
+Key = Tuple[str, str]  # (input sha256, model file sha256)
+
+
+class CaseError(RuntimeError):
+    """A case folder cannot be used as asked (missing, not a case, created with other settings ...)."""
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def library_versions() -> Dict[str, Optional[str]]:
+    """Versions of the libraries that shape the results (recorded in the manifest and the report)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: Dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "h5py", "lpips", "pillow", "stylegan-forensics"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def tool_info() -> Dict[str, Optional[str]]:
+    vers = library_versions()
+    return {"name": "stylegan-forensics", "version": vers.get("stylegan-forensics"),
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else None}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input as hashed now: path (as given), sha256 of its bytes, size, format (Pillow's, from the header;
+    None when Pillow does not recognise it). ``error`` when it could not be read at all."""
+
+    path: str
+    sha256: Optional[str]
+    size: Optional[int]
+    format: Optional[str]
+    error: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {"path": self.path, "sha256": self.sha256, "size": self.size, "format": self.format}
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+def describe_input(path: Path) -> InputFile:
+    """Hash one input file (streamed) and sniff its format; an unreadable file gives an ``error``."""
+    try:
+        size = os.stat(path).st_size
+        sha = sha256_file(path)
+    except OSError as exc:
+        return InputFile(str(path), None, None, None, f"{path}: cannot read ({exc.strerror or exc})")
+    fmt = None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            fmt = im.format
+    except Exception:
+        fmt = None
+    return InputFile(str(path), sha, size, fmt)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class ResultRecord:
+    """The outcome of one input under one model.
+
+    ``error`` set: the input could not be used (then no distance). Otherwise distance, threshold, its source,
+    the verdict, the preprocessed ``target`` [C, R, R] and the :class:`ProjectionResult`. ``notes``: what loading
+    did to the image. ``batch_file`` is filled in when read back. ``current`` (read against the manifest): False
+    when the recorded path now has other content.
+    """
+
+    input_sha256: str
+    model_sha256: str
+    path: str
+    error: Optional[str] = None
+    distance: Optional[float] = None
+    threshold: Optional[float] = None
+    threshold_source: Optional[str] = None
+    verdict: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
+    result: Any = None  # detector.projector.ProjectionResult
+    target: Any = None  # torch.Tensor [C, R, R]
+    batch_file: Optional[str] = None
+    current: bool = True
+
+    @property
+    def key(self) -> Key:
+        return (self.input_sha256, self.model_sha256)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {"path": self.path, "sha256": self.input_sha256, "model_sha256": self.model_sha256,
+             "error": self.error, "distance": self.distance, "threshold": self.threshold,
+             "threshold_source": self.threshold_source, "verdict": self.verdict, "notes": list(self.notes),
+             "batch_file": self.batch_file, "current": self.current}
+        if self.result is not None:
+            d["steps_run"] = int(self.result.steps_run)
+            d["seed"] = self.result.settings.get("seed")
+        return d
+
+
+def _write_record(root, rec: ResultRecord) -> None:
+    g = root.require_group(rec.input_sha256).create_group(rec.model_sha256)
+    g.attrs["path"] = rec.path
+    g.attrs["notes"] = json.dumps(list(rec.notes))
+    if rec.error is not None:
+        g.attrs["error"] = rec.error
+        return
+    g.attrs["distance"] = float(rec.distance)
+    g.attrs["threshold"] = float(rec.threshold)
+    g.attrs["threshold_source"] = str(rec.threshold_source)
+    g.attrs["verdict"] = str(rec.verdict)
+    rec.result.save_hdf5(g.create_group("projection"))
+    g.create_dataset("target", data=np.asarray(rec.target.detach().cpu().numpy(), dtype=np.float32))
+
+
+def _read_record(g, input_sha: str, model_sha: str, load: bool) -> ResultRecord:
+    a = g.attrs
+    rec = ResultRecord(input_sha256=input_sha, model_sha256=model_sha, path=str(a["path"]),
+                       notes=json.loads(a.get("notes", "[]")))
+    if "error" in a:
+        rec.error = str(a["error"])
+        return rec
+    rec.distance = float(a["distance"])
+    rec.threshold = float(a["threshold"])
+    rec.threshold_source = str(a["threshold_source"])
+    rec.verdict = str(a["verdict"])
+    if load:
+        import torch
+
+        from detector.projector import ProjectionResult
+
+        rec.result = ProjectionResult.load_hdf5(g["projection"])
+        rec.target = torch.from_numpy(np.array(g["target"]))
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The store
+
+
+def _comparable(settings: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in NON_RESULT_SETTINGS}
+
+
+class CaseStore:
+    """A case folder (see the module docstring). ``CaseStore.create(...)`` or ``CaseStore.open(path)``."""
+
+    def __init__(self, path, manifest: Optional[Dict[str, Any]] = None):
+        self.path = Path(path)
+        self.manifest: Dict[str, Any] = manifest if manifest is not None else {}
+
+    # -- paths ---------------------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def results_dir(self) -> Path:
+        return self.path / RESULTS
+
+    # -- creation / opening --------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, settings: Dict[str, Any], seed: int, models: Sequence[Dict[str, Any]],
+               threshold: Optional[float] = None, distance: Optional[Dict[str, Any]] = None,
+               write: bool = True) -> "CaseStore":
+        """A new case folder (it may exist but must not hold a manifest). ``models``: one dict per network with
+        at least ``path`` and ``file_sha256`` (see :func:`cases.batch.model_entry`)."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise CaseError(f"{path} is already a case (open it to resume)")
+        if path.exists() and not path.is_dir():
+            raise CaseError(f"{path} exists and is not a folder")
+        shas = [m["file_sha256"] for m in models]
+        if not models or len(set(shas)) != len(shas):
+            raise CaseError("a case needs one or more distinct models")
+        manifest = {
+            "format": CASE_FORMAT,
+            "version": CASE_VERSION,
+            "case_id": uuid.uuid4().hex,
+            "created": now_iso(),
+            "updated": now_iso(),
+            "tool": tool_info(),
+            "libraries": library_versions(),
+            "settings": dict(settings),
+            "seed": int(seed),
+            "image_seed_rule": "detector.check.image_seed(seed, input sha256)",
+            "threshold_override": None if threshold is None else float(threshold),
+            "distance": distance or {},
+            "models": [dict(m) for m in models],
+            "inputs": [],
+            "changed": [],
+            "unreadable": [],
+            "batches": [],
+            "runs": [],
+        }
+        store = cls(path, manifest)
+        if write:
+            store.results_dir.mkdir(parents=True, exist_ok=True)
+            store.save_manifest()
+        return store
+
+    @classmethod
+    def open(cls, path) -> "CaseStore":
+        path = Path(path)
+        mp = path / MANIFEST
+        if not mp.is_file():
+            raise CaseError(f"{path} is not a case folder (no {MANIFEST})")
+        try:
+            manifest = json.loads(mp.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CaseError(f"{mp}: cannot read the manifest ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != CASE_FORMAT:
+            raise CaseError(f"{mp} is not a {CASE_FORMAT} manifest")
+        if manifest.get("version") != CASE_VERSION:
+            raise CaseError(f"{mp}: unsupported case version {manifest.get('version')!r}")
+        return cls(path, manifest)
+
+    def check_compatible(self, *, settings: Dict[str, Any], seed: int, models: Sequence[Dict[str, Any]],
+                         threshold: Optional[float] = None, distance: Optional[Dict[str, Any]] = None) -> None:
+        """Raise :class:`CaseError` unless a resumed run would produce results comparable with the recorded ones
+        (same settings except device/chunk size, seed, threshold override, model files and distance weights)."""
+        m = self.manifest
+        problems = []
+        if _comparable(m["settings"]) != _comparable(json.loads(json.dumps(settings))):
+            diff = sorted(k for k in set(m["settings"]) | set(settings)
+                          if k not in NON_RESULT_SETTINGS and m["settings"].get(k) != settings.get(k))
+            problems.append(f"projector settings differ ({', '.join(diff) or 'types'})")
+        if int(m["seed"]) != int(seed):
+            problems.append(f"seed {seed} != {m['seed']}")
+        old_th = m.get("threshold_override")
+        if (old_th is None) != (threshold is None) or (old_th is not None and float(old_th) != float(threshold)):
+            problems.append(f"threshold {threshold} != {old_th}")
+        if [x["file_sha256"] for x in m["models"]] != [x["file_sha256"] for x in models]:
+            problems.append("the model files differ (by sha256, in order)")
+        if distance and m.get("distance"):
+            a, b = m["distance"], distance
+            if (a.get("net"), a.get("trunk_sha256"), a.get("linear_weights_sha256")) != \
+                    (b.get("net"), b.get("trunk_sha256"), b.get("linear_weights_sha256")):
+                problems.append("the LPIPS network or weights differ")
+        if problems:
+            raise CaseError(f"{self.path} was created with other parameters: {'; '.join(problems)} "
+                            f"(use a new case folder)")
+
+    def save_manifest(self) -> None:
+        self.manifest["updated"] = now_iso()
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=False) + "\n")
+
+    # -- inputs --------------------------------------------------------------------------------------------
+    def recorded_inputs(self) -> Dict[str, str]:
+        """path -> sha256 as last recorded in the manifest."""
+        return {e["path"]: e["sha256"] for e in self.manifest.get("inputs", []) if e.get("sha256")}
+
+    def check_inputs(self, inputs: Iterable[InputFile]) -> Tuple[List[InputFile], List[InputFile], List[Tuple[InputFile, str]]]:
+        """Sort hashed inputs into (new, done, changed). ``done``: every model has a result (or a recorded
+        error) for its sha256. ``changed``: (input, old sha256) for a path recorded with other content; a changed
+        input is not done (unless its new content was done under another path) and is also in ``new``.
+        Unreadable inputs (``error``) are in none of the lists."""
+        recorded = self.recorded_inputs()
+        done_keys = self.done_keys()
+        model_shas = [m["file_sha256"] for m in self.manifest["models"]]
+        new, done, changed = [], [], []
+        for inp in inputs:
+            if inp.sha256 is None:
+                continue
+            old = recorded.get(inp.path)
+            if old is not None and old != inp.sha256:
+                changed.append((inp, old))
+            if all((inp.sha256, ms) in done_keys for ms in model_shas):
+                done.append(inp)
+            else:
+                new.append(inp)
+        return new, done, changed
+
+    def record_inputs(self, inputs: Sequence[InputFile], changed: Sequence[Tuple[InputFile, str]] = ()) -> None:
+        """Merge hashed inputs into the manifest (by path; the newest hash wins) and log changes. Rank 0 only."""
+        by_path = {e["path"]: e for e in self.manifest.get("inputs", [])}
+        unreadable = {e["path"]: e for e in self.manifest.get("unreadable", [])}
+        for inp in inputs:
+            if inp.error is not None:
+                unreadable[inp.path] = {"path": inp.path, "error": inp.error, "seen": now_iso()}
+                continue
+            unreadable.pop(inp.path, None)
+            by_path[inp.path] = inp.to_dict()
+        for inp, old in changed:
+            self.manifest.setdefault("changed", []).append(
+                {"path": inp.path, "old_sha256": old, "new_sha256": inp.sha256, "detected": now_iso()})
+        self.manifest["inputs"] = [by_path[p] for p in sorted(by_path)]
+        self.manifest["unreadable"] = [unreadable[p] for p in sorted(unreadable)]
+
+    # -- results -------------------------------------------------------------------------------------------
+    def batch_files(self) -> List[Path]:
+        """Completed batch files, sorted by name (the order that resolves duplicate keys)."""
+        if not self.results_dir.is_dir():
+            return []
+        return sorted(p for p in self.results_dir.iterdir() if _BATCH_RE.match(p.name))
+
+    def done_keys(self) -> Set[Key]:
+        """Every (input sha256, model sha256) with a result or a recorded error."""
+        import h5py
+
+        cache = self.__dict__.setdefault("_scanned", {})  # batch files never change once written
+        keys: Set[Key] = set()
+        for f in self.batch_files():
+            if f.name not in cache:
+                found = set()
+                with h5py.File(f, "r") as h:
+                    for isha, g in h.items():
+                        for msha in g.keys():
+                            found.add((isha, msha))
+                cache[f.name] = found
+            keys |= cache[f.name]
+        return keys
+
+    def clean_temporary(self, rank: int) -> None:
+        """Remove temporary files a killed run of this rank left behind."""
+        if self.results_dir.is_dir():
+            for p in self.results_dir.glob(f".batch-r{rank:03d}-*.tmp"):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+
+    def _next_batch_name(self, rank: int) -> Path:
+        n = 0
+        for p in self.batch_files():
+            m = _BATCH_RE.match(p.name)
+            if int(m.group(1)) == rank:
+                n = max(n, int(m.group(2)))
+        return self.results_dir / f"batch-r{rank:03d}-{n + 1:06d}.h5"
+
+    def write_batch(self, records: Sequence[ResultRecord], rank: int = 0) -> Optional[Path]:
+        """Write one batch of records as a new result file, atomically; returns its path (None if empty).
+        Keys already in the case are dropped (never duplicated)."""
+        import h5py
+
+        done = self.done_keys()
+        seen: Set[Key] = set()
+        todo = []
+        for r in records:
+            if r.key in done or r.key in seen:
+                continue
+            seen.add(r.key)
+            todo.append(r)
+        if not todo:
+            return None
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        dest = self._next_batch_name(rank)
+        fd, tmp = tempfile.mkstemp(dir=self.results_dir, prefix=f".batch-r{rank:03d}-", suffix=".tmp")
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as h:
+                h.attrs["format"] = BATCH_FORMAT
+                h.attrs["version"] = CASE_VERSION
+                h.attrs["case_id"] = str(self.manifest.get("case_id", ""))
+                h.attrs["rank"] = int(rank)
+                h.attrs["written"] = now_iso()
+                for r in todo:
+                    _write_record(h, r)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(self.results_dir)
+        return dest
+
+    def note_batch(self, path: Path) -> None:
+        """Bookkeeping: list a written batch file in the manifest (rank 0; not needed for correctness)."""
+        names = self.manifest.setdefault("batches", [])
+        if path.name not in names:
+            names.append(path.name)
+
+    def sync_batches(self) -> List[str]:
+        """Adopt batch files on disk that the manifest does not list yet (after a crash, or other ranks);
+        returns the adopted names."""
+        names = self.manifest.setdefault("batches", [])
+        new = [p.name for p in self.batch_files() if p.name not in names]
+        names.extend(new)
+        names.sort()
+        return new
+
+    def results(self, load: bool = True, include_stale: bool = True) -> Iterator[ResultRecord]:
+        """Every record of the case, once per key (first file in sorted order wins), with ``current`` set from
+        the manifest's inputs. ``load=False`` skips the arrays (fast summaries)."""
+        import h5py
+
+        recorded = self.recorded_inputs()
+        current_shas = set(recorded.values())
+        seen: Set[Key] = set()
+        for f in self.batch_files():
+            with h5py.File(f, "r") as h:
+                for isha in sorted(h.keys()):
+                    g = h[isha]
+                    for msha in sorted(g.keys()):
+                        if (isha, msha) in seen:
+                            continue
+                        seen.add((isha, msha))
+                        rec = _read_record(g[msha], isha, msha, load)
+                        rec.batch_file = f.name
+                        rec.current = isha in current_shas or not recorded
+                        if rec.current or include_stale:
+                            yield rec
+
+
+def attribute_records(records: Sequence[ResultRecord], model_names: Dict[str, str]) -> Dict[str, Any]:
+    """The verdict for one input from its records under several networks (issue 6): the network with the lowest
+    distance among those whose distance is within *their own* threshold, or none.
+
+    Returns ``{"verdict", "model_sha256" (or None), "model" (its name or None)}``. With one network the verdict
+    is that network's own ('generated by this network' / 'not attributed'); an input whose every record is an
+    error has verdict 'error'.
+    """
+    from detector.attribution import GENERATED, NOT_ATTRIBUTED, Threshold, attribute
+
+    ok = [r for r in records if r.error is None and r.distance is not None]
+    if not ok:
+        return {"verdict": "error", "model_sha256": None, "model": None}
+    name_of = {r.model_sha256: model_names.get(r.model_sha256, r.model_sha256[:12]) for r in ok}
+    mv = attribute({name_of[r.model_sha256]: r.distance for r in ok},
+                   {name_of[r.model_sha256]: Threshold(float(r.threshold), str(r.threshold_source)) for r in ok})
+    if mv.network is None:
+        return {"verdict": NOT_ATTRIBUTED, "model_sha256": None, "model": None}
+    sha = next(k for k, v in name_of.items() if v == mv.network)
+    verdict = GENERATED if len(model_names) <= 1 else mv.verdict
+    return {"verdict": verdict, "model_sha256": sha, "model": mv.network}
+
+
+__all__ = ["CaseStore", "attribute_records", "CaseError", "InputFile", "ResultRecord", "describe_input", "library_versions",
+           "tool_info", "now_iso", "CASE_FORMAT", "MANIFEST"]

@@ -1,0 +1,101 @@
+"""`detect calibrate`: a threshold with a stated false-positive rate for one network (registered on
+:data:`detector.cli.app` when this module is imported)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from stylegan.cli import UsageError, default_device, setup_torch, user_errors
+
+from .cli import LPIPS_NET_HELP, LPIPS_WEIGHTS_HELP, _detector_errors, _StepProgress, app
+
+
+class _ImageStepProgress(_StepProgress):
+    """The projection progress bar, counted in image-steps over the whole calibration."""
+
+    def __call__(self, done, total) -> None:
+        self.p.update(self.task, completed=done, total=total, loss="")
+
+
+@app.command()
+def calibrate(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file: our .pt, NVIDIA .pkl or rosinality .pt."),
+    real: List[Path] = typer.Option(..., "--real", help="Real images (files or folders, searched recursively); "
+                                                        "repeat the option for several."),
+    n_generated: int = typer.Option(200, "--n-generated", help="Fresh images the network generates and projects."),
+    fpr: float = typer.Option(0.01, "--fpr", help="Target false-positive rate on the real images."),
+    steps: int = typer.Option(1000, help="Optimisation steps per image (App. D uses 1000)."),
+    seed: int = typer.Option(0, help="Seed of the generated images (z and noise) and of the projections."),
+    confidence: float = typer.Option(0.95, help="Confidence level of the achieved-FPR interval (Clopper-Pearson)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images projected together."),
+    lpips_net: str = typer.Option("vgg", "--lpips-net", help=LPIPS_NET_HELP),
+    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
+    pyramid: Optional[str] = typer.Option(None, help="Noise-regulariser pyramid: paper (x2 per level) or official (plain averaging)."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Keep the record with the model: inside our .pt "
+                                                               "(rewritten, weights unchanged), else MODEL.calibration.json beside it."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the record as JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON instead of a summary."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
+) -> None:
+    """Project fresh generated images and the given real ones, pick the threshold at the target false-positive
+    rate on the reals (with a confidence interval), compute ROC AUC and store the calibration record that
+    `detect check` then uses."""
+    setup_torch()
+    from .calibration import CalibrationError
+
+    with user_errors(_detector_errors() + (CalibrationError,)):
+        from stylegan.fileio import atomic_write_text
+        from stylegan.formats import load_model
+
+        from .calibration import calibrate as run_calibration
+        from .calibration import store_calibration
+        from .images import iter_image_files
+        from .lpips import load_lpips
+        from .projector import ProjectorSettings
+
+        if steps < 1:
+            raise UsageError("--steps must be at least 1")
+        if n_generated < 1:
+            raise UsageError("--n-generated must be at least 1")
+        if batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if not 0 <= fpr < 1:
+            raise UsageError(f"--fpr must be in [0, 1), got {fpr}")
+        if not 0 < confidence < 1:
+            raise UsageError(f"--confidence must be in (0, 1), got {confidence}")
+        kw = {"steps": steps}
+        if pyramid is not None:
+            kw["pyramid"] = pyramid
+        try:
+            settings = ProjectorSettings(**kw)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        device = device or default_device()
+        m = load_model(model, device=device)
+        paths = iter_image_files(real)
+        if not paths:
+            raise CalibrationError(f"no image files found in {', '.join(map(str, real))}")
+        distance = load_lpips(lpips_net, lpips_weights, device=device)
+        with _ImageStepProgress(steps, not as_json) as progress:
+            record = run_calibration(m, paths, n_generated=n_generated, target_fpr=fpr, settings=settings,
+                                     distance=distance, seed=seed, batch_size=batch_size, confidence=confidence,
+                                     progress=progress,
+                                     on_skip=lambda msg: typer.echo(f"warning: {msg}", err=True))
+        record = dataclasses.replace(record, hashes={**record.hashes, "model_file": str(model)})
+        stored = store_calibration(record, model) if store else None
+        if out is not None:
+            atomic_write_text(out, json.dumps(record.to_dict(), indent=2) + "\n")
+        if as_json:
+            typer.echo(json.dumps({"stored": None if stored is None else str(stored), "record": record.to_dict()},
+                                  indent=2))
+        else:
+            typer.echo(f"{model}: {record.n_generated} generated, {record.n_real} real images "
+                       f"({len(record.skipped)} skipped)")
+            typer.echo(record.summary())
+            if stored is not None:
+                typer.echo(f"calibration stored in {stored}")

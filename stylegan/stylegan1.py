@@ -1,0 +1,543 @@
+"""The original StyleGAN, config A of StyleGAN2 Table 1 (Karras et al. 2019, "A Style-Based Generator
+Architecture for Generative Adversarial Networks", §2), with progressive growing (Karras et al. 2018, PGGAN §3).
+
+Generator (StyleGAN §2, Fig. 1b):
+
+* the 8-layer mapping network z -> w is :class:`stylegan.generator.MappingNetwork` (lr multiplier 0.01, w_avg
+  tracking), so style mixing and the truncation trick work exactly as for StyleGAN2 (``G.mapping(z,
+  truncation_psi, truncation_cutoff)``, ``ws`` of shape [N, num_ws, w_dim]);
+* a learned 4x4 constant; every resolution has two layers, each ending in
+  ``noise -> bias -> leaky ReLU -> AdaIN`` (the "epilogue" of a layer). The 4x4 block is
+  ``const -> epilogue -> conv 3x3 -> epilogue``; every later block is
+  ``2x up-sample -> conv 3x3 -> epilogue -> conv 3x3 -> epilogue``;
+* AdaIN (StyleGAN Eq. 1): instance normalisation of every channel, then a per-channel scale y_s and bias y_b,
+  both given by a learned affine map A of w;
+* noise (StyleGAN §3.2): a single-channel Gaussian map per layer, broadcast to all feature maps with learned
+  per-channel strengths (initialised to 0);
+* up-sampling is the paper's "bilinear" up-sampling: nearest-neighbour x2 followed by the [1, 2, 1] binomial
+  blur (together: zero insertion and the [1, 3, 3, 1] filter, the same low-pass StyleGAN2 uses);
+* equalised learning rate everywhere (:class:`stylegan.ops.Conv2dLayer`, :class:`~stylegan.ops.FullyConnectedLayer`);
+* the output is a 1x1 ToRGB convolution (no style, no activation). For progressive growing every resolution
+  has its own ToRGB.
+
+``num_ws = 2*log2(R) - 2``: one w per layer (ToRGB takes none). There are as many noise inputs as ws (two per
+resolution, the 4x4 block included), in the order b4.epi0, b4.conv1, b8.conv0, b8.conv1, ...
+
+Progressive growing (PGGAN §3, "fade in"). The level of detail ``lod`` is ``log2(R) - log2(r)`` for a network
+currently producing r x r images; a fractional lod is a transition. With ``k = floor(lod)``, ``r = R / 2**k``
+and ``alpha = 1 - (lod - k)``::
+
+    img_r = lerp(upsample_nearest(torgb_{r/2}(x_{r/2})), torgb_r(x_r), alpha)     (alpha 0 -> 1 as lod falls)
+
+and the result is up-sampled (nearest) to R x R, so that the discriminator, the losses and the data pipeline
+always see R x R tensors (the way PGGAN's own implementation keeps shapes fixed). The discriminator
+(:class:`StyleGAN1Discriminator`) average-pools its input back to r x r and mirrors the fade-in with a fromRGB at
+each resolution; :func:`pg_process_reals` prepares real images the same way. ``lod`` is a persistent buffer of
+the synthesis network and the discriminator (``set_lod``): a snapshot taken mid-training generates what it was
+trained to generate. At ``lod == 0`` (the default and the end of training) the network is plain config A.
+
+Discriminator: config A used the PGGAN discriminator; here that is :class:`stylegan.discriminator.Discriminator`
+with the 'orig' architecture (no residual branches, FIR [1,3,3,1] down-sampling, minibatch std group 4), extended
+by a fromRGB at every lower resolution for progressive growing (:class:`StyleGAN1Discriminator`).
+
+Initialisation choices (documented deviations where the paper is silent): the constant is N(0, 1) (a constant
+map of ones would be erased by the instance normalisation that follows it); the affine maps of AdaIN start with
+bias 1 for the scale half and 0 for the bias half, so that y_s starts near 1 and y_b near 0 (StyleGAN initialises
+the style scale so that y_s = 1 + A_s(w) with A's bias 0: the same function).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, DiscriminatorConfig, _check_resolution, _from_dict, channels_for
+from .discriminator import Discriminator
+from .generator import NOISE_MODES, MappingNetwork
+from .ops import SQRT2, Conv2dLayer, FullyConnectedLayer, bias_act, setup_filter, upfirdn2d
+
+__all__ = ["StyleGAN1Config", "AdaIN", "NoiseInput", "StyleGAN1Layer", "StyleGAN1Block", "StyleGAN1Synthesis",
+           "StyleGAN1Generator", "StyleGAN1Discriminator", "stylegan1_discriminator_config", "pg_schedule",
+           "lod_to_stage", "stage_to_lod", "pg_process_reals", "upsample_bilinear2x", "instance_norm"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class StyleGAN1Config:
+    """StyleGAN config A generator.
+
+    Channels per resolution: ``min(channel_base // res, channel_max)``; StyleGAN's ``fmap_base`` 8192 with
+    ``nf(stage) = 8192 / 2**stage``, ``stage = log2(res) - 1``, is ``channel_base = 16384`` here (the default:
+    512 channels up to 32x32, 16 at 1024x1024).
+    """
+
+    z_dim: int = 512
+    w_dim: int = 512
+    img_resolution: int = 1024
+    img_channels: int = 3
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    w_avg_beta: float = 0.995
+    channel_base: int = 16384
+    channel_max: int = 512
+
+    def __post_init__(self) -> None:
+        _check_resolution(self.img_resolution)
+        for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "img_channels"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.channel_base // self.img_resolution < 1:
+            raise ConfigError(f"channel_base {self.channel_base} gives no channels at {self.img_resolution} px")
+        if not 0 <= self.w_avg_beta <= 1:
+            raise ConfigError(f"w_avg_beta must be in [0, 1], got {self.w_avg_beta}")
+
+    @property
+    def log2_resolution(self) -> int:
+        return int(math.log2(self.img_resolution))
+
+    @property
+    def block_resolutions(self) -> List[int]:
+        return [2**i for i in range(2, self.log2_resolution + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        """One w per layer, two layers per resolution: 2*log2(R) - 2."""
+        return 2 * self.log2_resolution - 2
+
+    @property
+    def num_noise_inputs(self) -> int:
+        """Two noise inputs per resolution, the 4x4 block included: 2*log2(R) - 2 (= num_ws)."""
+        return 2 * self.log2_resolution - 2
+
+    @property
+    def max_lod(self) -> int:
+        """The level of detail of the 4x4 network: log2(R) - 2."""
+        return self.log2_resolution - 2
+
+    def channels(self, res: int) -> int:
+        return channels_for(res, self.channel_base, self.channel_max)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "StyleGAN1Config":
+        return _from_dict(cls, d)
+
+
+def stylegan1_discriminator_config(g: StyleGAN1Config, mbstd_group_size: Optional[int] = 4) -> DiscriminatorConfig:
+    """The discriminator config A was trained with: 'orig' architecture, the generator's resolution and channels."""
+    return DiscriminatorConfig(img_resolution=g.img_resolution, img_channels=g.img_channels,
+                               channel_base=g.channel_base, channel_max=g.channel_max, architecture="orig",
+                               mbstd_group_size=mbstd_group_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def instance_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise every channel of every sample to mean 0 and (population) std 1 over its pixels."""
+    assert x.ndim == 4, f"expected [N, C, H, W], got {list(x.shape)}"
+    x = x - x.mean(dim=[2, 3], keepdim=True)
+    return x * (x.square().mean(dim=[2, 3], keepdim=True) + eps).rsqrt()
+
+
+class AdaIN(torch.nn.Module):
+    """Adaptive instance normalisation, StyleGAN Eq. 1: AdaIN(x_i, y) = y_{s,i} (x_i - mu(x_i)) / sigma(x_i) + y_{b,i}.
+
+    ``y = (y_s, y_b)`` comes from the learned affine transform A of w (equalised lr); A's bias starts at 1 for
+    the scales and 0 for the biases, so every y_s starts near 1. ``eps`` = 1e-8 inside the root of sigma.
+    """
+
+    def __init__(self, channels: int, w_dim: int, eps: float = 1e-8):
+        super().__init__()
+        self.channels = channels
+        self.w_dim = w_dim
+        self.eps = eps
+        self.affine = FullyConnectedLayer(w_dim, 2 * channels, bias_init=1)
+        with torch.no_grad():
+            self.affine.bias[channels:] = 0
+
+    def styles(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(y_s, y_b), each [N, C]."""
+        assert w.ndim == 2 and w.shape[1] == self.w_dim, f"w must be [N, {self.w_dim}], got {list(w.shape)}"
+        y = self.affine(w.to(self.affine.weight.dtype))
+        return y[:, :self.channels], y[:, self.channels:]
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 4 and x.shape[1] == self.channels, f"expected [N, {self.channels}, H, W], got {list(x.shape)}"
+        y_s, y_b = self.styles(w)
+        x = instance_norm(x, self.eps)
+        return x * y_s.to(x.dtype)[:, :, None, None] + y_b.to(x.dtype)[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, w_dim={self.w_dim}, eps={self.eps}"
+
+
+class NoiseInput(torch.nn.Module):
+    """Per-layer noise (StyleGAN §3.2): one single-channel N(0, 1) map per sample, added to every channel times a
+    learned per-channel strength (``noise_strength`` [C], initialised to 0).
+
+    Same interface as the noise of :class:`stylegan.generator.SynthesisLayer`: ``resolution``, ``noise_strength``,
+    a persistent ``noise_const`` [res, res] for ``noise_mode='const'``, and explicit maps [N or 1, 1, res, res]
+    that override the mode (what the projector optimises).
+    """
+
+    def __init__(self, channels: int, resolution: int):
+        super().__init__()
+        self.channels = channels
+        self.resolution = resolution
+        self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+        self.noise_strength = torch.nn.Parameter(torch.zeros([channels]))
+
+    def forward(self, x: torch.Tensor, noise_mode: str = "random",
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        N, C, H, W = x.shape
+        res = self.resolution
+        assert C == self.channels and H == W == res, f"expected [N, {self.channels}, {res}, {res}], got {list(x.shape)}"
+        if noise is not None:
+            assert noise.ndim == 4 and noise.shape[1:] == (1, res, res) and noise.shape[0] in (1, N), (
+                f"noise for a {res}x{res} layer must be [N or 1, 1, {res}, {res}], got {list(noise.shape)}")
+            n = noise.to(x.dtype)
+        elif noise_mode == "random":
+            n = torch.randn([N, 1, res, res], device=x.device, dtype=x.dtype)
+        elif noise_mode == "const":
+            n = self.noise_const.to(x.dtype).reshape(1, 1, res, res)
+        elif noise_mode == "none":
+            return x
+        else:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        return x + n * self.noise_strength.to(x.dtype).reshape(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, resolution={self.resolution}"
+
+
+def upsample_bilinear2x(x: torch.Tensor, blur: torch.Tensor) -> torch.Tensor:
+    """StyleGAN's "bilinear" 2x up-sampling: nearest-neighbour, then the separable [1, 2, 1] / 4 blur (zero
+    padding of 1 pixel). Equivalent to zero insertion and the [1, 3, 3, 1] filter with gain 4."""
+    x = F.interpolate(x, scale_factor=2, mode="nearest")
+    return upfirdn2d(x, blur, padding=1)
+
+
+class StyleGAN1Layer(torch.nn.Module):
+    """One layer: (2x bilinear up-sampling) -> (3x3 conv, equalised lr, no bias) -> noise -> bias -> leaky ReLU
+    (slope 0.2, gain sqrt(2)) -> AdaIN. ``conv=False`` is the first layer of the 4x4 block (the epilogue applied
+    to the learned constant)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, conv: bool = True,
+                 up: bool = False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.resolution = resolution
+        self.up = up
+        if up:
+            self.register_buffer("blur_filter", setup_filter((1, 2, 1)), persistent=False)
+        self.conv = Conv2dLayer(in_channels, out_channels, kernel_size=3, bias=False) if conv else None
+        if not conv and in_channels != out_channels:
+            raise ValueError("a layer without convolution keeps its channel count")
+        self.noise = NoiseInput(out_channels, resolution)
+        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
+        self.adain = AdaIN(out_channels, w_dim)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        in_res = self.resolution // 2 if self.up else self.resolution
+        assert x.ndim == 4 and x.shape[1:] == (self.in_channels, in_res, in_res), (
+            f"expected [N, {self.in_channels}, {in_res}, {in_res}], got {list(x.shape)}")
+        if self.up:
+            x = upsample_bilinear2x(x, self.blur_filter)
+        if self.conv is not None:
+            x = self.conv(x)
+        x = self.noise(x, noise_mode, noise)
+        x = bias_act(x, self.bias, "lrelu", gain=SQRT2)
+        return self.adain(x, w)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_channels}, out={self.out_channels}, resolution={self.resolution}, up={self.up}, "
+                f"conv={self.conv is not None}")
+
+
+class StyleGAN1Block(torch.nn.Module):
+    """One resolution: two layers (``epi0`` + ``conv1`` on the constant at 4x4; ``conv0`` (up) + ``conv1``
+    above) and the resolution's ToRGB (1x1, equalised lr, bias, linear)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.resolution = resolution
+        if in_channels == 0:
+            self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+            self.epi0 = StyleGAN1Layer(out_channels, out_channels, w_dim, resolution, conv=False)
+        else:
+            self.conv0 = StyleGAN1Layer(in_channels, out_channels, w_dim, resolution, up=True)
+        self.conv1 = StyleGAN1Layer(out_channels, out_channels, w_dim, resolution)
+        self.torgb = Conv2dLayer(out_channels, img_channels, kernel_size=1)
+
+    def layers(self) -> List[StyleGAN1Layer]:
+        return [self.epi0 if self.in_channels == 0 else self.conv0, self.conv1]
+
+    def noise_layers(self) -> List[NoiseInput]:
+        return [layer.noise for layer in self.layers()]
+
+    def forward(self, x: Optional[torch.Tensor], ws: torch.Tensor, noise_mode: str = "random",
+                noise: Sequence[Optional[torch.Tensor]] = (None, None)) -> torch.Tensor:
+        assert ws.ndim == 3 and ws.shape[1] == 2, f"block {self.resolution} needs 2 ws, got {list(ws.shape)}"
+        if self.in_channels == 0:
+            x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+        first, second = self.layers()
+        x = first(x, ws[:, 0], noise_mode, noise[0])
+        return second(x, ws[:, 1], noise_mode, noise[1])
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.resolution}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Progressive growing helpers (PGGAN §3)
+
+
+def lod_to_stage(lod: float, img_resolution: int) -> Tuple[int, float]:
+    """(r, alpha): the resolution being trained at ``lod`` and the fade-in weight of its new layers
+    (1 = fully faded in)."""
+    max_lod = int(math.log2(img_resolution)) - 2
+    lod = float(lod)
+    if not 0 <= lod <= max_lod:
+        raise ValueError(f"lod must be in [0, {max_lod}] for {img_resolution} px, got {lod}")
+    k = math.floor(lod)
+    return img_resolution >> k, 1.0 - (lod - k)
+
+
+def stage_to_lod(resolution: int, alpha: float, img_resolution: int) -> float:
+    """Inverse of :func:`lod_to_stage`: the lod at which ``resolution`` is faded in by ``alpha`` in (0, 1]."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    lod = math.log2(img_resolution) - math.log2(resolution) + (1.0 - alpha)
+    lod_to_stage(lod, img_resolution)  # range check
+    return lod
+
+
+def pg_schedule(cur_nimg: int, lod_training_kimg: float = 600, lod_transition_kimg: float = 600, *,
+                img_resolution: int, initial_resolution: int = 4) -> Tuple[float, float]:
+    """PGGAN's schedule: (lod, alpha) after ``cur_nimg`` real images shown.
+
+    Training starts at ``initial_resolution`` and alternates ``lod_training_kimg`` thousand images of
+    stabilisation with ``lod_transition_kimg`` of fade-in to the next resolution, until lod reaches 0.
+    ``alpha`` = 1 - frac(lod) (1 outside transitions). ``lod_transition_kimg = 0`` switches instantly.
+    """
+    _check_resolution(img_resolution)
+    _check_resolution(initial_resolution)
+    if initial_resolution > img_resolution:
+        raise ValueError(f"initial_resolution {initial_resolution} exceeds img_resolution {img_resolution}")
+    if lod_training_kimg < 0 or lod_transition_kimg < 0 or lod_training_kimg + lod_transition_kimg <= 0:
+        raise ValueError("lod_training_kimg and lod_transition_kimg must be >= 0, not both 0")
+    kimg = max(cur_nimg, 0) / 1000.0
+    phase = lod_training_kimg + lod_transition_kimg
+    phase_idx = math.floor(kimg / phase)
+    phase_kimg = kimg - phase_idx * phase
+    lod = math.log2(img_resolution) - math.log2(initial_resolution) - phase_idx
+    if lod_transition_kimg > 0:
+        lod -= max(phase_kimg - lod_training_kimg, 0.0) / lod_transition_kimg
+    lod = max(lod, 0.0)
+    return lod, 1.0 - (lod - math.floor(lod))
+
+
+def _nearest_up(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return x if factor == 1 else x.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+
+
+def _box_down(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return x if factor == 1 else F.avg_pool2d(x, factor)
+
+
+def pg_process_reals(x: torch.Tensor, lod: float) -> torch.Tensor:
+    """Real images [N, C, R, R] as the network sees them at ``lod`` (PGGAN's real-image pipeline): box-filtered
+    to r x r, faded against the r/2 version during a transition (lerp(up(down(x_r)), x_r, alpha)), then
+    nearest-up-sampled back to R x R. Identity at lod 0."""
+    R = x.shape[-1]
+    r, alpha = lod_to_stage(lod, R)
+    x_r = _box_down(x, R // r)
+    if alpha < 1:
+        x_r = torch.lerp(_nearest_up(_box_down(x_r, 2), 2), x_r, alpha)
+    return _nearest_up(x_r, R // r)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Synthesis network and generator
+
+
+class StyleGAN1Synthesis(torch.nn.Module):
+    """ws [N, num_ws, w_dim] -> image [N, img_channels, R, R]; layer l reads ws[:, l].
+
+    ``noise`` (optional): one explicit map per entry of ``noise_layers()``, each [N or 1, 1, res, res]; it
+    overrides ``noise_mode``. ``lod`` (optional) overrides the stored level of detail (see the module docstring);
+    layers above the current resolution are not evaluated (their ws and noise are ignored).
+    """
+
+    def __init__(self, config: StyleGAN1Config):
+        super().__init__()
+        self.config = config
+        self.w_dim = config.w_dim
+        self.img_resolution = config.img_resolution
+        self.img_channels = config.img_channels
+        self.block_resolutions = config.block_resolutions
+        for res in self.block_resolutions:
+            in_channels = config.channels(res // 2) if res > 4 else 0
+            setattr(self, f"b{res}", StyleGAN1Block(in_channels, config.channels(res), config.w_dim, res,
+                                                    config.img_channels))
+        self.num_ws = 2 * len(self.block_resolutions)
+        assert self.num_ws == config.num_ws
+        self.register_buffer("lod", torch.zeros([]))
+
+    def blocks(self) -> List[StyleGAN1Block]:
+        return [getattr(self, f"b{res}") for res in self.block_resolutions]
+
+    def noise_layers(self) -> List[NoiseInput]:
+        """The noise inputs in input order (b4.epi0, b4.conv1, b8.conv0, b8.conv1, ...)."""
+        return [n for block in self.blocks() for n in block.noise_layers()]
+
+    @property
+    def noise_shapes(self) -> List[Tuple[int, int, int]]:
+        return [(1, n.resolution, n.resolution) for n in self.noise_layers()]
+
+    def set_lod(self, lod: float) -> None:
+        lod_to_stage(lod, self.img_resolution)  # range check
+        self.lod.fill_(float(lod))
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", noise: Optional[Sequence[torch.Tensor]] = None,
+                fused_modconv: Optional[bool] = None, lod: Optional[float] = None) -> torch.Tensor:
+        """``fused_modconv`` is accepted for interface compatibility with StyleGAN2 and ignored."""
+        del fused_modconv
+        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), (
+            f"ws must be [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if noise is not None and len(noise) != self.num_ws:
+            raise ValueError(f"expected {self.num_ws} noise maps, got {len(noise)}")
+        r, alpha = lod_to_stage(float(self.lod) if lod is None else lod, self.img_resolution)
+        x = img_lo = None
+        for i, block in enumerate(self.blocks()):
+            if block.resolution > r:
+                break
+            block_noise = noise[2 * i: 2 * i + 2] if noise is not None else (None, None)
+            x = block(x, ws[:, 2 * i: 2 * i + 2], noise_mode, block_noise)
+            if alpha < 1 and block.resolution == r // 2:
+                img_lo = block.torgb(x)
+        img = getattr(self, f"b{r}").torgb(x)
+        if img_lo is not None:
+            img = torch.lerp(_nearest_up(img_lo, 2), img, alpha)
+        return _nearest_up(img, self.img_resolution // r)
+
+
+class StyleGAN1Generator(torch.nn.Module):
+    """Mapping network + AdaIN synthesis network (StyleGAN Fig. 1b); same interface as
+    :class:`stylegan.generator.Generator`."""
+
+    def __init__(self, config: StyleGAN1Config):
+        super().__init__()
+        if not isinstance(config, StyleGAN1Config):
+            raise ConfigError(f"StyleGAN1Generator needs a StyleGAN1Config, got {type(config).__name__}")
+        self.config = config
+        self.z_dim = config.z_dim
+        self.w_dim = config.w_dim
+        self.img_resolution = config.img_resolution
+        self.img_channels = config.img_channels
+        self.synthesis = StyleGAN1Synthesis(config)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(config.z_dim, config.w_dim, self.num_ws, num_layers=config.mapping_layers,
+                                      lr_multiplier=config.mapping_lr_multiplier, w_avg_beta=config.w_avg_beta)
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None,
+                noise_mode: str = "random", fused_modconv: Optional[bool] = None,
+                update_emas: bool = False) -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                          update_emas=update_emas)
+        return self.synthesis(ws, noise_mode=noise_mode)
+
+    def set_lod(self, lod: float) -> None:
+        self.synthesis.set_lod(lod)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mapping.w_avg.device
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Discriminator with progressive growing
+
+
+class StyleGAN1Discriminator(Discriminator):
+    """The 'orig' (PGGAN-style) :class:`~stylegan.discriminator.Discriminator` plus a fromRGB (1x1, lrelu) at every
+    resolution below R (``fromrgb{res}``, 4 included) for progressive growing.
+
+    ``forward(img, lod=None)`` takes R x R images; at lod > 0 it box-filters them to r x r, starts at the
+    fromRGB of r and, during a transition, blends with the fromRGB of r/2 applied to the 2x box-filtered image:
+    ``x_{r/2} = lerp(fromrgb_{r/2}(down(img_r)), block_r(fromrgb_r(img_r)), alpha)`` (PGGAN Fig. 2).
+    'resnet' also works; 'skip' reads the image at every block and is refused.
+    """
+
+    def __init__(self, config: DiscriminatorConfig):
+        if config.architecture == "skip":
+            raise ConfigError("StyleGAN1Discriminator supports the 'orig' (config A) and 'resnet' architectures")
+        super().__init__(config)
+        for res in [r for r in self.block_resolutions + [4] if r < self.img_resolution]:
+            setattr(self, f"fromrgb{res}", Conv2dLayer(config.img_channels, config.channels(res), kernel_size=1,
+                                                           activation="lrelu", conv_clamp=config.conv_clamp))
+        self.register_buffer("lod", torch.zeros([]))
+
+    def set_lod(self, lod: float) -> None:
+        lod_to_stage(lod, self.img_resolution)
+        self.lod.fill_(float(lod))
+
+    def _enter(self, img_r: torch.Tensor, r: int) -> torch.Tensor:
+        """Features entering resolution r's block (or the epilogue at 4) from an r x r image."""
+        if r == self.img_resolution:
+            x, _ = getattr(self, f"b{r}")(None, img_r)
+            return x
+        x = getattr(self, f"fromrgb{r}")(img_r)
+        if r > 4:
+            x, _ = getattr(self, f"b{r}")(x, None)
+        return x
+
+    def forward(self, img: torch.Tensor, lod: Optional[float] = None) -> torch.Tensor:
+        R = self.img_resolution
+        assert img.ndim == 4 and img.shape[1:] == (self.img_channels, R, R), (
+            f"images must be [N, {self.img_channels}, {R}, {R}], got {list(img.shape)}")
+        r, alpha = lod_to_stage(float(self.lod) if lod is None else lod, R)
+        if r == R and alpha == 1:
+            return super().forward(img)
+        img_r = _box_down(img, R // r)
+        x = self._enter(img_r, r)
+        if alpha < 1:
+            y = getattr(self, f"fromrgb{r // 2}")(_box_down(img_r, 2))
+            x = torch.lerp(y, x, alpha)
+        # x now holds features at resolution r/2 (or the 4x4 input of the epilogue when r == 4)
+        for res in self.block_resolutions:
+            if res <= r // 2:
+                x, _ = getattr(self, f"b{res}")(x, None)
+        return self.b4(x, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registration in our file format
+
+
+def _register() -> None:
+    from .formats.ours import ArchSpec, register_arch
+
+    register_arch(ArchSpec(name="stylegan1", generator_config=StyleGAN1Config, generator=StyleGAN1Generator,
+                           discriminator_config=DiscriminatorConfig, discriminator=StyleGAN1Discriminator))
+
+
+_register()

