@@ -125,3 +125,43 @@ def test_report_shows_changed_input_and_stale_result(case, tmp_path):
     validate_report(doc)
     assert doc["summary"]["changed"] == 1 and doc["summary"]["stale_results"] == 2  # two networks
     assert doc["summary"]["pending"] == 1
+
+
+def _chromium() -> str:
+    import os
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI") or os.environ.get("STYLEGAN_REQUIRE_SHARED") == "1":
+            pytest.fail("chromium is not installed (CI installs Debian's chromium)")
+        pytest.skip("chromium is not installed")
+    return exe
+
+
+def test_html_in_headless_chromium(case, tmp_path):
+    """Open the report as a person would: the screenshot is not blank and the key elements are in the DOM."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    t, _ = case
+    r = runner.invoke(app, ["report", str(t / "case"), "--out", str(t / "out_chromium")])
+    assert r.exit_code == 0, r.output
+    html = (t / "out_chromium" / "report.html").resolve()
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2000", html.as_uri()], check=True,
+                   timeout=120, capture_output=True)
+    dom = subprocess.run(flags + ["--dump-dom", html.as_uri()], check=True, timeout=120, capture_output=True,
+                         text=True).stdout
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert img.shape == (2000, 1200)
+    assert img.std() > 20 and (img < 200).mean() > 0.02, "screenshot looks blank"
+    for needle in ('id="summary"', 'id="histogram"', 'id="provenance"', 'class="panel'):
+        assert needle in dom, needle
+    assert dom.count('class="panel') >= 4
+    assert dom.count("data:image/png;base64,") >= 4 * 5 + 1  # 5 images per panel + the histogram
