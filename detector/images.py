@@ -31,7 +31,6 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ from typing import Iterable, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from stylegan.fileio import atomic_write
 
 PathLike = Union[str, os.PathLike]
 
@@ -84,12 +85,6 @@ class LoadedImage:
 def _err(path: PathLike, why: str) -> ImageInputError:
     return ImageInputError(f"{path}: {why}")
 
-
-def _default_mode() -> int:
-    """Permissions of a newly created file under the current umask (mkstemp's files are 0600)."""
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _one_line(exc: BaseException, limit: int = 120) -> str:
@@ -343,17 +338,8 @@ def save_image(tensor: torch.Tensor, path: PathLike) -> Path:
     a = to_uint8(t).permute(1, 2, 0).cpu().numpy()
     img = Image.fromarray(a[:, :, 0], mode="L") if a.shape[2] == 1 else Image.fromarray(a, mode="RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as f:
+        img.save(f, format="PNG")
     return path
 
 

@@ -58,6 +58,8 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from stylegan.fileio import atomic_torch_save, atomic_write
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -175,12 +177,6 @@ def trunk_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _default_mode() -> int:
-    """Permissions of a newly created file under the current umask (mkstemp's files are 0600)."""
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return 0o666 & ~mask
-
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc).strip().splitlines()
@@ -280,29 +276,20 @@ def _download(url: str, dest: Path, *, sha256: Optional[str] = None, sha256_pref
     (full or prefix) before the rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f, _urlopen(url) as r:
-            total = 0
-            while True:
-                block = r.read(1 << 20)
-                if not block:
-                    break
-                total += len(block)
-                if total > max_bytes:
-                    raise LPIPSWeightsError(f"download of {url} exceeds {max_bytes} bytes")
-                h.update(block)
-                f.write(block)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
+    with atomic_write(dest, "wb") as f, _urlopen(url) as r:  # an exception leaves dest untouched
+        total = 0
+        while True:
+            block = r.read(1 << 20)
+            if not block:
+                break
+            total += len(block)
+            if total > max_bytes:
+                raise LPIPSWeightsError(f"download of {url} exceeds {max_bytes} bytes")
+            h.update(block)
+            f.write(block)
         digest = h.hexdigest()
         if (sha256 and digest != sha256) or (sha256_prefix and not digest.startswith(sha256_prefix)):
             raise LPIPSWeightsError(f"checksum mismatch for {url} (got sha256 {digest}); nothing stored")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
@@ -657,17 +644,7 @@ def _download_sdist(workdir: Path) -> Path:
 
 def _save_atomic(sd: Mapping[str, torch.Tensor], dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(sd), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save(dict(sd), dest)
 
 
 def fetch_weights(net: str = "vgg", cache_dir: Optional[PathLike] = None, *,

@@ -32,8 +32,40 @@ def channels_for(res: int, channel_base: int, channel_max: int) -> int:
     return min(channel_base // res, channel_max)
 
 
+class GeneratorShape:
+    """What every generator config derives from its resolution and channel settings (mixin for the dataclasses)."""
+
+    img_resolution: int
+    channel_base: int
+    channel_max: int
+
+    @property
+    def log2_resolution(self) -> int:
+        return int(math.log2(self.img_resolution))
+
+    @property
+    def block_resolutions(self) -> list:
+        return [2**i for i in range(2, self.log2_resolution + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        """Number of per-layer w inputs: 2*log2(R) - 2 (two layers per resolution, counting the last ToRGB of
+        StyleGAN2 or the 4x4 block's two layers of StyleGAN)."""
+        return 2 * self.log2_resolution - 2
+
+    def channels(self, res: int) -> int:
+        return channels_for(res, self.channel_base, self.channel_max)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]):
+        return _from_dict(cls, d)
+
+
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(GeneratorShape):
     """StyleGAN2 generator (config E/F of the paper: 'skip' ToRGB outputs, weight demodulation).
 
     ``num_fp16_res`` is recorded for files that carry it; this package always computes in float32 (or float64).
@@ -66,32 +98,9 @@ class GeneratorConfig:
             raise ConfigError(f"channel_base {self.channel_base} gives no channels at {self.img_resolution} px")
 
     @property
-    def log2_resolution(self) -> int:
-        return int(math.log2(self.img_resolution))
-
-    @property
-    def block_resolutions(self) -> list:
-        return [2**i for i in range(2, self.log2_resolution + 1)]
-
-    @property
-    def num_ws(self) -> int:
-        """Number of per-layer w inputs: 2*log2(R) - 2 (conv layers + the last ToRGB)."""
-        return 2 * self.log2_resolution - 2
-
-    @property
     def num_noise_inputs(self) -> int:
         """One noise map per 3x3 convolution: 2*log2(R) - 3."""
         return 2 * self.log2_resolution - 3
-
-    def channels(self, res: int) -> int:
-        return channels_for(res, self.channel_base, self.channel_max)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "GeneratorConfig":
-        return _from_dict(cls, d)
 
 
 @dataclass(frozen=True)

@@ -334,7 +334,12 @@ class SynthesisNetwork(torch.nn.Module):
 
 
 class Generator(torch.nn.Module):
-    """Mapping network + synthesis network: G(z) = g(f(z)) (StyleGAN2 Fig. 2)."""
+    """Mapping network + synthesis network: G(z) = g(f(z)) (StyleGAN2 Fig. 2).
+
+    Other generators with the same interface (StyleGAN config A) subclass this with another ``synthesis_class``.
+    """
+
+    synthesis_class = SynthesisNetwork
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -343,7 +348,7 @@ class Generator(torch.nn.Module):
         self.w_dim = config.w_dim
         self.img_resolution = config.img_resolution
         self.img_channels = config.img_channels
-        self.synthesis = SynthesisNetwork(config)
+        self.synthesis = self.synthesis_class(config)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(config.z_dim, config.w_dim, self.num_ws, num_layers=config.mapping_layers,
                                       lr_multiplier=config.mapping_lr_multiplier, w_avg_beta=config.w_avg_beta)

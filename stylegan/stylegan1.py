@@ -48,7 +48,6 @@ the style scale so that y_s = 1 + A_s(w) with A's bias 0: the same function).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -56,9 +55,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, DiscriminatorConfig, _check_resolution, _from_dict, channels_for
+from .config import ConfigError, DiscriminatorConfig, GeneratorShape, _check_resolution
 from .discriminator import Discriminator
-from .generator import NOISE_MODES, MappingNetwork
+from .generator import NOISE_MODES, Generator
 from .ops import SQRT2, Conv2dLayer, FullyConnectedLayer, bias_act, setup_filter, upfirdn2d
 
 __all__ = ["StyleGAN1Config", "AdaIN", "NoiseInput", "StyleGAN1Layer", "StyleGAN1Block", "StyleGAN1Synthesis",
@@ -71,7 +70,7 @@ __all__ = ["StyleGAN1Config", "AdaIN", "NoiseInput", "StyleGAN1Layer", "StyleGAN
 
 
 @dataclass(frozen=True)
-class StyleGAN1Config:
+class StyleGAN1Config(GeneratorShape):
     """StyleGAN config A generator.
 
     Channels per resolution: ``min(channel_base // res, channel_max)``; StyleGAN's ``fmap_base`` 8192 with
@@ -100,19 +99,6 @@ class StyleGAN1Config:
             raise ConfigError(f"w_avg_beta must be in [0, 1], got {self.w_avg_beta}")
 
     @property
-    def log2_resolution(self) -> int:
-        return int(math.log2(self.img_resolution))
-
-    @property
-    def block_resolutions(self) -> List[int]:
-        return [2**i for i in range(2, self.log2_resolution + 1)]
-
-    @property
-    def num_ws(self) -> int:
-        """One w per layer, two layers per resolution: 2*log2(R) - 2."""
-        return 2 * self.log2_resolution - 2
-
-    @property
     def num_noise_inputs(self) -> int:
         """Two noise inputs per resolution, the 4x4 block included: 2*log2(R) - 2 (= num_ws)."""
         return 2 * self.log2_resolution - 2
@@ -122,15 +108,6 @@ class StyleGAN1Config:
         """The level of detail of the 4x4 network: log2(R) - 2."""
         return self.log2_resolution - 2
 
-    def channels(self, res: int) -> int:
-        return channels_for(res, self.channel_base, self.channel_max)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "StyleGAN1Config":
-        return _from_dict(cls, d)
 
 
 def stylegan1_discriminator_config(g: StyleGAN1Config, mbstd_group_size: Optional[int] = 4) -> DiscriminatorConfig:
@@ -440,37 +417,19 @@ class StyleGAN1Synthesis(torch.nn.Module):
         return _nearest_up(img, self.img_resolution // r)
 
 
-class StyleGAN1Generator(torch.nn.Module):
-    """Mapping network + AdaIN synthesis network (StyleGAN Fig. 1b); same interface as
-    :class:`stylegan.generator.Generator`."""
+class StyleGAN1Generator(Generator):
+    """Mapping network + AdaIN synthesis network (StyleGAN Fig. 1b); the interface of
+    :class:`stylegan.generator.Generator` (whose ``fused_modconv`` the AdaIN synthesis ignores)."""
+
+    synthesis_class = StyleGAN1Synthesis
 
     def __init__(self, config: StyleGAN1Config):
-        super().__init__()
         if not isinstance(config, StyleGAN1Config):
             raise ConfigError(f"StyleGAN1Generator needs a StyleGAN1Config, got {type(config).__name__}")
-        self.config = config
-        self.z_dim = config.z_dim
-        self.w_dim = config.w_dim
-        self.img_resolution = config.img_resolution
-        self.img_channels = config.img_channels
-        self.synthesis = StyleGAN1Synthesis(config)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(config.z_dim, config.w_dim, self.num_ws, num_layers=config.mapping_layers,
-                                      lr_multiplier=config.mapping_lr_multiplier, w_avg_beta=config.w_avg_beta)
-
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None,
-                noise_mode: str = "random", fused_modconv: Optional[bool] = None,
-                update_emas: bool = False) -> torch.Tensor:
-        ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                          update_emas=update_emas)
-        return self.synthesis(ws, noise_mode=noise_mode)
+        super().__init__(config)
 
     def set_lod(self, lod: float) -> None:
         self.synthesis.set_lod(lod)
-
-    @property
-    def device(self) -> torch.device:
-        return self.mapping.w_avg.device
 
 
 # ----------------------------------------------------------------------------------------------------------------
