@@ -248,7 +248,14 @@ def train(
     data: Optional[Path] = typer.Option(None, help="HDF5 dataset from `stylegan dataset`."),
     outdir: Path = typer.Option(Path("runs"), help="Parent folder of run folders."),
     run_name: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: <preset>-<res>-NNNNN)."),
-    preset: str = typer.Option("paper-f", help="paper-f | paper-e | cifar | celeba32 | cpu-tiny."),
+    preset: str = typer.Option("paper-f", help="paper-f | paper-e | cifar | celeba32 | cpu-tiny (StyleGAN2), "
+                               "stylegan1 | config-a | config-a-tiny (original StyleGAN, config A)."),
+    arch: Optional[str] = typer.Option(None, help="stylegan2 | stylegan1 (default: the preset's; stylegan1 with a "
+                                       "StyleGAN2 preset trains config A with that preset's sizes)."),
+    progressive: Optional[bool] = typer.Option(None, "--progressive/--no-progressive",
+                                               help="Progressive growing (stylegan1 only; default: the preset's)."),
+    lod_kimg: Optional[float] = typer.Option(None, "--lod-kimg", help="Progressive growing: kimg per resolution "
+                                             "for both stabilisation and fade-in."),
     res: Optional[int] = typer.Option(None, help="Resolution (default: the dataset's)."),
     kimg: Optional[float] = typer.Option(None, help="Total training length in thousands of images."),
     batch: Optional[int] = typer.Option(None, help="Total batch size over all ranks."),
@@ -309,7 +316,8 @@ def train(
                     preset, data_res, data=str(data), total_kimg=kimg, batch_size=batch, r1_gamma=gamma,
                     pl_weight=pl_weight, style_mixing_prob=style_mixing, g_lr=glr, d_lr=dlr, ema_kimg=ema_kimg,
                     ema_rampup=ema_rampup, xflip=mirror, seed=seed, tick_kimg=tick, snapshot_ticks=snap,
-                    keep_snapshots=keep)
+                    keep_snapshots=keep, arch=arch, progressive=progressive, lod_training_kimg=lod_kimg,
+                    lod_transition_kimg=lod_kimg)
                 net = {k: v for k, v in dict(channel_base=cbase, channel_max=cmax, mapping_layers=map_layers).items()
                        if v is not None}
                 if net:

@@ -15,6 +15,16 @@ A run lives in one folder: ``config.json``, ``log.jsonl`` (one line per tick), `
 (our format, holding G, D, G_ema and every piece of training state: optimisers, pl mean, RNG states of every
 rank, data position), ``fakes-KKKKKK.png`` grids of fixed seeds and ``network-final.pt``. ``resume`` restores all
 of it, so a run stopped and resumed computes the same weights as one that never stopped (on CPU).
+
+The same loop trains the original StyleGAN (config A, :mod:`stylegan.stylegan1`) with ``arch='stylegan1'``:
+non-saturating loss with R1 and style mixing, no path-length term (``pl_weight`` must be 0). ``progressive=True``
+(config A only) adds PGGAN's progressive growing: before every iteration the level of detail is
+``pg_schedule(cur_nimg, lod_training_kimg, lod_transition_kimg, initial_resolution=...)``; it is set on G, G_ema
+and D (a persistent buffer of each, so snapshots carry it) and the real images go through ``pg_process_reals``
+before D and R1. As in StyleGAN's ``reset_opt_for_new_lod`` the Adam states are cleared whenever floor(lod) or
+ceil(lod) changes (``pg_reset_opt``). Deviations from StyleGAN's schedule: no per-resolution minibatch or
+learning-rate dictionaries (one batch size and lr for the whole run), and R1 is lazy (``r1_interval``) as in
+StyleGAN2.
 """
 
 from __future__ import annotations
@@ -33,16 +43,19 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .config import ConfigError, DiscriminatorConfig, GeneratorConfig, get_preset
+from .config import ConfigError, DiscriminatorConfig, GeneratorConfig, _check_resolution, get_preset
 from .dataset import BatchStream, DatasetError, InfiniteSampler, open_dataset
-from .discriminator import Discriminator
 from .fileio import atomic_write_text
-from .formats.ours import build_networks, read_network_file, save_network
-from .generator import Generator, seed_to_z
+from .formats.ours import build_networks, get_arch, read_network_file, save_network
+from .generator import seed_to_z
 from .loss import (d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_hyperparameters, path_length_penalty,
                    path_lengths, r1_penalty, style_mix, update_ema, update_pl_mean)
+from .stylegan1 import StyleGAN1Config, pg_process_reals, pg_schedule, stylegan1_discriminator_config
 
 SNAPSHOT_RE = re.compile(r"network-snapshot-(\d+)\.pt$")
+
+#: Architectures the trainer can train (names of the arch registry of :mod:`stylegan.formats.ours`).
+TRAINABLE_ARCHS = ("stylegan2", "stylegan1")
 
 
 class TrainingError(ValueError):
@@ -55,10 +68,18 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Everything that defines a run. Defaults are StyleGAN2 config F's training settings (App. B)."""
+    """Everything that defines a run. Defaults are StyleGAN2 config F's training settings (App. B).
 
-    G: GeneratorConfig = field(default_factory=GeneratorConfig)
-    D: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    ``arch`` 'stylegan2' (G a GeneratorConfig) or 'stylegan1' (config A: G a StyleGAN1Config, ``pl_weight`` 0).
+    ``G`` / ``D`` left at None get the arch's default: GeneratorConfig() / DiscriminatorConfig() for stylegan2,
+    StyleGAN1Config() / ``stylegan1_discriminator_config(G)`` for stylegan1. ``progressive`` (stylegan1 only):
+    PGGAN progressive growing from ``initial_resolution`` with ``lod_training_kimg`` of stabilisation and
+    ``lod_transition_kimg`` of fade-in per resolution; ``pg_reset_opt`` clears the Adam states when the
+    resolution changes (StyleGAN's reset_opt_for_new_lod).
+    """
+
+    G: Any = None
+    D: Optional[DiscriminatorConfig] = None
     preset: str = "custom"
     data: str = ""
     total_kimg: float = 25000.0
@@ -83,8 +104,43 @@ class TrainingConfig:
     image_ticks: int = 5
     keep_snapshots: int = 3
     grid_size: int = 16
+    arch: str = "stylegan2"
+    progressive: bool = False
+    lod_training_kimg: float = 600.0
+    lod_transition_kimg: float = 600.0
+    initial_resolution: int = 4
+    pg_reset_opt: bool = True
 
     def __post_init__(self) -> None:
+        if self.arch not in TRAINABLE_ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(TRAINABLE_ARCHS)}, got {self.arch!r}")
+        g_cls = StyleGAN1Config if self.arch == "stylegan1" else GeneratorConfig
+        if self.G is None:
+            object.__setattr__(self, "G", g_cls())
+        if not isinstance(self.G, g_cls):
+            raise ConfigError(f"arch {self.arch!r} needs G to be a {g_cls.__name__}, got {type(self.G).__name__}")
+        if self.D is None:
+            object.__setattr__(self, "D", stylegan1_discriminator_config(self.G) if self.arch == "stylegan1"
+                               else DiscriminatorConfig())
+        if not isinstance(self.D, DiscriminatorConfig):
+            raise ConfigError(f"D must be a DiscriminatorConfig, got {type(self.D).__name__}")
+        if self.arch == "stylegan1":
+            if self.pl_weight != 0:
+                raise ConfigError(f"pl_weight must be 0 for arch 'stylegan1' (config A has no path-length "
+                                  f"regularisation), got {self.pl_weight}")
+            if self.D.architecture == "skip":
+                raise ConfigError("arch 'stylegan1' needs an 'orig' or 'resnet' discriminator, not 'skip'")
+        if self.progressive:
+            if self.arch != "stylegan1":
+                raise ConfigError(f"progressive growing is only available for arch 'stylegan1' (config A), "
+                                  f"not {self.arch!r}")
+            _check_resolution(self.initial_resolution)
+            if self.initial_resolution > self.G.img_resolution:
+                raise ConfigError(f"initial_resolution {self.initial_resolution} exceeds img_resolution "
+                                  f"{self.G.img_resolution}")
+            if (self.lod_training_kimg < 0 or self.lod_transition_kimg < 0
+                    or self.lod_training_kimg + self.lod_transition_kimg <= 0):
+                raise ConfigError("lod_training_kimg and lod_transition_kimg must be >= 0 and not both 0")
         if self.G.img_resolution != self.D.img_resolution:
             raise ConfigError("G and D must have the same img_resolution")
         if self.batch_size < 1 or self.total_kimg <= 0:
@@ -107,8 +163,14 @@ class TrainingConfig:
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"unknown training config fields: {sorted(unknown)}")
-        d["G"] = GeneratorConfig.from_dict(d["G"]) if isinstance(d.get("G"), dict) else d.get("G", GeneratorConfig())
-        d["D"] = DiscriminatorConfig.from_dict(d["D"]) if isinstance(d.get("D"), dict) else d.get("D", DiscriminatorConfig())
+        arch = d.get("arch", "stylegan2")
+        if arch not in TRAINABLE_ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(TRAINABLE_ARCHS)}, got {arch!r}")
+        spec = get_arch(arch)
+        if isinstance(d.get("G"), dict):
+            d["G"] = spec.generator_config.from_dict(d["G"])
+        if isinstance(d.get("D"), dict):
+            d["D"] = (spec.discriminator_config or DiscriminatorConfig).from_dict(d["D"])
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
@@ -128,15 +190,70 @@ TRAINING_PRESETS: Dict[str, Dict[str, Any]] = {
                      xflip=True, total_kimg=300, tick_kimg=2.0, snapshot_ticks=5, image_ticks=5),
     "cpu-tiny": dict(batch_size=8, g_lr=0.0025, d_lr=0.0025, r1_gamma=1.0, ema_kimg=1.0, ema_rampup=0.05,
                      total_kimg=20, tick_kimg=0.5, snapshot_ticks=4, image_ticks=4, grid_size=16),
+    # Config A (the original StyleGAN). 'stylegan1': StyleGAN's own setting (1024 px, R1 gamma 10, style mixing
+    # 0.9, EMA 10 kimg, progressive growing 600 + 600 kimg per resolution); 'config-a': celeba32's training
+    # settings and network sizes (32 px, z/w 512, mapping 8, channel_base 16384, channel_max 128) without the
+    # path-length term, growing 4 -> 32 in 180 kimg (30 + 30 per resolution) of the 300, so that config A and
+    # config F ('celeba32') compare at the same resolution and budget; 'config-a-tiny' for tests and demos.
+    "stylegan1": dict(batch_size=32, g_lr=0.002, d_lr=0.002, r1_gamma=10.0, ema_kimg=10.0, total_kimg=25000,
+                      style_mixing_prob=0.9, progressive=True, lod_training_kimg=600, lod_transition_kimg=600),
+    "config-a": dict(batch_size=16, g_lr=0.0025, d_lr=0.0025, r1_gamma=0.05, ema_kimg=5.0, ema_rampup=0.05,
+                     xflip=True, total_kimg=300, tick_kimg=2.0, snapshot_ticks=5, image_ticks=5,
+                     style_mixing_prob=0.9, progressive=True, lod_training_kimg=30, lod_transition_kimg=30),
+    "config-a-tiny": dict(batch_size=8, g_lr=0.0025, d_lr=0.0025, r1_gamma=1.0, ema_kimg=1.0, ema_rampup=0.05,
+                          total_kimg=20, tick_kimg=0.5, snapshot_ticks=4, image_ticks=4, grid_size=16,
+                          style_mixing_prob=0.9, progressive=True, lod_training_kimg=2, lod_transition_kimg=2),
+}
+
+#: Generator shapes of the config-A presets (the presets of stylegan.config are StyleGAN2 networks).
+STYLEGAN1_PRESETS: Dict[str, StyleGAN1Config] = {
+    "stylegan1": StyleGAN1Config(),
+    "config-a": StyleGAN1Config(z_dim=512, w_dim=512, img_resolution=32, mapping_layers=8, channel_base=16384,
+                                channel_max=128),
+    "config-a-tiny": StyleGAN1Config(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
+                                     channel_max=32),
 }
 
 
+def stylegan1_config_like(g: GeneratorConfig) -> StyleGAN1Config:
+    """The config-A generator with a StyleGAN2 config's sizes (z/w, resolution, channels, mapping network)."""
+    return StyleGAN1Config(z_dim=g.z_dim, w_dim=g.w_dim, img_resolution=g.img_resolution,
+                           img_channels=g.img_channels, mapping_layers=g.mapping_layers,
+                           mapping_lr_multiplier=g.mapping_lr_multiplier, w_avg_beta=g.w_avg_beta,
+                           channel_base=g.channel_base, channel_max=g.channel_max)
+
+
 def training_config_for(preset: str, img_resolution: Optional[int] = None, **overrides: Any) -> TrainingConfig:
-    """The TrainingConfig of a named preset, with any field overridden (``None`` values are ignored)."""
-    net = get_preset(preset, img_resolution)
+    """The TrainingConfig of a named preset, with any field overridden (``None`` values are ignored).
+
+    The config-A presets ('stylegan1', 'config-a', 'config-a-tiny') give ``arch='stylegan1'``; ``arch='stylegan1'``
+    with a StyleGAN2 preset trains config A with that preset's sizes and training settings (and no path-length
+    term). Config A's pl_weight is 0; overriding it with a positive value is a ConfigError.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    arch = overrides.pop("arch", None)
     kwargs: Dict[str, Any] = dict(TRAINING_PRESETS.get(preset, {}))
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainingConfig(G=net.G, D=net.D, preset=preset, **kwargs)
+    if preset in STYLEGAN1_PRESETS:
+        if arch not in (None, "stylegan1"):
+            raise ConfigError(f"preset {preset!r} is a config-A (stylegan1) preset, not {arch!r}")
+        arch = "stylegan1"
+        G: Any = STYLEGAN1_PRESETS[preset]
+        if img_resolution is not None:
+            G = dataclasses.replace(G, img_resolution=img_resolution)
+        D = stylegan1_discriminator_config(G)
+    else:
+        arch = arch or "stylegan2"
+        if arch not in TRAINABLE_ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(TRAINABLE_ARCHS)}, got {arch!r}")
+        net = get_preset(preset, img_resolution)
+        G, D = net.G, net.D
+        if arch == "stylegan1":
+            G = stylegan1_config_like(G)
+            D = stylegan1_discriminator_config(G)
+    if arch == "stylegan1":
+        kwargs["pl_weight"] = 0.0
+    kwargs.update(overrides)
+    return TrainingConfig(G=G, D=D, preset=preset, arch=arch, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,11 +362,12 @@ class Trainer:
             raise TrainingError("dataset has fewer images than ranks")
 
         torch.manual_seed(config.seed * self.world_size + self.rank)
-        self.G = Generator(config.G).to(self.device).train()
-        self.D = Discriminator(config.D).to(self.device).train()
+        spec = get_arch(config.arch)
+        self.G = spec.generator(config.G).to(self.device).train()
+        self.D = spec.discriminator(config.D).to(self.device).train()
         _sync_params(self.G)
         _sync_params(self.D)
-        self.G_ema = Generator(config.G).to(self.device).eval()
+        self.G_ema = spec.generator(config.G).to(self.device).eval()
         self.G_ema.load_state_dict(self.G.state_dict())
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
@@ -269,6 +387,30 @@ class Trainer:
         self.stats = TickStats()
         self.deadline: Optional[float] = None  # wall-clock time (time.time()) at which run() stops with a snapshot
         self.grid_z = torch.cat([seed_to_z(s, config.G.z_dim) for s in range(config.grid_size)]).to(self.device)
+        if config.progressive:
+            self._set_lod(self.scheduled_lod())
+
+    # -- progressive growing ------------------------------------------------------------------------------------
+
+    def scheduled_lod(self, cur_nimg: Optional[int] = None) -> float:
+        """The level of detail the schedule gives after ``cur_nimg`` images (default: now); 0 without growing."""
+        cfg = self.config
+        if not cfg.progressive:
+            return 0.0
+        lod, _ = pg_schedule(self.cur_nimg if cur_nimg is None else cur_nimg, cfg.lod_training_kimg,
+                             cfg.lod_transition_kimg, img_resolution=cfg.G.img_resolution,
+                             initial_resolution=cfg.initial_resolution)
+        return lod
+
+    @property
+    def lod(self) -> float:
+        """The level of detail the networks are at (the discriminator's buffer; 0 for StyleGAN2)."""
+        lod = getattr(self.D, "lod", None)
+        return float(lod) if isinstance(lod, torch.Tensor) else 0.0
+
+    def _set_lod(self, lod: float) -> None:
+        for net in (self.G, self.G_ema, self.D):
+            net.set_lod(lod)
 
     # -- set-up of a run folder ---------------------------------------------------------------------------------
 
@@ -339,12 +481,13 @@ class Trainer:
         name = "network-final.pt" if final else f"network-snapshot-{self.cur_nimg // 1000:06d}.pt"
         metadata = {
             "training": {"kimg": kimg, "iteration": self.iteration, "total_kimg": self.config.total_kimg,
-                         "preset": self.config.preset, "seed": self.config.seed},
+                         "preset": self.config.preset, "seed": self.config.seed, "arch": self.config.arch,
+                         **({"lod": self.lod} if self.config.progressive else {})},
             "dataset_fingerprint": self.dataset.fingerprint,
             "source": {"format": "ours", "producer": "stylegan train", "run_dir": str(self.run_dir)},
         }
         path = save_network(self.run_dir / name, self.G_ema, G=self.G, D=self.D, training_state=state,
-                            metadata=metadata)
+                            metadata=metadata, arch=self.config.arch)
         if not final:
             snaps = sorted(self.run_dir.glob("network-snapshot-*.pt"), key=_snapshot_nimg_key)
             for old in snaps[:-self.config.keep_snapshots] if self.config.keep_snapshots > 0 else []:
@@ -356,6 +499,8 @@ class Trainer:
         state = obj.get("training_state")
         if not state or obj.get("G") is None or obj.get("D") is None:
             raise TrainingError(f"{path} is not a training snapshot (no G, D and training state)")
+        if obj.get("arch") != self.config.arch:
+            raise TrainingError(f"{path} holds a {obj.get('arch')!r} network, the run is {self.config.arch!r}")
         if state.get("world_size", 1) != self.world_size:
             raise TrainingError(f"{path} was written by {state.get('world_size')} ranks; resume with the same number")
         if self.dataset.fingerprint and obj["metadata"].get("dataset_fingerprint") not in (None, self.dataset.fingerprint):
@@ -406,6 +551,16 @@ class Trainer:
         cfg = self.config
         real = next(self.stream)
         it = self.iteration
+
+        # Progressive growing: the level of detail of this iteration, on every network and the reals.
+        if cfg.progressive:
+            prev, lod = self.lod, self.scheduled_lod()
+            if cfg.pg_reset_opt and (math.floor(lod) != math.floor(prev) or math.ceil(lod) != math.ceil(prev)):
+                self.G_opt.state.clear()
+                self.D_opt.state.clear()
+            self._set_lod(lod)
+            real = pg_process_reals(real, lod)
+            self.stats.add("progress/lod", torch.tensor(lod))
 
         # G main: non-saturating logistic loss.
         self.D.requires_grad_(False)

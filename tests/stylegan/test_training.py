@@ -263,3 +263,170 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path):
     final = read_network_file(tmp_path / "run" / "network-final.pt")
     assert final["training_state"]["world_size"] == 2 and len(final["training_state"]["data_states"]) == 2
     assert _states_equal(final["G"], r0["G"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config A (the original StyleGAN) with progressive growing
+
+
+def _config_a(data: Path, **kw) -> TrainingConfig:
+    """config-a-tiny (z/w 32, 16 px, mapping 2): 4x4 for 2 iterations, fade-in to 8x8 over 2 (lod 1.5 at the
+    second), 8x8 for 2, fade-in to 16x16 (lod 0.5), 16x16 from the 9th iteration."""
+    base = dict(data=str(data), total_kimg=0.064, tick_kimg=0.016, snapshot_ticks=100, image_ticks=2,
+                grid_size=4, r1_interval=2, lod_training_kimg=0.016, lod_transition_kimg=0.016)
+    base.update(kw)
+    return training_config_for("config-a-tiny", **base)
+
+
+def test_config_a_preset_and_validation():
+    from stylegan.stylegan1 import StyleGAN1Config, stylegan1_discriminator_config
+
+    cfg = training_config_for("config-a-tiny")
+    assert cfg.arch == "stylegan1" and cfg.progressive and cfg.pl_weight == 0 and cfg.style_mixing_prob == 0.9
+    assert cfg.G == StyleGAN1Config(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
+                                    channel_max=32)
+    assert cfg.D == stylegan1_discriminator_config(cfg.G) and cfg.D.architecture == "orig"
+    assert TrainingConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # config-a matches celeba32's network sizes and training settings, minus the path-length term
+    a, f = training_config_for("config-a"), training_config_for("celeba32")
+    assert a.G.img_resolution == f.G.img_resolution == 32
+    for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
+        assert getattr(a.G, name) == getattr(f.G, name), name
+    for name in ("batch_size", "g_lr", "d_lr", "r1_gamma", "ema_kimg", "total_kimg", "style_mixing_prob", "xflip"):
+        assert getattr(a, name) == getattr(f, name), name
+    assert f.pl_weight > 0 and a.pl_weight == 0
+    assert training_config_for("celeba32", arch="stylegan1").G == a.G
+    # the defaults of a bare stylegan1 config, and a config.json without the new fields reads as stylegan2
+    bare = TrainingConfig(arch="stylegan1", pl_weight=0.0)
+    assert bare.G == StyleGAN1Config() and bare.D == stylegan1_discriminator_config(StyleGAN1Config())
+    old = training_config_for("cpu-tiny").to_dict()
+    for key in ("arch", "progressive", "lod_training_kimg", "lod_transition_kimg", "initial_resolution",
+                "pg_reset_opt"):
+        old.pop(key)
+    assert TrainingConfig.from_dict(old).arch == "stylegan2"
+
+
+def test_config_a_refuses_path_length_and_growing_needs_config_a():
+    from stylegan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pl_weight must be 0 for arch 'stylegan1'"):
+        training_config_for("config-a-tiny", pl_weight=2.0)
+    with pytest.raises(ConfigError, match="pl_weight must be 0"):
+        training_config_for("cpu-tiny", arch="stylegan1", pl_weight=1.0)
+    with pytest.raises(ConfigError, match="pl_weight must be 0"):
+        TrainingConfig(arch="stylegan1")  # the StyleGAN2 default 2.0
+    with pytest.raises(ConfigError, match="only available for arch 'stylegan1'"):
+        training_config_for("cpu-tiny", progressive=True)
+    with pytest.raises(ConfigError, match="stylegan1"):
+        training_config_for("config-a-tiny", arch="stylegan2")
+    with pytest.raises(ConfigError, match="StyleGAN1Config"):
+        TrainingConfig(G=GeneratorConfig(img_resolution=16), D=DiscriminatorConfig(img_resolution=16),
+                       arch="stylegan1", pl_weight=0.0)
+    with pytest.raises(ConfigError, match="arch"):
+        training_config_for("cpu-tiny", arch="stylegan3")
+    with pytest.raises(ConfigError, match="initial_resolution"):
+        training_config_for("config-a-tiny", initial_resolution=32)
+
+
+def test_config_a_trains_with_progressive_growing(tmp_path, monkeypatch):
+    import stylegan.training as T
+    from stylegan.stylegan1 import StyleGAN1Discriminator, StyleGAN1Generator, pg_schedule
+
+    data = _dataset(tmp_path)
+    cfg = _config_a(data)
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert isinstance(trainer.G, StyleGAN1Generator) and isinstance(trainer.G_ema, StyleGAN1Generator)
+    assert isinstance(trainer.D, StyleGAN1Discriminator)
+    seen = []
+    real_process = T.pg_process_reals
+    monkeypatch.setattr(T, "pg_process_reals", lambda x, lod: seen.append(lod) or real_process(x, lod))
+    g0 = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    lods = []
+    for _ in range(8):
+        nimg = trainer.cur_nimg
+        trainer.train_step()
+        lod = float(trainer.D.lod)
+        assert lod == pytest.approx(pg_schedule(nimg, 0.016, 0.016, img_resolution=16)[0], abs=1e-6)
+        assert float(trainer.G.synthesis.lod) == float(trainer.G_ema.synthesis.lod) == lod
+        lods.append(lod)
+    assert lods == pytest.approx([2, 2, 2, 1.5, 1, 1, 1, 0.5])
+    assert seen == pytest.approx(lods)  # the reals went through pg_process_reals at every iteration's lod
+    assert all(a >= b for a, b in zip(lods, lods[1:]))
+    trainer.train_step()
+    assert float(trainer.D.lod) == 0 and trainer.scheduled_lod() == 0
+    changed = [k for k, v in trainer.G.state_dict().items() if not torch.equal(v, g0[k]) and "noise_const" not in k]
+    for key in ("mapping.w_avg", "mapping.fc0.weight", "synthesis.b4.conv1.conv.weight", "synthesis.b16.torgb.weight"):
+        assert any(k.startswith(key) for k in changed), key
+    assert float(trainer.pl_mean) == 0  # no path-length term
+    for p in trainer.G.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_config_a_exact_resume_with_progressive_growing(tmp_path):
+    """N iterations straight == N/2 (stopped mid-growth), resume, N/2: identical G, D, G_ema and lod."""
+    from stylegan.formats import load_model
+
+    data = _dataset(tmp_path)
+    cfg = _config_a(data)
+    straight = Trainer(cfg, tmp_path / "a")
+    straight.start()
+    final_a = straight.run()
+    assert straight.iteration == 8
+    stopped = Trainer(cfg, tmp_path / "b")
+    stopped.start()
+    assert stopped.run(max_iterations=4) is None
+    snap = read_network_file(latest_snapshot(tmp_path / "b"))
+    assert snap["arch"] == "stylegan1" and float(snap["D"]["lod"]) == 1.5
+    resumed = Trainer.resume(tmp_path / "b")
+    assert resumed.iteration == 4 and resumed.lod == 1.5
+    final_b = resumed.run()
+    a, b = read_network_file(final_a), read_network_file(final_b)
+    assert a["arch"] == b["arch"] == "stylegan1"
+    for key in ("G", "D", "G_ema"):
+        assert _states_equal(a[key], b[key]), key
+    assert float(a["G_ema"]["synthesis.lod"]) == 0.5  # the lod of the last iteration
+    assert a["metadata"]["training"]["arch"] == "stylegan1"
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["arch"] == "stylegan1"
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert any("progress/lod" in e for e in log) and not any("loss/pl_penalty" in e for e in log)
+    assert (tmp_path / "a" / "fakes-000000.png").exists()
+    # network-final.pt loads as a config-A network
+    model = load_model(final_a, with_training=True)
+    assert model.arch == "stylegan1" and type(model.G_ema).__name__ == "StyleGAN1Generator"
+    assert type(model.D).__name__ == "StyleGAN1Discriminator"
+    with torch.no_grad():
+        img = model.G_ema(torch.randn(2, 32), noise_mode="const")
+    assert img.shape == (2, 3, 16, 16)
+
+
+def test_config_a_without_growing_and_arch_mismatch_on_resume(tmp_path):
+    data = _dataset(tmp_path)
+    cfg = _config_a(data, progressive=False, total_kimg=0.016)
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.start()
+    trainer.run(max_iterations=1)
+    assert trainer.lod == 0 and float(trainer.G.synthesis.lod) == 0
+    snap = latest_snapshot(tmp_path / "run")
+    other = Trainer(_tiny_config(data), tmp_path / "other")
+    with pytest.raises(TrainingError, match="stylegan1"):
+        other.load_snapshot(snap)
+
+
+def test_cli_train_config_a(tmp_path):
+    runner = CliRunner()
+    data = _dataset(tmp_path)
+    args = ["train", "--data", str(data), "--preset", "cpu-tiny", "--arch", "stylegan1", "--progressive",
+            "--lod-kimg", "0.008", "--outdir", str(tmp_path / "runs"), "--run", "a", "--kimg", "0.032",
+            "--tick", "0.016"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "runs" / "a" / "config.json").read_text())
+    assert cfg["arch"] == "stylegan1" and cfg["progressive"] and cfg["pl_weight"] == 0
+    assert cfg["lod_training_kimg"] == cfg["lod_transition_kimg"] == 0.008 and cfg["G"]["z_dim"] == 64
+    assert read_network_file(tmp_path / "runs" / "a" / "network-final.pt")["arch"] == "stylegan1"
+    r = runner.invoke(app, ["train", "--data", str(data), "--preset", "cpu-tiny", "--progressive",
+                            "--outdir", str(tmp_path / "runs"), "--run", "b"])
+    assert r.exit_code == 2 and "only available for arch 'stylegan1'" in r.output
+    r = runner.invoke(app, ["train", "--data", str(data), "--preset", "config-a-tiny", "--pl-weight", "2",
+                            "--outdir", str(tmp_path / "runs"), "--run", "c"])
+    assert r.exit_code == 2 and "pl_weight must be 0" in r.output
