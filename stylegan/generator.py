@@ -270,7 +270,25 @@ class SynthesisBlock(torch.nn.Module):
         return f"resolution={self.resolution}, architecture={self.architecture}"
 
 
-class SynthesisNetwork(torch.nn.Module):
+class BlockwiseSynthesis(torch.nn.Module):
+    """What the projector and the trainer need of any synthesis network built of blocks ``b4``, ``b8``, ...,
+    each with ``noise_layers()`` whose modules have ``resolution`` and ``noise_strength``."""
+
+    block_resolutions: List[int]
+
+    def blocks(self) -> list:
+        return [getattr(self, f"b{res}") for res in self.block_resolutions]
+
+    def noise_layers(self) -> list:
+        """The layers that take noise, in input order (StyleGAN2: b4.conv1, b8.conv0, b8.conv1, ...)."""
+        return [layer for block in self.blocks() for layer in block.noise_layers()]
+
+    @property
+    def noise_shapes(self) -> List[Tuple[int, int, int]]:
+        return [(1, layer.resolution, layer.resolution) for layer in self.noise_layers()]
+
+
+class SynthesisNetwork(BlockwiseSynthesis):
     """ws [N, num_ws, w_dim] -> image [N, img_channels, R, R].
 
     Layer l of the network reads ws[:, l]; ToRGB of one block shares its w with conv0 of the next.
@@ -297,17 +315,6 @@ class SynthesisNetwork(torch.nn.Module):
                 self.num_ws += block.num_torgb
             setattr(self, f"b{res}", block)
         assert self.num_ws == config.num_ws
-
-    def blocks(self) -> List[SynthesisBlock]:
-        return [getattr(self, f"b{res}") for res in self.block_resolutions]
-
-    def noise_layers(self) -> List[SynthesisLayer]:
-        """The layers that take noise, in input order (b4.conv1, b8.conv0, b8.conv1, ...)."""
-        return [layer for block in self.blocks() for layer in block.noise_layers()]
-
-    @property
-    def noise_shapes(self) -> List[Tuple[int, int, int]]:
-        return [(1, layer.resolution, layer.resolution) for layer in self.noise_layers()]
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "random",
                 noise: Optional[Sequence[torch.Tensor]] = None, fused_modconv: Optional[bool] = None) -> torch.Tensor:

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError, DiscriminatorConfig, GeneratorShape, _check_resolution
 from .discriminator import Discriminator
-from .generator import NOISE_MODES, Generator
+from .generator import NOISE_MODES, BlockwiseSynthesis, Generator
 from .ops import SQRT2, Conv2dLayer, FullyConnectedLayer, bias_act, setup_filter, upfirdn2d
 
 __all__ = ["StyleGAN1Config", "AdaIN", "NoiseInput", "StyleGAN1Layer", "StyleGAN1Block", "StyleGAN1Synthesis",
@@ -354,8 +354,9 @@ def pg_process_reals(x: torch.Tensor, lod: float) -> torch.Tensor:
 # Synthesis network and generator
 
 
-class StyleGAN1Synthesis(torch.nn.Module):
-    """ws [N, num_ws, w_dim] -> image [N, img_channels, R, R]; layer l reads ws[:, l].
+class StyleGAN1Synthesis(BlockwiseSynthesis):
+    """ws [N, num_ws, w_dim] -> image [N, img_channels, R, R]; layer l reads ws[:, l]. Noise inputs, in order:
+    b4.epi0, b4.conv1, b8.conv0, b8.conv1, ...
 
     ``noise`` (optional): one explicit map per entry of ``noise_layers()``, each [N or 1, 1, res, res]; it
     overrides ``noise_mode``. ``lod`` (optional) overrides the stored level of detail (see the module docstring);
@@ -376,17 +377,6 @@ class StyleGAN1Synthesis(torch.nn.Module):
         self.num_ws = 2 * len(self.block_resolutions)
         assert self.num_ws == config.num_ws
         self.register_buffer("lod", torch.zeros([]))
-
-    def blocks(self) -> List[StyleGAN1Block]:
-        return [getattr(self, f"b{res}") for res in self.block_resolutions]
-
-    def noise_layers(self) -> List[NoiseInput]:
-        """The noise inputs in input order (b4.epi0, b4.conv1, b8.conv0, b8.conv1, ...)."""
-        return [n for block in self.blocks() for n in block.noise_layers()]
-
-    @property
-    def noise_shapes(self) -> List[Tuple[int, int, int]]:
-        return [(1, n.resolution, n.resolution) for n in self.noise_layers()]
 
     def set_lod(self, lod: float) -> None:
         lod_to_stage(lod, self.img_resolution)  # range check
