@@ -148,6 +148,7 @@ def fetch_weights_cmd(
 # The case and calibration commands live in their own modules and register themselves on `app`.
 from . import cli_calibrate  # noqa: E402,F401
 from . import cli_cases  # noqa: E402,F401
+from . import cli_demo  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Reproduce the network that ``detect demo`` ships: ``detector/assets/demo_mnist32.pt`` and ``demo_real/``.
+
+Data: the MNIST test set (LeCun, Cortes, Burges; CC BY-SA 3.0, redistributable with attribution), from the two
+IDX.gz files in ``--mnist`` (default ``/work/shared/data/mnist_test``; any copy of ``t10k-images-idx3-ubyte.gz``
+works, MD5 ``9fb629c4189551a2d022fa330f9573f3``). Each 28x28 digit is padded with 2 px of black to 32x32 grey.
+
+* Digits 0 .. 8,999 are the training set (PNGs -> ``stylegan.dataset.build_dataset(..., channels=1)``).
+* Digits 9,000 .. 9,023 (``--n-calib``) are the held-out reals of the calibration.
+* Digits 9,500 .. 9,505 are copied to ``detector/assets/demo_real/`` as the demo's bundled real images.
+
+Network: a small 1-channel StyleGAN2 (config F: skip G, resnet D, path-length regularisation on, as in the
+paper), z/w 128, mapping 4 layers, 64 channels at every resolution (``channel_base 2048``, ``channel_max 64``),
+trained with :class:`stylegan.training.Trainer` on the ``cpu-tiny`` training settings at batch 32 for
+``--minutes`` of wall-clock time (``Trainer.deadline``: it stops at a tick boundary with a snapshot). Run again
+with ``--resume`` to continue training from the latest snapshot in ``--work``; ``--no-train`` only exports and
+calibrates the latest snapshot.
+
+Export: the G_ema of the run is written with :func:`stylegan.formats.save_network` (G_ema only: no G, D or
+training state, so the file stays well under 2 MB), then calibrated with :func:`detector.calibration.calibrate`
+on ``--n-calib`` generated + ``--n-calib`` held-out real digits at the demo's projector settings (``--steps``
+steps; ``detect demo`` uses the same number by default) and the record stored inside the file
+(:func:`detector.calibration.store_calibration`).
+
+Usage (2 CPU cores; the published asset was made this way)::
+
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --minutes 30
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --minutes 20 --resume  # more
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --no-train  # re-export only
+
+Needs the LPIPS-VGG weights for the calibration (as ``detect check``: ``DETECT_LPIPS_WEIGHTS`` or
+``detect fetch-weights``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "detector" / "assets"
+ASSET = ASSETS / "demo_mnist32.pt"
+DEMO_REAL = ASSETS / "demo_real"
+
+N_TRAIN = 9000
+CALIB_START = 9000
+DEMO_REAL_START = 9500
+N_DEMO_REAL = 6
+MAX_ASSET_BYTES = 2 * 1024 * 1024
+DEMO_STEPS = 300  # keep in sync with detector.demo.DEFAULT_STEPS
+
+
+def load_mnist(folder: Path) -> np.ndarray:
+    """The MNIST test digits, [10000, 32, 32] uint8 (28x28 padded with 2 px of black)."""
+    raw = gzip.open(folder / "t10k-images-idx3-ubyte.gz").read()
+    x = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+    return np.pad(x, ((0, 0), (2, 2), (2, 2)))
+
+
+def write_pngs(digits: np.ndarray, indices, folder: Path, prefix: str = "mnist_test") -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in indices:
+        p = folder / f"{prefix}_{i:05d}.png"
+        Image.fromarray(digits[i], mode="L").save(p)
+        paths.append(p)
+    return paths
+
+
+def training_config(data: Path, args):
+    from stylegan.config import DiscriminatorConfig, GeneratorConfig
+    from stylegan.training import training_config_for
+
+    G = GeneratorConfig(img_resolution=32, img_channels=1, z_dim=128, w_dim=128, mapping_layers=4,
+                        channel_base=2048, channel_max=64)
+    D = DiscriminatorConfig(img_resolution=32, img_channels=1, channel_base=2048, channel_max=64)
+    base = training_config_for("cpu-tiny", img_resolution=32, data=str(data), batch_size=32, pl_weight=2.0,
+                               total_kimg=args.total_kimg, tick_kimg=0.5, image_ticks=4, snapshot_ticks=4,
+                               keep_snapshots=2, seed=args.seed)
+    return base.replace(G=G, D=D)
+
+
+def train(args, data: Path):
+    from stylegan.training import Trainer
+
+    run_dir = args.work / "run"
+    cfg = training_config(data, args)
+    if args.resume or args.no_train:
+        trainer = Trainer.resume(run_dir, total_kimg=args.total_kimg)
+    else:
+        trainer = Trainer(cfg, run_dir)
+        trainer.start()
+    if args.no_train:
+        return trainer, 0.0
+    trainer.deadline = time.time() + args.minutes * 60
+
+    def progress(e):
+        if "tick" in e:
+            print(json.dumps({k: e[k] for k in ("tick", "kimg", "sec_per_kimg", "elapsed_s") if k in e}
+                             | {k: v for k, v in e.items() if k.startswith("loss/") or k == "pl/mean"}),
+                  flush=True)
+
+    trainer.progress = progress
+    t0 = time.time()
+    trainer.run()
+    trainer.save_grid()
+    return trainer, time.time() - t0
+
+
+def export(args, trainer, digits: np.ndarray, data_fingerprint: str) -> None:
+    from stylegan.formats import save_network
+
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    cfg = trainer.config
+    save_network(ASSET, trainer.G_ema, metadata={
+        "source": "scripts/make_demo_network.py: MNIST test digits 0..8999 (LeCun, Cortes, Burges; CC BY-SA 3.0)",
+        "training": {"kimg": round(trainer.cur_nimg / 1000, 3), "iterations": trainer.iteration,
+                     "preset": cfg.preset, "batch_size": cfg.batch_size, "pl_weight": cfg.pl_weight,
+                     "r1_gamma": cfg.r1_gamma, "seed": cfg.seed, "elapsed_s": round(trainer.elapsed, 1)},
+        "dataset_fingerprint": data_fingerprint,
+    })
+    size = ASSET.stat().st_size
+    print(f"wrote {ASSET} ({size / 1024:.0f} KiB) at {trainer.cur_nimg / 1000:.1f} kimg", flush=True)
+    if size > MAX_ASSET_BYTES:
+        sys.exit(f"{ASSET} is {size} bytes, over the 2 MB budget")
+
+    # The demo's bundled real images.
+    if DEMO_REAL.exists():
+        for p in DEMO_REAL.glob("*.png"):
+            p.unlink()
+    idx = list(range(DEMO_REAL_START, DEMO_REAL_START + N_DEMO_REAL))
+    write_pngs(digits, idx, DEMO_REAL)
+    (DEMO_REAL / "README.md").write_text(
+        "# Bundled real images of `detect demo`\n\n"
+        f"{N_DEMO_REAL} digits of the **MNIST test set** (Yann LeCun, Corinna Cortes, Christopher J. C. Burges,\n"
+        "<http://yann.lecun.com/exdb/mnist/>), file `t10k-images-idx3-ubyte.gz`, test-set indices\n"
+        f"{idx[0]}..{idx[-1]} (0-based; file `mnist_test_NNNNN.png` is index NNNNN). Each 28x28 digit is padded with\n"
+        "2 px of black to 32x32 greyscale; nothing else is changed.\n\n"
+        "Licence: MNIST is distributed under the Creative Commons Attribution-Share Alike 3.0 licence\n"
+        "(CC BY-SA 3.0, <https://creativecommons.org/licenses/by-sa/3.0/>); these derived images are\n"
+        "distributed under the same licence.\n\n"
+        "None of these digits were used to train `../demo_mnist32.pt` (trained on test-set indices 0..8999) or\n"
+        "to calibrate it (indices 9000..). Made by `scripts/make_demo_network.py`.\n")
+
+
+def calibrate(args, digits: np.ndarray) -> None:
+    from detector.calibration import calibrate as do_calibrate, store_calibration
+    from detector.projector import ProjectorSettings
+
+    reals = write_pngs(digits, range(CALIB_START, CALIB_START + args.n_calib), args.work / "calib_real")
+    t0 = time.time()
+    last = [0.0]
+
+    def progress(done, total):
+        if time.time() - last[0] > 30:
+            last[0] = time.time()
+            print(f"calibrating: {done}/{total} image-steps", flush=True)
+
+    rec = do_calibrate(ASSET, reals, n_generated=args.n_calib, target_fpr=args.fpr,
+                       settings=ProjectorSettings(steps=args.steps), batch_size=args.n_calib, progress=progress)
+    store_calibration(rec, ASSET)
+    d = rec.to_dict()
+    summary = {k: d.get(k) for k in ("auc", "threshold", "target_fpr", "achieved_fpr", "tpr", "fpr_ci",
+                                     "n_generated", "n_real")}
+    print(f"calibrated in {time.time() - t0:.0f} s: {rec.summary()}", flush=True)
+    print(json.dumps(summary, default=str), flush=True)
+    print(f"asset {ASSET}: {ASSET.stat().st_size / 1024:.0f} KiB, sha256 "
+          f"{hashlib.sha256(ASSET.read_bytes()).hexdigest()}", flush=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mnist", type=Path, default=Path("/work/shared/data/mnist_test"))
+    ap.add_argument("--work", type=Path, default=Path("demo-network-work"))
+    ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget of this call")
+    ap.add_argument("--total-kimg", type=float, default=2000.0)
+    ap.add_argument("--resume", action="store_true", help="continue the run in --work")
+    ap.add_argument("--no-train", action="store_true", help="export and calibrate the latest snapshot only")
+    ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--steps", type=int, default=DEMO_STEPS, help="projector steps of the calibration")
+    ap.add_argument("--n-calib", type=int, default=24)
+    ap.add_argument("--fpr", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from stylegan.dataset import build_dataset, open_dataset
+
+    digits = load_mnist(args.mnist)
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.work / "mnist32_train.h5"
+    if not data.exists():
+        png_dir = args.work / "train_png"
+        write_pngs(digits, range(N_TRAIN), png_dir)
+        rep = build_dataset(png_dir, data, resolution=32, crop="none", channels=1)
+        print(rep.summary(), flush=True)
+        shutil.rmtree(png_dir)
+    with open_dataset(data) as ds:
+        fingerprint = ds.fingerprint
+    trainer, wall = train(args, data)
+    print(f"trained {wall / 60:.1f} min in this call; now at {trainer.cur_nimg / 1000:.1f} kimg", flush=True)
+    export(args, trainer, digits, fingerprint)
+    if not args.no_calibrate:
+        calibrate(args, digits)
+
+
+if __name__ == "__main__":
+    main()
