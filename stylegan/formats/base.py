@@ -136,12 +136,10 @@ def safe_torch_load(source: Any, *, allow_namespace: bool = False, what: str = "
     ctx: Any = contextlib.nullcontext()
     if allow_namespace and safe_globals_available():
         ctx = torch.serialization.safe_globals([argparse.Namespace])
-    kwargs: Dict[str, Any] = {"weights_only": True, "map_location": "cpu"}
-    if mmap:
-        kwargs["mmap"] = True
+    extra: Dict[str, Any] = {"mmap": True} if mmap else {}
     try:
         with ctx, _quiet_storage_warnings():
-            return torch.load(source, **kwargs)
+            return torch.load(source, weights_only=True, map_location="cpu", **extra)
     except ModelFormatError:
         raise
     except pickle.UnpicklingError as exc:
