@@ -274,7 +274,13 @@ class BlockwiseSynthesis(torch.nn.Module):
     """What the projector and the trainer need of any synthesis network built of blocks ``b4``, ``b8``, ...,
     each with ``noise_layers()`` whose modules have ``resolution`` and ``noise_strength``."""
 
-    block_resolutions: List[int]
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.w_dim = config.w_dim
+        self.img_resolution = config.img_resolution
+        self.img_channels = config.img_channels
+        self.block_resolutions = config.block_resolutions
 
     def blocks(self) -> list:
         return [getattr(self, f"b{res}") for res in self.block_resolutions]
@@ -298,12 +304,7 @@ class SynthesisNetwork(BlockwiseSynthesis):
     """
 
     def __init__(self, config: GeneratorConfig):
-        super().__init__()
-        self.config = config
-        self.w_dim = config.w_dim
-        self.img_resolution = config.img_resolution
-        self.img_channels = config.img_channels
-        self.block_resolutions = config.block_resolutions
+        super().__init__(config)
         self.num_ws = 0
         for res in self.block_resolutions:
             in_channels = config.channels(res // 2) if res > 4 else 0

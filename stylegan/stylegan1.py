@@ -364,12 +364,7 @@ class StyleGAN1Synthesis(BlockwiseSynthesis):
     """
 
     def __init__(self, config: StyleGAN1Config):
-        super().__init__()
-        self.config = config
-        self.w_dim = config.w_dim
-        self.img_resolution = config.img_resolution
-        self.img_channels = config.img_channels
-        self.block_resolutions = config.block_resolutions
+        super().__init__(config)
         for res in self.block_resolutions:
             in_channels = config.channels(res // 2) if res > 4 else 0
             setattr(self, f"b{res}", StyleGAN1Block(in_channels, config.channels(res), config.w_dim, res,
