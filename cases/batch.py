@@ -138,7 +138,7 @@ def _barrier(world_size: int) -> None:
 
 
 def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, settings, seed: int,
-                   threshold: Optional[float], progress: Optional[Callable[[float], None]]) -> Tuple[List[ResultRecord], List[str]]:
+                   threshold: Optional[float], early_stop: bool, progress: Optional[Callable[[float], None]]) -> Tuple[List[ResultRecord], List[str]]:
     """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`.
     Returns (records, paths whose content changed since they were hashed)."""
     from detector.check import check_images
@@ -152,7 +152,7 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
                 progress((m_i + step / total) / len(models))
 
         recs = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
-                            threshold=threshold, seed=seed, progress=step_progress)
+                            threshold=threshold, seed=seed, early_stop=early_stop, progress=step_progress)
         for (sha, path), rec in zip(batch, recs):
             if rec.error is None and rec.sha256 != sha:
                 moved.append(path)  # rewritten between hashing and loading: next run picks the new content
@@ -167,7 +167,8 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
 
 def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[PathLike, Sequence[PathLike]],
               case_dir: PathLike, settings=None, distance=None, *, batch_size: int = 16, seed: int = 0,
-              threshold: Optional[float] = None, progress: Optional[BatchProgress] = None, rank: int = 0,
+              threshold: Optional[float] = None, early_stop: bool = False,
+              progress: Optional[BatchProgress] = None, rank: int = 0,
               world_size: int = 1, device: Optional[str] = None, models: Optional[Sequence[Any]] = None) -> BatchSummary:
     """Project every input not yet in the case ``case_dir`` (created on the first call) under every model.
 
@@ -176,7 +177,9 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     callable, e.g. :func:`detector.lpips.load_lpips` (its ``provenance()`` is recorded when it has one).
     ``progress(images_done, images_total)`` (fractional within a batch) for this rank's share. ``models``:
     already-loaded :class:`stylegan.formats.LoadedModel` objects for ``model_paths`` (else they are loaded on
-    ``device``). See the module docstring for resuming, changed and bad inputs, and ranks.
+    ``device``). ``early_stop``: see :func:`detector.check.check_images` (each network's band at its own
+    threshold); recorded with the settings, so a case is resumed with the same choice. See the module
+    docstring for resuming, changed and bad inputs, and ranks.
     """
     from detector.images import iter_image_files
     from detector.projector import ProjectorSettings
@@ -211,6 +214,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     names = _unique_names(model_paths, shas)
     entries = [model_entry(p, m, n) for p, m, n in zip(model_paths, models, names)]
     settings_dict = settings.to_dict()
+    if early_stop:
+        settings_dict["early_stop_at_threshold"] = True
     dist_info = distance.provenance() if hasattr(distance, "provenance") else {"name": type(distance).__name__}
 
     files = iter_image_files(inputs)
@@ -271,7 +276,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
             if progress is not None:
                 progress(base + n * frac, total)
 
-        records, moved = _project_batch(models, entries, batch, distance, settings, seed, threshold, inner)
+        records, moved = _project_batch(models, entries, batch, distance, settings, seed, threshold, early_stop,
+                                           inner)
         summary.changed_during_run.extend(moved)
         path = store.write_batch(records, rank)
         if path is not None:

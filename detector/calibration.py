@@ -348,21 +348,15 @@ def generate_images(G, seeds: Sequence[int], truncation_psi: float = 1.0) -> tor
     :func:`stylegan.generator.seed_to_z`), then every noise map in layer order. Random noise as in the paper's
     experiment (not the network's stored ``noise_const``, which the projector, starting from fresh random noise,
     could not recover either way), yet reproducible from the seed. Generated one at a time, so an image does not
-    depend on the batch it was made in. Quantised to 8 bits, exactly as a PNG written
+    depend on the batch it was made in (:func:`stylegan.generator.generate_seeded`, the rule of
+    ``stylegan generate --noise-mode random``). Quantised to 8 bits, exactly as a PNG written
     by :func:`detector.images.save_image` and read back by ``load_image``, so generated and real images reach
     the projector the same way."""
+    from stylegan.generator import generate_seeded
+
     from .images import to_uint8
 
-    device = G.mapping.w_avg.device
-    shapes = [tuple(s) for s in G.synthesis.noise_shapes]
-    out = []
-    for s in seeds:  # one at a time: batched convolutions round differently, and a pixel could flip a level
-        rnd = np.random.RandomState(int(s))
-        z = torch.from_numpy(rnd.randn(1, G.z_dim)).float().to(device)
-        noise = [torch.from_numpy(rnd.randn(*shape)[None]).float().to(device) for shape in shapes]
-        with torch.no_grad():
-            img = G.synthesis(G.mapping(z, truncation_psi=truncation_psi), noise=noise)
-        out.append(to_uint8(img.cpu()).to(torch.float32) / 127.5 - 1.0)
+    out = [to_uint8(generate_seeded(G, s, truncation_psi).cpu()).to(torch.float32) / 127.5 - 1.0 for s in seeds]
     return torch.cat(out)
 
 
@@ -391,11 +385,96 @@ def _project_in_batches(projector, targets: torch.Tensor, seeds: List[int], batc
     return out
 
 
+class CalibrationProgress:
+    """The finished projections of a calibration in progress, so that an interrupted ``detect calibrate``
+    continues where it stopped instead of starting over (1000-step projections of 400 images take an hour or
+    more on a CPU).
+
+    A JSON-lines file: a header line naming what is being calibrated (model file sha256, projector settings,
+    seed, the distance's provenance), then one line per projected image ``{"kind": "generated"|"real", "key":
+    z seed or file sha256, "distance": d}``, appended and fsync'ed after every batch. A line cut short by a crash
+    is ignored (that image is projected again); a file whose header names another calibration is refused, never
+    silently mixed in."""
+
+    def __init__(self, path: Union[str, Path], header: Dict[str, Any]):
+        self.path = Path(path)
+        self.header = json.loads(json.dumps(_plain(header), sort_keys=True))
+        self.done: Dict[Tuple[str, str], float] = {}
+        if self.path.exists():
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+            try:
+                old = json.loads(lines[0]) if lines else None
+            except json.JSONDecodeError:
+                old = None
+            if lines and old != {"calibration_progress": self.header}:
+                raise CalibrationError(f"{self.path} holds the progress of another calibration (other model, "
+                                       "settings or seed); delete it or choose another progress file")
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                    self.done[(str(rec["kind"]), str(rec["key"]))] = float(rec["distance"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # the last line of a run killed while writing
+            if lines:
+                # A crash can leave a partial line without its newline: rewrite the file clean before appending.
+                from stylegan.fileio import atomic_write_text
+
+                atomic_write_text(self.path, "\n".join([lines[0]] + [
+                    json.dumps({"kind": k, "key": key, "distance": d}) for (k, key), d in self.done.items()]) + "\n")
+        if not self.path.exists():
+            from stylegan.fileio import atomic_write_text
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({"calibration_progress": self.header}, sort_keys=True) + "\n")
+
+    def get(self, kind: str, key: Any) -> Optional[float]:
+        return self.done.get((kind, str(key)))
+
+    def add(self, kind: str, keys: Sequence[Any], distances: Sequence[float]) -> None:
+        import os
+
+        lines = []
+        for key, d in zip(keys, distances):
+            self.done[(kind, str(key))] = float(d)
+            lines.append(json.dumps({"kind": kind, "key": str(key), "distance": float(d)}) + "\n")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _project_missing(projector, kind: str, keys: List[Any], make_targets: Callable[[List[int]], torch.Tensor],
+                     seeds: List[int], batch_size: int, progress, base: int, total: int,
+                     state: Optional[CalibrationProgress]) -> List[float]:
+    """Distances for ``keys`` (in order): those ``state`` already holds, the rest projected ``batch_size`` at a
+    time (``make_targets(indices)`` builds their targets) and recorded in ``state`` after each batch."""
+    steps = projector.settings.steps
+    out: List[Optional[float]] = [None if state is None else state.get(kind, k) for k in keys]
+    todo = [i for i, d in enumerate(out) if d is None]
+    done_images = len(keys) - len(todo)
+    if progress is not None and done_images:
+        progress(base + done_images * steps, total)
+    for a in range(0, len(todo), batch_size):
+        idx = todo[a:a + batch_size]
+        targets = make_targets(idx)
+        ds = _project_in_batches(projector, targets, [seeds[i] for i in idx], len(idx), progress,
+                                 base + (done_images + a) * steps, total)
+        for i, d in zip(idx, ds):
+            out[i] = d
+        if state is not None:
+            state.add(kind, [keys[i] for i in idx], ds)
+    return [float(d) for d in out]  # type: ignore[arg-type]
+
+
 def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: int = 200,
               target_fpr: float = 0.01, settings: Any = None, distance: Optional[Callable] = None, seed: int = 0,
               batch_size: int = 16, confidence: float = 0.95, truncation_psi: float = 1.0, device: Any = "cpu",
               progress: Optional[Callable[[int, int], None]] = None,
-              on_skip: Optional[Callable[[str], None]] = None) -> CalibrationRecord:
+              on_skip: Optional[Callable[[str], None]] = None,
+              progress_file: Optional[Union[str, Path]] = None) -> CalibrationRecord:
     """Calibrate a network: project ``n_generated`` fresh images (:func:`generate_images`, z seeds from
     :func:`generation_seeds`) and the real images at ``real_paths``, then :func:`record_from_distances`.
 
@@ -407,6 +486,8 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
     :class:`CalibrationError`. Each real image is projected with the seed ``detect check`` would use
     (:func:`detector.check.image_seed`), so its calibration distance is the one ``detect check`` reports.
     Images are projected ``batch_size`` at a time; ``progress(image_steps_done, image_steps_total)``.
+    ``progress_file``: a :class:`CalibrationProgress` file; with it an interrupted calibration resumes, taking
+    the distances of the images it finished (the caller removes the file once the record is stored).
     """
     from stylegan.formats import LoadedModel, load_model
 
@@ -447,20 +528,24 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
     steps = settings.steps
     total = (len(z_seeds) + len(loaded)) * steps
 
-    gen_d: List[float] = []
-    gen_proj_seeds: List[int] = []
-    for a in range(0, len(z_seeds), batch_size):
-        imgs = generate_images(G, z_seeds[a:a + batch_size], truncation_psi).to(device)
-        pseeds = [image_seed(seed, _tensor_sha256(x)) for x in imgs.cpu()]
-        gen_proj_seeds.extend(pseeds)
-        gen_d.extend(_project_in_batches(projector, imgs, pseeds, batch_size, progress, a * steps, total))
-
-    real_targets = torch.cat([img.tensor for img in loaded]).to(device)
-    real_proj_seeds = [image_seed(seed, img.sha256) for img in loaded]
-    real_d = _project_in_batches(projector, real_targets, real_proj_seeds, batch_size, progress,
-                                 len(z_seeds) * steps, total)
-
     provenance = distance.provenance() if hasattr(distance, "provenance") else {"name": _name(distance)}
+    state = None
+    if progress_file is not None:
+        state = CalibrationProgress(progress_file, {
+            "model_file_sha256": model.file_sha256, "projector": settings.to_dict(), "lpips": provenance,
+            "seed": int(seed), "truncation_psi": float(truncation_psi)})
+
+    # Generated images are made from their z seeds alone, one at a time, whenever needed (cheap next to 1000
+    # projection steps, and nothing large is held): once for their projection seeds, again for projecting.
+    gen_proj_seeds = [image_seed(seed, _tensor_sha256(generate_images(G, [z], truncation_psi)[0])) for z in z_seeds]
+    gen_d = _project_missing(projector, "generated", z_seeds,
+                             lambda idx: generate_images(G, [z_seeds[i] for i in idx], truncation_psi).to(device),
+                             gen_proj_seeds, batch_size, progress, 0, total, state)
+    real_proj_seeds = [image_seed(seed, img.sha256) for img in loaded]
+    real_d = _project_missing(projector, "real", [img.sha256 for img in loaded],
+                              lambda idx: torch.cat([loaded[i].tensor for i in idx]).to(device), real_proj_seeds,
+                              batch_size, progress, len(z_seeds) * steps, total, state)
+
     hashes = {
         "model_file_sha256": model.file_sha256,
         "model_file": None if model_path is None else str(model_path),

@@ -7,6 +7,7 @@ Pipeline: file -> :func:`detector.images.load_image` (validation, RGB, centre cr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +78,33 @@ def image_seed(seed: int, sha256: str) -> int:
     return (seed * 1_000_003 + int(sha256[:8], 16)) % 2**32
 
 
+def effective_settings(settings: Optional[ProjectorSettings], threshold: Threshold,
+                       early_stop: bool) -> ProjectorSettings:
+    """The projector settings a check runs with: ``settings`` (default App. D), with the early-stopping band at
+    the decision threshold when ``early_stop``."""
+    settings = settings or ProjectorSettings()
+    if early_stop:
+        settings = dataclasses.replace(settings, early_stop=(threshold.value, threshold.value))
+    return settings
+
+
 def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, *,
                  settings: Optional[ProjectorSettings] = None, calibration: Optional[dict] = None,
-                 threshold: Optional[float] = None, seed: int = 0,
+                 threshold: Optional[float] = None, seed: int = 0, early_stop: bool = False,
                  progress: Optional[Callable[[int, int, np.ndarray], None]] = None) -> List[CheckRecord]:
-    """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``."""
+    """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``.
+
+    ``early_stop``: freeze an image once its verdict is settled, with the band of undecided distances at the
+    decision threshold (:class:`detector.projector.ProjectorSettings` ``early_stop``, margin and patience as
+    set there); it changes how long an image runs, never which side of the threshold it ends on."""
     th: Threshold = threshold_for(calibration, threshold)
+    settings = effective_settings(settings, th, early_stop)
     records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels)
     if not loaded:
         return records
     device = G.mapping.w_avg.device
     targets = torch.cat([img.tensor for img in loaded]).to(device)
-    projector = Projector(G, distance, settings or ProjectorSettings())
+    projector = Projector(G, distance, settings)
     results = projector.project(targets, seeds=[image_seed(seed, img.sha256) for img in loaded], progress=progress)
     for j, (k, res) in enumerate(zip(index, results)):
         rec = records[k]

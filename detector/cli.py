@@ -29,6 +29,9 @@ def _detector_errors() -> tuple:
 
 
 LPIPS_NET_HELP = "LPIPS backbone: vgg (the paper's), alex or squeeze."
+EARLY_STOP_HELP = ("Stop projecting an image once its distance has settled clearly on one side of the threshold "
+                   "(checked every 50 steps from step 500; the verdict is unchanged, the distance is the one at "
+                   "that point). Off by default: App. D runs all 1000 steps.")
 LPIPS_WEIGHTS_HELP = ("Backbone weights file (torchvision checkpoint or features-only state dict); default: "
                       "$DETECT_LPIPS_WEIGHTS, torchvision's cache or download, or `detect fetch-weights`.")
 
@@ -46,6 +49,7 @@ def check(
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
     pyramid: Optional[str] = typer.Option(None, help="Noise-regulariser pyramid: paper (x2 per level) or official (plain averaging)."),
     wplus: bool = typer.Option(False, "--wplus", help="Optimise in W+ (one w per layer). Unsuitable for attribution: W+ fits almost any image."),
+    early_stop: bool = typer.Option(False, "--early-stop/--no-early-stop", help=EARLY_STOP_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
 ) -> None:
     """Project each image into the network's W space, re-synthesise it and give the LPIPS distance and a verdict:
@@ -56,7 +60,7 @@ def check(
 
         from .attribution import threshold_for
         from .calibration import load_calibration
-        from .check import check_images, save_check_outputs
+        from .check import check_images, effective_settings, save_check_outputs
         from .images import ImageInputError
         from .lpips import load_lpips
         from .projector import ProjectorSettings
@@ -80,14 +84,14 @@ def check(
             raise UsageError(str(exc)) from None
         with _StepProgress(steps, not as_json) as progress:
             records = check_images(m.G_ema, images, distance, settings=settings, calibration=calibration,
-                                   threshold=threshold, seed=seed, progress=progress)
+                                   threshold=threshold, seed=seed, early_stop=early_stop, progress=progress)
         bad = [r for r in records if r.error]
         for rec in records:
             if out is not None and rec.error is None:
                 save_check_outputs(rec, out)
         if as_json:
             doc = {"model": str(model), "model_sha256": m.file_sha256, "threshold": th.to_dict(),
-                   "lpips": distance.provenance(), "settings": settings.to_dict(),
+                   "lpips": distance.provenance(), "settings": effective_settings(settings, th, early_stop).to_dict(),
                    "results": [r.to_dict() for r in records]}
             typer.echo(json.dumps(doc, indent=2))
         else:

@@ -39,6 +39,9 @@ def calibrate(
     store: bool = typer.Option(True, "--store/--no-store", help="Keep the record with the model: inside our .pt "
                                                                "(rewritten, weights unchanged), else MODEL.calibration.json beside it."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the record as JSON here."),
+    progress_file: Optional[Path] = typer.Option(None, "--progress-file", help="Where finished projections are "
+                                                 "kept while calibrating (default: MODEL.calibrating.jsonl); an "
+                                                 "interrupted run started again continues from it. Removed at the end."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON instead of a summary."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
 ) -> None:
@@ -81,15 +84,19 @@ def calibrate(
         if not paths:
             raise CalibrationError(f"no image files found in {', '.join(map(str, real))}")
         distance = load_lpips(lpips_net, lpips_weights, device=device)
+        progress_file = progress_file or model.with_name(model.name + ".calibrating.jsonl")
+        if progress_file.exists():
+            typer.echo(f"continuing the calibration recorded in {progress_file}", err=True)
         with _ImageStepProgress(steps, not as_json) as progress:
             record = run_calibration(m, paths, n_generated=n_generated, target_fpr=fpr, settings=settings,
                                      distance=distance, seed=seed, batch_size=batch_size, confidence=confidence,
-                                     progress=progress,
+                                     progress=progress, progress_file=progress_file,
                                      on_skip=lambda msg: typer.echo(f"warning: {msg}", err=True))
         record = dataclasses.replace(record, hashes={**record.hashes, "model_file": str(model)})
         stored = store_calibration(record, model) if store else None
         if out is not None:
             atomic_write_text(out, json.dumps(record.to_dict(), indent=2) + "\n")
+        progress_file.unlink(missing_ok=True)  # the record is safe now
         if as_json:
             typer.echo(json.dumps({"stored": None if stored is None else str(stored), "record": record.to_dict()},
                                   indent=2))

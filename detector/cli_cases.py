@@ -15,7 +15,7 @@ import typer
 
 from stylegan.cli import UsageError, _init_distributed, default_device, setup_torch, user_errors
 
-from .cli import LPIPS_NET_HELP, LPIPS_WEIGHTS_HELP, _detector_errors, app
+from .cli import EARLY_STOP_HELP, LPIPS_NET_HELP, LPIPS_WEIGHTS_HELP, _detector_errors, app
 
 
 def _case_errors() -> tuple:
@@ -58,6 +58,7 @@ def batch(
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (a crash loses at most one batch)."),
     seed: int = typer.Option(0, help="Seed of the projection's random draws (per image: from this and its hash)."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold for every network (default: each network's calibration, else the documented default)."),
+    early_stop: bool = typer.Option(False, "--early-stop/--no-early-stop", help=EARLY_STOP_HELP),
     lpips_net: str = typer.Option("vgg", "--lpips-net", help=LPIPS_NET_HELP),
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
@@ -87,8 +88,8 @@ def batch(
         with _ImageProgress(rank == 0) as progress:
             try:
                 summary = run_batch(inputs, model, case, settings, distance, batch_size=batch_size, seed=seed,
-                                    threshold=threshold, progress=progress, rank=rank, world_size=world_size,
-                                    device=device)
+                                    threshold=threshold, early_stop=early_stop, progress=progress, rank=rank,
+                                    world_size=world_size, device=device)
             except ValueError as exc:
                 raise CaseError(str(exc)) from None
         for c in summary.changed:

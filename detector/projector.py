@@ -100,6 +100,9 @@ class ProjectorSettings:
                      extrapolated to the final step, stays on the same side. Convergence slows down over a
                      run, so the linear extrapolation overestimates the remaining change: an image frozen this
                      way would have ended on the same side of the band.
+    clean_checkpoints evaluate the clean distance at the early-stopping checkpoints (start, every) even
+                     without early stopping, and return them as ``ProjectionResult.clean_trace``: one full run
+                     then tells what any early-stopping band would have saved (:func:`simulate_early_stop`).
     """
 
     steps: int = 1000
@@ -125,6 +128,7 @@ class ProjectorSettings:
     early_stop_every: int = 50
     early_stop_patience: int = 3
     early_stop_margin: float = 0.01
+    clean_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -315,6 +319,8 @@ class ProjectionResult:
     steps_run       optimisation steps this image ran
     stopped_at_step None, or the step count at which early stopping froze the image (== steps_run)
     settings        the ProjectorSettings as a dict, plus seed, w_std and the distance's name
+    clean_trace     ((step, clean distance), ...) at the early-stopping checkpoints, when early stopping or
+                    ``clean_checkpoints`` is on; else empty
     """
 
     w: torch.Tensor
@@ -325,6 +331,7 @@ class ProjectionResult:
     steps_run: int
     stopped_at_step: Optional[int] = None
     settings: Dict[str, Any] = field(default_factory=dict)
+    clean_trace: Tuple[Tuple[int, float], ...] = ()
 
     def synthesis_inputs(self, device: Union[str, torch.device, None] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """(ws [1, num_ws, w_dim], noise list of [1, 1, res, res]) for ``G.synthesis(ws, noise=noise)``."""
@@ -359,6 +366,8 @@ class ProjectionResult:
         group.attrs["stopped_at_step"] = -1 if self.stopped_at_step is None else int(self.stopped_at_step)
         group.attrs["num_noise"] = len(self.noise)
         group.attrs["settings"] = json.dumps(_jsonable(self.settings), sort_keys=True)
+        if self.clean_trace:
+            group.create_dataset("clean_trace", data=np.asarray(self.clean_trace, dtype=np.float64))
 
     @classmethod
     def load_hdf5(cls, group) -> "ProjectionResult":
@@ -373,6 +382,8 @@ class ProjectionResult:
             steps_run=int(group.attrs["steps_run"]),
             stopped_at_step=None if stopped < 0 else stopped,
             settings=json.loads(group.attrs["settings"]),
+            clean_trace=tuple((int(a), float(b)) for a, b in np.array(group["clean_trace"]))
+            if "clean_trace" in group else (),
         )
 
 
@@ -658,6 +669,7 @@ class Projector:
                     steps_run=steps_run,
                     stopped_at_step=stopped,
                     settings=dict(base_settings, seed=seeds[k]),
+                    clean_trace=tuple(history[k]),
                 )
 
         steps = int(s.steps)
@@ -693,14 +705,15 @@ class Projector:
                 progress(step + 1, steps, last_loss.copy())
 
             done = step + 1
-            if (s.early_stop is not None and done < steps and done / steps >= s.early_stop_start
+            if ((s.early_stop is not None or s.clean_checkpoints) and done < steps
+                    and done / steps >= s.early_stop_start
                     and (done - math.ceil(s.early_stop_start * steps)) % s.early_stop_every == 0):
                 ws_c, img_c, d_c = clean_eval()
                 d_np = d_c.cpu().numpy()
                 freeze = []
                 for r, k in enumerate(active_list):
                     history[k].append((done, float(d_np[r])))
-                    if _settled(history[k][-s.early_stop_patience:], s.early_stop_patience, s.early_stop,
+                    if s.early_stop is not None and _settled(history[k][-s.early_stop_patience:], s.early_stop_patience, s.early_stop,
                                 s.early_stop_margin, steps):
                         freeze.append(r)
                 if freeze:
@@ -736,6 +749,24 @@ def _settled(hist: List[Tuple[int, float]], patience: int, band: Tuple[float, fl
     if all(d > high + margin for d in ds) and projected > high + margin:
         return True
     return False
+
+
+def simulate_early_stop(clean_trace: Sequence[Tuple[int, float]], final_distance: float,
+                        band: Tuple[float, float], settings: ProjectorSettings) -> Tuple[int, float]:
+    """(steps run, reported distance) that early stopping with ``band`` would have given an image that was
+    projected in full (``settings.steps`` steps, ending at ``final_distance``) with ``clean_checkpoints``: the
+    rule of :class:`ProjectorSettings` applied to its ``clean_trace``. Exact, because the images of a batch are
+    independent: freezing one changes nothing for the others, and an image's checkpoints before its freeze do
+    not depend on whether it is frozen later."""
+    if not clean_trace:
+        raise ValueError("simulate_early_stop needs the clean_trace of a run with clean_checkpoints (or early_stop)")
+    hist: List[Tuple[int, float]] = []
+    for step, d in clean_trace:
+        hist.append((int(step), float(d)))
+        if _settled(hist[-settings.early_stop_patience:], settings.early_stop_patience, tuple(band),
+                    settings.early_stop_margin, int(settings.steps)):
+            return int(step), float(d)
+    return int(settings.steps), float(final_distance)
 
 
 def _name(fn: Any) -> str:

@@ -85,7 +85,8 @@ def generate(
     seeds: str = typer.Option("0-15", help="Seeds, e.g. 0-15 or 1,5,9-12. Seed N uses z = RandomState(N).randn(1, z_dim), as NVIDIA's generate.py."),
     trunc: float = typer.Option(1.0, "--trunc", help="Truncation psi (1 = none)."),
     trunc_cutoff: Optional[int] = typer.Option(None, "--trunc-cutoff", help="Truncate only the first N layers."),
-    noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none."),
+    noise_mode: str = typer.Option("const", "--noise-mode", help="const | random | none; random noise is drawn by "
+                                   "the seed's RandomState after z, so it too is reproducible."),
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Folder for seedNNNN.png and grid.png."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
 ) -> None:
@@ -95,7 +96,7 @@ def generate(
         import torch
 
         from .formats import load_generator
-        from .generator import NOISE_MODES, seed_to_z
+        from .generator import NOISE_MODES, generate_seeded
         from .imageio import save_grid, save_png
 
         if noise_mode not in NOISE_MODES:
@@ -106,9 +107,7 @@ def generate(
         outdir.mkdir(parents=True, exist_ok=True)
         images = []
         for seed in seed_list:
-            z = seed_to_z(seed, G.z_dim).to(device)
-            with torch.no_grad():
-                img = G(z, truncation_psi=trunc, truncation_cutoff=trunc_cutoff, noise_mode=noise_mode)
+            img = generate_seeded(G, seed, truncation_psi=trunc, truncation_cutoff=trunc_cutoff, noise_mode=noise_mode)
             save_png(img[0], outdir / f"seed{seed:04d}.png")
             images.append(img.cpu())
         save_grid(torch.cat(images), outdir / "grid.png")
@@ -209,19 +208,25 @@ def init(
 @app.command()
 def dataset(
     src: Path = typer.Argument(..., help="Image folder, .zip of images, or an HDF5 dataset to re-crop."),
-    out: Path = typer.Argument(..., help="Output .h5."),
+    out: Path = typer.Argument(..., help="Output: a .h5 file (training set), or a folder, which gets one PNG per "
+                                         "image (e.g. held-out real images for `detect calibrate`)."),
     res: int = typer.Option(..., "--res", help="Resolution (power of two)."),
     crop: str = typer.Option("center", help="center | celeba | none."),
     channels: int = typer.Option(3, help="3 (RGB) or 1 (greyscale)."),
-    max_images: Optional[int] = typer.Option(None, help="Use only the first N images (sorted by name)."),
+    skip: int = typer.Option(0, "--skip", help="Leave out the first K images (sorted by name), e.g. the training "
+                                               "images when exporting a held-out set."),
+    max_images: Optional[int] = typer.Option(None, help="Use only the first N images (sorted by name, after --skip)."),
 ) -> None:
-    """Build an HDF5 training set (uint8 NCHW), listing every file that could not be read and why."""
+    """Build an HDF5 training set (uint8 NCHW), or a folder of PNGs cropped and resized the same way, listing
+    every file that could not be read and why."""
     with user_errors():
-        from .dataset import build_dataset
+        from .dataset import build_dataset, export_images
 
-        with _progress("building dataset") as update:
-            report = build_dataset(src, out, res, crop=crop, channels=channels, max_images=max_images,
-                                   progress=lambda done, total: update(done, total))
+        as_h5 = out.suffix.lower() in (".h5", ".hdf5")
+        build = build_dataset if as_h5 else export_images
+        with _progress("building dataset" if as_h5 else "exporting images") as update:
+            report = build(src, out, res, crop=crop, channels=channels, max_images=max_images,
+                           progress=lambda done, total: update(done, total), skip_images=skip)
         typer.echo(report.summary())
         for item in report.failed:
             typer.echo(f"  could not read {item['file']}: {item['reason']}", err=True)

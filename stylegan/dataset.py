@@ -319,6 +319,56 @@ def _reason(e: BaseException) -> str:
 # Build
 
 
+def _checked_source(src: PathLike, resolution: int, crop: str, channels: int, max_images: Optional[int],
+                    skip_images: int) -> "_Source":
+    _check_settings(resolution, crop, channels)
+    if max_images is not None and (isinstance(max_images, bool) or int(max_images) < 1):
+        raise DatasetError(f"max_images must be >= 1 or None, got {max_images!r}")
+    if isinstance(skip_images, bool) or int(skip_images) != skip_images or skip_images < 0:
+        raise DatasetError(f"skip_images must be an integer >= 0, got {skip_images!r}")
+    source = _Source(src)
+    if not source.names:
+        raise DatasetError(f"no images in {source.path} (no files with extension {'/'.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})")
+    if skip_images >= len(source.names):
+        raise DatasetError(f"skip_images={skip_images} leaves nothing: {source.path} has {len(source.names)} images")
+    source.names = source.names[int(skip_images):]
+    return source
+
+
+def _prepared_images(source: "_Source", resolution: int, crop: str, channels: int, max_images: Optional[int],
+                     failed: List[Dict[str, str]], progress: Optional[Callable[[int, int], None]]
+                     ) -> Iterator[Tuple[str, np.ndarray]]:
+    """(name, uint8 CHW array) for each readable candidate, until ``max_images`` are yielded; every unreadable or
+    unconvertible file is appended to ``failed`` with its reason."""
+    total = len(source.names)
+    limit = total if max_images is None else min(int(max_images), total)
+    done = stored = 0
+    for name, item in source:
+        done += 1
+        arr = None
+        if isinstance(item, Exception):
+            failed.append({"file": name, "reason": _reason(item)})
+        else:
+            try:
+                arr = prepare_image(item, resolution, crop, channels)
+            except _Rejected as e:
+                failed.append({"file": name, "reason": str(e)})
+            except Exception as e:  # noqa: BLE001 - decoded but unconvertible (odd mode, bad EXIF ...)
+                failed.append({"file": name, "reason": _reason(e)})
+        if arr is not None:
+            stored += 1
+            yield name, arr
+        if progress is not None:
+            progress(done, total)
+        if stored >= limit:
+            break
+
+
+def _none_readable(source: "_Source", failed: List[Dict[str, str]]) -> DatasetError:
+    first = f" ({failed[0]['file']}: {failed[0]['reason']})" if failed else ""
+    return DatasetError(f"no readable images in {source.path}: {len(failed)} file(s) failed{first}")
+
+
 def build_dataset(
     src: PathLike,
     out_h5: PathLike,
@@ -327,27 +377,23 @@ def build_dataset(
     channels: int = 3,
     max_images: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    skip_images: int = 0,
 ) -> BuildReport:
     """Build an HDF5 dataset at ``out_h5`` from an image folder, a zip file or an HDF5 file (see the module doc).
 
-    ``max_images`` stops after that many images are stored. ``progress(done, total)`` is called after each
-    candidate file with the number processed so far and the number of candidates. Raises :class:`DatasetError` for
-    a missing/unsupported source, bad settings, or when no image could be read (no file is written then).
+    ``skip_images`` leaves out the first K candidates (in build order, e.g. the training images when building a
+    held-out set); ``max_images`` stops after that many images are stored. ``progress(done, total)`` is called
+    after each candidate file with the number processed so far and the number of candidates. Raises
+    :class:`DatasetError` for a missing/unsupported source, bad settings, or when no image could be read (no
+    file is written then).
     """
-    _check_settings(resolution, crop, channels)
-    if max_images is not None and (isinstance(max_images, bool) or int(max_images) < 1):
-        raise DatasetError(f"max_images must be >= 1 or None, got {max_images!r}")
-    source = _Source(src)
+    source = _checked_source(src, resolution, crop, channels, max_images, skip_images)
     out = Path(out_h5)
     if out.exists() and out.is_dir():
         raise DatasetError(f"output path is a folder: {out}")
-    if not source.names:
-        raise DatasetError(f"no images in {source.path} (no files with extension {'/'.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out) + ".tmp")
 
-    total = len(source.names)
-    limit = total if max_images is None else min(int(max_images), total)
     failed: List[Dict[str, str]] = []
     stored_names: List[str] = []
     hasher = hashlib.sha256()
@@ -366,33 +412,16 @@ def build_dataset(
                     images[n0:] = np.stack(buffer)
                     buffer.clear()
 
-            done = 0
-            for name, item in source:
-                done += 1
-                if isinstance(item, Exception):
-                    failed.append({"file": name, "reason": _reason(item)})
-                else:
-                    try:
-                        arr = prepare_image(item, resolution, crop, channels)
-                    except _Rejected as e:
-                        failed.append({"file": name, "reason": str(e)})
-                    except Exception as e:  # noqa: BLE001 - decoded but unconvertible (odd mode, bad EXIF ...)
-                        failed.append({"file": name, "reason": _reason(e)})
-                    else:
-                        hasher.update(arr.tobytes())
-                        buffer.append(arr)
-                        stored_names.append(name)
-                        if len(buffer) >= _WRITE_BLOCK:
-                            flush()
-                if progress is not None:
-                    progress(done, total)
-                if len(stored_names) >= limit:
-                    break
+            for name, arr in _prepared_images(source, resolution, crop, channels, max_images, failed, progress):
+                hasher.update(arr.tobytes())
+                buffer.append(arr)
+                stored_names.append(name)
+                if len(buffer) >= _WRITE_BLOCK:
+                    flush()
             flush()
             count = len(stored_names)
             if count == 0:
-                first = f" ({failed[0]['file']}: {failed[0]['reason']})" if failed else ""
-                raise DatasetError(f"no readable images in {source.path}: {len(failed)} file(s) failed{first}")
+                raise _none_readable(source, failed)
             hasher.update(f"shape={count},{channels},{resolution},{resolution}".encode())
             fingerprint = hasher.hexdigest()
             f.create_dataset("names", data=np.array(stored_names, dtype=object), dtype=h5py.string_dtype("utf-8"))
@@ -409,6 +438,7 @@ def build_dataset(
                 "format_version": FORMAT_VERSION,
                 "failed": json.dumps(failed),
                 "ignored": json.dumps(source.ignored),
+                "skipped_first": int(skip_images),
             }
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -421,17 +451,50 @@ def build_dataset(
         except FileNotFoundError:
             pass
         raise
-    return BuildReport(
-        out_path=str(out),
-        count=count,
-        failed=tuple(failed),
-        fingerprint=fingerprint,
-        source=str(source.path),
-        resolution=resolution,
-        channels=channels,
-        crop=crop,
-        ignored=tuple(source.ignored),
-    )
+    return BuildReport(out_path=str(out), count=count, failed=tuple(failed), fingerprint=fingerprint,
+                       source=str(source.path), resolution=resolution, channels=channels, crop=crop,
+                       ignored=tuple(source.ignored))
+
+
+def export_images(
+    src: PathLike,
+    out_dir: PathLike,
+    resolution: int,
+    crop: str = "center",
+    channels: int = 3,
+    max_images: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    skip_images: int = 0,
+) -> BuildReport:
+    """Write the images :func:`build_dataset` would store as PNG files in ``out_dir`` instead: the same
+    selection, crop and resize, so that real images held out from a training set reach ``detect calibrate`` /
+    ``detect batch`` exactly as the network saw its training data. File names are the source names with
+    ``/`` replaced by ``__`` and the extension ``.png``; each file is written atomically, and an existing file
+    with the same content is left alone, so an interrupted export can simply be run again."""
+    from .fileio import atomic_write_bytes, sha256_bytes
+    from .imageio import png_bytes
+
+    source = _checked_source(src, resolution, crop, channels, max_images, skip_images)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"output path exists and is not a folder: {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    failed: List[Dict[str, str]] = []
+    hasher = hashlib.sha256()
+    count = 0
+    for name, arr in _prepared_images(source, resolution, crop, channels, max_images, failed, progress):
+        hasher.update(arr.tobytes())
+        data = png_bytes(arr.transpose(1, 2, 0))
+        path = out / (Path(name.replace("/", "__")).stem + ".png")
+        if not (path.is_file() and sha256_bytes(path.read_bytes()) == sha256_bytes(data)):
+            atomic_write_bytes(path, data)
+        count += 1
+    if count == 0:
+        raise _none_readable(source, failed)
+    hasher.update(f"shape={count},{channels},{resolution},{resolution}".encode())
+    return BuildReport(out_path=str(out), count=count, failed=tuple(failed), fingerprint=hasher.hexdigest(),
+                       source=str(source.path), resolution=resolution, channels=channels, crop=crop,
+                       ignored=tuple(source.ignored))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -378,6 +378,23 @@ def seed_to_z(seed: int, z_dim: int) -> torch.Tensor:
     return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).float()
 
 
+def generate_seeded(G, seed: int, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None,
+                    noise_mode: str = "random") -> torch.Tensor:
+    """One image [1, C, R, R] for a seed. z is :func:`seed_to_z` (NVIDIA's rule); with ``noise_mode='random'``
+    the same ``numpy.random.RandomState(seed)`` then draws every noise map, in ``synthesis.noise_shapes`` order,
+    so a "random-noise" image is reproducible from its seed alone (as in StyleGAN2's projection experiments,
+    where the projector cannot read the noise back). 'const' and 'none' are the network's own modes."""
+    device = G.mapping.w_avg.device
+    rnd = np.random.RandomState(int(seed))
+    z = torch.from_numpy(rnd.randn(1, G.z_dim)).float().to(device)
+    with torch.no_grad():
+        ws = G.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        if noise_mode != "random":
+            return G.synthesis(ws, noise_mode=noise_mode)
+        noise = [torch.from_numpy(rnd.randn(*shape)[None]).float().to(device) for shape in G.synthesis.noise_shapes]
+        return G.synthesis(ws, noise=noise)
+
+
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] as NVIDIA's tools do: x*127.5 + 128, clamp, truncate."""
     return (img.detach().permute(0, 2, 3, 1).float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()

@@ -17,7 +17,8 @@ from .fileio import atomic_write_bytes
 from .generator import to_uint8
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
+def png_bytes(arr: np.ndarray) -> bytes:
+    """An 8-bit PNG of a uint8 [H, W, C] array (C = 1 gives a greyscale PNG)."""
     if arr.shape[-1] == 1:
         arr = arr[..., 0]
     buf = io.BytesIO()
@@ -29,7 +30,7 @@ def save_png(img: torch.Tensor, path: os.PathLike) -> Path:
     """One image [C, H, W] (or [1, C, H, W]) in [-1, 1] to an 8-bit PNG."""
     if img.ndim == 3:
         img = img.unsqueeze(0)
-    return atomic_write_bytes(path, _png_bytes(to_uint8(img)[0]))
+    return atomic_write_bytes(path, png_bytes(to_uint8(img)[0]))
 
 
 def grid_array(imgs: torch.Tensor, cols: Optional[int] = None) -> np.ndarray:
@@ -46,4 +47,4 @@ def grid_array(imgs: torch.Tensor, cols: Optional[int] = None) -> np.ndarray:
 
 
 def save_grid(imgs: torch.Tensor, path: os.PathLike, cols: Optional[int] = None) -> Path:
-    return atomic_write_bytes(path, _png_bytes(grid_array(imgs, cols)))
+    return atomic_write_bytes(path, png_bytes(grid_array(imgs, cols)))

@@ -289,6 +289,50 @@ def test_calibrate_end_to_end(tmp_path):
         calibrate(path, [reals / "broken.png"], n_generated=1, settings=settings, distance=distance)
 
 
+def test_interrupted_calibration_resumes_from_its_progress_file(tmp_path):
+    """A calibration killed after its first batch continues from the progress file: the finished images are
+    not projected again, a line cut short by the crash is dropped, and the record equals an uninterrupted one.
+    A progress file of another calibration is refused."""
+    G = _tiny_G()
+    path = save_network(tmp_path / "g.pt", G)
+    reals = sorted(_real_images(tmp_path / "reals", 3).iterdir())
+    settings = ProjectorSettings(steps=3, w_avg_samples=500)
+    calls = []
+
+    def mse(a, b):
+        calls.append(a.shape[0])
+        return (a - b).square().mean(dim=(1, 2, 3))
+
+    kw = dict(n_generated=3, target_fpr=0.34, settings=settings, distance=mse, batch_size=2)
+    straight = calibrate(path, reals, **kw)
+    calls.clear()
+
+    class Killed(Exception):
+        pass
+
+    def die_in_second_batch(done, total):
+        if done > 2 * settings.steps:  # the first batch (2 generated images) is finished and recorded
+            raise Killed
+
+    prog = tmp_path / "g.pt.calibrating.jsonl"
+    with pytest.raises(Killed):
+        calibrate(path, reals, progress=die_in_second_batch, progress_file=prog, **kw)
+    lines = prog.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["calibration_progress"]["seed"] == 0
+    with open(prog, "a") as f:
+        f.write('{"kind": "real", "key": "abc", "dist')  # a write cut short
+    calls.clear()
+    resumed = calibrate(path, reals, progress_file=prog, **kw)
+    # 3 steps + 1 clean evaluation per projection call: 1 generated + 3 reals left, in batches of 1 and 2 + 1
+    assert sum(calls) == (1 + 2 + 1) * (settings.steps + 1)
+    assert resumed.generated_distances == pytest.approx(straight.generated_distances, abs=1e-6)
+    assert resumed.real_distances == pytest.approx(straight.real_distances, abs=1e-6)
+    assert resumed.threshold == straight.threshold
+    assert len(prog.read_text().splitlines()) == 1 + 6  # header and one line per image, the broken one gone
+    with pytest.raises(CalibrationError, match="another calibration"):
+        calibrate(path, reals, progress_file=prog, **dict(kw, settings=ProjectorSettings(steps=4, w_avg_samples=500)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Several networks
 
@@ -357,6 +401,7 @@ def test_cli_calibrate_stores_inside_ours(cli_setup):
     assert rec is not None and rec["n_generated"] == 2 and rec["n_real"] == 2
     assert json.loads((t / "rec.json").read_text())["threshold"] == rec["threshold"]
     assert [x["path"] for x in rec["skipped"]] == [str(t / "bad" / "x.png")]
+    assert not (t / "g.pt.calibrating.jsonl").exists()  # the progress file is gone once the record is stored
 
 
 def test_cli_calibrate_errors(cli_setup):

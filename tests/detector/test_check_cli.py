@@ -88,3 +88,15 @@ def test_result_of_an_image_does_not_depend_on_its_companions(setup):
     alone = check_images(G, [t / "fake.png"], mse, settings=settings, threshold=0.1)
     assert abs(both[1].distance - alone[0].distance) < 1e-4
     assert both[1].verdict == alone[0].verdict
+
+
+def test_early_stop_band_sits_at_the_threshold(setup):
+    """--early-stop sets the projector's band of undecided distances to [threshold, threshold]."""
+    t = setup
+    args = ["check", str(t / "fake.png"), "--model", str(t / "g.pt"), "--steps", "4", "--json", "--threshold",
+            "0.3", "--device", "cpu"]
+    on = json.loads(runner.invoke(app, args + ["--early-stop"]).stdout)
+    off = json.loads(runner.invoke(app, args).stdout)
+    assert on["settings"]["early_stop"] == [0.3, 0.3]
+    assert off["settings"]["early_stop"] is None
+    assert on["results"][0]["projection"]["settings"]["early_stop"] == [0.3, 0.3]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from detector.projector import (DEFAULT_PYRAMID, TRACE_DTYPE, ProjectionResult, Projector, ProjectorSettings,
                                 _RowAdam, cached_w_stats, compute_w_stats, distance_resolution, image_seeds,
                                 learning_rate, noise_regularization, noise_structure_correlation, normalize_noise_,
-                                project, w_noise_std)
+                                project, simulate_early_stop, w_noise_std)
 from stylegan.config import GeneratorConfig
 from stylegan.generator import Generator
 
@@ -376,6 +376,29 @@ def test_early_stopping_freezes_settled_images(G):
     assert all(r.stopped_at_step is None for r in project(G, targets, never, distance=mse, seed=[1, 2]))
 
 
+def test_simulated_early_stop_equals_a_real_early_stopped_run(G):
+    """One full run with clean checkpoints tells what early stopping would have done, image by image."""
+    targets = torch.cat([generated_images(G, 2), real_like_images(2)])
+    base = dict(steps=60, w_avg_samples=1000, early_stop_start=0.5, early_stop_every=5, early_stop_patience=3)
+    settings = ProjectorSettings(**base, clean_checkpoints=True)
+    full = project(G, targets, settings, distance=mse, seed=[1, 2, 3, 4])
+    assert all(r.stopped_at_step is None and r.steps_run == 60 for r in full)
+    assert [s for s, _ in full[0].clean_trace] == [30, 35, 40, 45, 50, 55]
+    for band in [(0.05, 10.0), (0.02, 0.03), (-1.0, 0.01)]:
+        stopped = project(G, targets, ProjectorSettings(**base, early_stop=band), distance=mse, seed=[1, 2, 3, 4])
+        for f, r in zip(full, stopped):
+            steps_run, d = simulate_early_stop(f.clean_trace, f.distance, band, settings)
+            assert steps_run == r.steps_run
+            assert d == pytest.approx(r.distance, abs=1e-4)
+    assert any(r.stopped_at_step is not None for r in
+               project(G, targets, ProjectorSettings(**base, early_stop=(0.05, 10.0)), distance=mse, seed=[1, 2, 3, 4]))
+    plain = ProjectorSettings(steps=5, w_avg_samples=1000)
+    [r] = project(G, targets[:1], plain, distance=mse)
+    assert r.clean_trace == ()
+    with pytest.raises(ValueError, match="clean_checkpoints"):
+        simulate_early_stop(r.clean_trace, r.distance, (0.1, 0.2), plain)
+
+
 def test_trace_every_and_progress(G):
     targets = real_like_images(2)
     results = project(G, targets, ProjectorSettings(steps=12, trace_every=5, w_avg_samples=1000), distance=mse)
@@ -400,6 +423,7 @@ def test_hdf5_round_trip(G, tmp_path):
     assert back.distance == r.distance and back.steps_run == r.steps_run
     assert back.stopped_at_step == r.stopped_at_step
     assert np.array_equal(back.loss_trace, r.loss_trace)
+    assert back.clean_trace == r.clean_trace and len(r.clean_trace) == 1  # the check at step 5 of 10
     assert back.settings == json.loads(json.dumps(r.settings))
     assert json.loads(json.dumps(r.to_dict())) == back.to_dict()
     assert ProjectorSettings.from_dict({k: v for k, v in back.settings.items()

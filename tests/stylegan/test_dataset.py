@@ -21,6 +21,7 @@ from stylegan.dataset import (
     InfiniteSampler,
     build_dataset,
     celeba_crop_box,
+    export_images,
     iter_source_images,
     open_dataset,
     prepare_image,
@@ -121,6 +122,35 @@ def test_attributes_and_fingerprint(folder, tmp_path):
     assert build_dataset(folder, tmp_path / "c.h5", 8, max_images=4).fingerprint != r1.fingerprint
     # same pixels, different count -> different fingerprint (shape is hashed)
     assert build_dataset(folder, tmp_path / "e.h5", 8, max_images=3).fingerprint != r1.fingerprint
+
+
+def test_skip_and_png_export_match_the_hdf5_build(folder, tmp_path):
+    """A held-out set: --skip leaves out the first K candidates; the PNG export holds exactly the pixels the
+    HDF5 build stores, and running it again (after an interruption) rewrites nothing."""
+    full, _, names = _read(build_dataset(folder, tmp_path / "all.h5", 8).out_path)
+    # candidates in order: corrupt.png, img0, img1, img3, img4, img5, sub/img2, text.jpg; skip 3 -> from img1
+    rep = build_dataset(folder, tmp_path / "tail.h5", 8, skip_images=3, max_images=3)
+    tail, attrs, tail_names = _read(rep.out_path)
+    assert tail_names == ["img3.png", "img4.png", "img5.png"] and attrs["skipped_first"] == 3
+    np.testing.assert_array_equal(tail, full[2:5])
+    exp = export_images(folder, tmp_path / "png", 8, skip_images=3, max_images=3)
+    files = sorted((tmp_path / "png").iterdir())
+    assert [f.name for f in files] == ["img3.png", "img4.png", "img5.png"] and exp.count == 3
+    back = np.stack([np.array(Image.open(f)).transpose(2, 0, 1) for f in files])
+    np.testing.assert_array_equal(back, tail)
+    assert exp.fingerprint == rep.fingerprint
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    export_images(folder, tmp_path / "png", 8, skip_images=3, max_images=3)
+    assert [f.stat().st_mtime_ns for f in sorted((tmp_path / "png").iterdir())] == mtimes
+    grey = export_images(folder, tmp_path / "grey", 8, channels=1, skip_images=6)
+    assert grey.count == 1 and Image.open(tmp_path / "grey" / "sub__img2.png").mode == "L"
+    with pytest.raises(DatasetError, match="leaves nothing"):
+        build_dataset(folder, tmp_path / "x.h5", 8, skip_images=8)
+    with pytest.raises(DatasetError, match="skip_images"):
+        export_images(folder, tmp_path / "y", 8, skip_images=-1)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DatasetError, match="not a folder"):
+        export_images(folder, tmp_path / "afile", 8)
 
 
 def test_celeba_crop_geometry(tmp_path):
