@@ -73,6 +73,14 @@ def real_targets(src: str, skip: int, n: int, res: int, channels: int, crop: str
     return out
 
 
+def separation(gen, real) -> float:
+    """d' of the log distances: (mean log d_real - mean log d_generated) / pooled std. AUC saturates at 1 once
+    the populations no longer overlap in a small sample; d' still tells how far apart they are, which is what
+    choosing between projector variants needs."""
+    g, r = np.log(np.asarray(gen, np.float64)), np.log(np.asarray(real, np.float64))
+    return float((r.mean() - g.mean()) / np.sqrt(0.5 * (g.var(ddof=1) + r.var(ddof=1))))
+
+
 def early_stopping_figures(items, done, settings, gen_d, real_d, threshold, calibration) -> dict:
     """What early stopping with the band at the threshold would have saved on these projections, and whether
     any verdict would have changed (it must not)."""
@@ -162,7 +170,7 @@ def main() -> None:
     real_d = [done[it[0]]["distance"] for it in items if it[1] == "real"]
     out = {"benchmark": "eval_attribution", "model": args.model, "model_sha256": model.file_sha256,
            "settings": settings.to_dict(), "generated": summary(gen_d), "real": summary(real_d),
-           "auc": roc_auc(np.array(gen_d), np.array(real_d)),
+           "auc": roc_auc(np.array(gen_d), np.array(real_d)), "separation_dprime_log": separation(gen_d, real_d),
            "early_stopping": early_stopping_figures(items, done, settings, gen_d, real_d, args.threshold,
                                                     load_calibration(args.model, model)),
            "seconds_this_run": round(time.perf_counter() - t0, 1), "machine": machine_info(args.device)}
