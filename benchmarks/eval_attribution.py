@@ -2,7 +2,7 @@
 trained on, and report both LPIPS distance distributions and the ROC AUC. Prints JSON.
 
 Generated images go through 8 bits (x*127.5+128, clamp, truncate) as a suspect file would; their noise is random,
-drawn from the image's seed (:func:`stylegan.generator.generate_seeded`), so the projector cannot simply read
+drawn from the image's seed (:func:`detector.calibration.generate_images`, as ``detect calibrate``), so the projector cannot simply read
 back stored noise. Real images are the held-out tail of a
 zip or folder (e.g. the CelebA images after the first 8,934 used for training), cropped and resized as the
 training set was.
@@ -35,11 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
 from detector.lpips import load_lpips  # noqa: E402
-from detector.calibration import load_calibration, threshold_at_fpr  # noqa: E402
+from detector.calibration import generate_images, load_calibration, threshold_at_fpr  # noqa: E402
 from detector.projector import Projector, ProjectorSettings, simulate_early_stop  # noqa: E402
 from stylegan.dataset import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
-from stylegan.generator import generate_seeded  # noqa: E402
 
 
 def roc_auc(gen: np.ndarray, real: np.ndarray) -> float:
@@ -53,12 +52,6 @@ def summary(d: list) -> dict:
     a = np.asarray(d, dtype=np.float64)
     return {"n": int(a.size), "median": float(np.median(a)), "p5": float(np.percentile(a, 5)),
             "p95": float(np.percentile(a, 95)), "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}
-
-
-def generated_targets(G, seeds) -> torch.Tensor:
-    """The images of ``stylegan generate --noise-mode random`` for these seeds, through 8 bits."""
-    imgs = [generate_seeded(G, s, noise_mode="random") for s in seeds]
-    return torch.cat([(img * 127.5 + 128).clamp(0, 255).to(torch.uint8).float() / 127.5 - 1 for img in imgs])
 
 
 def real_targets(src: str, skip: int, n: int, res: int, channels: int, crop: str) -> list:
@@ -150,7 +143,7 @@ def main() -> None:
     for b in range(0, len(todo), args.batch):
         chunk = todo[b:b + args.batch]
         gen_seeds = [it[3] for it in chunk if it[1] == "generated"]
-        gen = generated_targets(G, gen_seeds) if gen_seeds else None
+        gen = generate_images(G, gen_seeds).to(args.device) if gen_seeds else None
         targets, gi = [], 0
         for it in chunk:
             if it[1] == "generated":

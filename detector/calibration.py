@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,25 +367,6 @@ def _tensor_sha256(x: torch.Tensor) -> str:
     return hashlib.sha256(to_uint8(x).numpy().tobytes()).hexdigest()
 
 
-def _project_in_batches(projector, targets: torch.Tensor, seeds: List[int], batch_size: int,
-                        progress: Optional[Callable[[int, int], None]], done: int, total: int) -> List[float]:
-    out: List[float] = []
-    steps = projector.settings.steps
-    for a in range(0, targets.shape[0], batch_size):
-        batch = targets[a:a + batch_size]
-        n = batch.shape[0]
-        cb = None
-        if progress is not None:
-            base = done + a * steps
-
-            def cb(step, _steps, _losses, base=base, n=n):
-                progress(base + step * n, total)
-
-        results = projector.project(batch, seeds=seeds[a:a + n], progress=cb)
-        out.extend(float(r.distance) for r in results)
-    return out
-
-
 class CalibrationProgress:
     """The finished projections of a calibration in progress, so that an interrupted ``detect calibrate``
     continues where it stopped instead of starting over (1000-step projections of 400 images take an hour or
@@ -400,39 +382,36 @@ class CalibrationProgress:
         self.path = Path(path)
         self.header = json.loads(json.dumps(_plain(header), sort_keys=True))
         self.done: Dict[Tuple[str, str], float] = {}
-        if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-            try:
-                old = json.loads(lines[0]) if lines else None
-            except json.JSONDecodeError:
-                old = None
-            if lines and old != {"calibration_progress": self.header}:
-                raise CalibrationError(f"{self.path} holds the progress of another calibration (other model, "
-                                       "settings or seed); delete it or choose another progress file")
-            for line in lines[1:]:
-                try:
-                    rec = json.loads(line)
-                    self.done[(str(rec["kind"]), str(rec["key"]))] = float(rec["distance"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue  # the last line of a run killed while writing
-            if lines:
-                # A crash can leave a partial line without its newline: rewrite the file clean before appending.
-                from stylegan.fileio import atomic_write_text
+        from stylegan.fileio import atomic_write_text
 
-                atomic_write_text(self.path, "\n".join([lines[0]] + [
-                    json.dumps({"kind": k, "key": key, "distance": d}) for (k, key), d in self.done.items()]) + "\n")
         if not self.path.exists():
-            from stylegan.fileio import atomic_write_text
-
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({"calibration_progress": self.header}, sort_keys=True) + "\n")
+            return
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines()
+        try:
+            old = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            old = None
+        if old != {"calibration_progress": self.header}:
+            raise CalibrationError(f"{self.path} holds the progress of another calibration (other model, "
+                                   "settings or seed); delete it or choose another progress file")
+        clean = True
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+                self.done[(str(rec["kind"]), str(rec["key"]))] = float(rec["distance"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                clean = False  # the last line of a run killed while writing it
+        if not (clean and text.endswith("\n")):  # rewrite without it before appending
+            atomic_write_text(self.path, "\n".join([lines[0]] + [
+                json.dumps({"kind": k, "key": key, "distance": d}) for (k, key), d in self.done.items()]) + "\n")
 
     def get(self, kind: str, key: Any) -> Optional[float]:
         return self.done.get((kind, str(key)))
 
     def add(self, kind: str, keys: Sequence[Any], distances: Sequence[float]) -> None:
-        import os
-
         lines = []
         for key, d in zip(keys, distances):
             self.done[(kind, str(key))] = float(d)
@@ -442,26 +421,26 @@ class CalibrationProgress:
             f.flush()
             os.fsync(f.fileno())
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
 
 def _project_missing(projector, kind: str, keys: List[Any], make_targets: Callable[[List[int]], torch.Tensor],
-                     seeds: List[int], batch_size: int, progress, base: int, total: int,
-                     state: Optional[CalibrationProgress]) -> List[float]:
+                     seeds: List[int], batch_size: int, progress: Optional[Callable[[int, int], None]], base: int,
+                     total: int, state: Optional[CalibrationProgress]) -> List[float]:
     """Distances for ``keys`` (in order): those ``state`` already holds, the rest projected ``batch_size`` at a
-    time (``make_targets(indices)`` builds their targets) and recorded in ``state`` after each batch."""
+    time (``make_targets(indices)`` builds their targets) and recorded in ``state`` after each batch.
+    ``progress(image_steps_done, total)`` counts from ``base``."""
     steps = projector.settings.steps
     out: List[Optional[float]] = [None if state is None else state.get(kind, k) for k in keys]
     todo = [i for i, d in enumerate(out) if d is None]
-    done_images = len(keys) - len(todo)
-    if progress is not None and done_images:
-        progress(base + done_images * steps, total)
+    done = base + (len(keys) - len(todo)) * steps
+    if progress is not None and done > base:
+        progress(done, total)
     for a in range(0, len(todo), batch_size):
         idx = todo[a:a + batch_size]
-        targets = make_targets(idx)
-        ds = _project_in_batches(projector, targets, [seeds[i] for i in idx], len(idx), progress,
-                                 base + (done_images + a) * steps, total)
+        cb = None if progress is None else (
+            lambda step, _steps, _losses, start=done, n=len(idx): progress(start + step * n, total))
+        results = projector.project(make_targets(idx), seeds=[seeds[i] for i in idx], progress=cb)
+        ds = [float(r.distance) for r in results]
+        done += len(idx) * steps
         for i, d in zip(idx, ds):
             out[i] = d
         if state is not None:

@@ -713,8 +713,9 @@ class Projector:
                 freeze = []
                 for r, k in enumerate(active_list):
                     history[k].append((done, float(d_np[r])))
-                    if s.early_stop is not None and _settled(history[k][-s.early_stop_patience:], s.early_stop_patience, s.early_stop,
-                                s.early_stop_margin, steps):
+                    if s.early_stop is not None and _settled(history[k][-s.early_stop_patience:],
+                                                             s.early_stop_patience, s.early_stop,
+                                                             s.early_stop_margin, steps):
                         freeze.append(r)
                 if freeze:
                     finish(freeze, ws_c, img_c, d_c, done, done)
