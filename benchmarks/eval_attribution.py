@@ -2,12 +2,15 @@
 trained on, and report both LPIPS distance distributions and the ROC AUC. Prints JSON.
 
 Generated images go through 8 bits (x*127.5+128, clamp, truncate) as a suspect file would; their noise is random,
-drawn from the image's seed (:func:`detector.calibration.generate_images`, as ``detect calibrate``), so the projector cannot simply read
-back stored noise. Real images are the held-out tail of a
-zip or folder (e.g. the CelebA images after the first 8,934 used for training), cropped and resized as the
-training set was.
+drawn from the image's seed (:func:`detector.calibration.generate_images`, as ``detect calibrate``), so the
+projector cannot simply read back stored noise. Real images are the held-out tail of a zip or folder (e.g. the
+CelebA images after the first 8,934 used for training), cropped and resized as the training set was.
 
-Resumable: each projected batch is appended to ``--state`` (JSONL); a re-run skips what is there.
+Resumable: each projected batch is appended to ``--state`` (JSONL); a re-run skips what is there. Generated and
+real images are projected interleaved, so a stopped run summarises equal numbers of both (``"complete": false``);
+``--report-only`` summarises a state file without projecting. Each record keeps the re-synthesis and w (float16);
+for generated images also ||w - w_true|| / sigma_w, which tells whether the projector found the latent that made
+the image. ``--rescore`` measures the stored re-syntheses again with LPIPS at other resolutions and with pixel MSE.
 
 Early stopping is measured from the same run: every image is projected in full with the clean distance recorded
 at the early-stopping checkpoints (``clean_checkpoints``), and :func:`detector.projector.simulate_early_stop`
@@ -22,6 +25,7 @@ threshold is ``--threshold``, else the model's calibration, else the one at 1 % 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import sys
@@ -35,17 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
 from detector.lpips import load_lpips  # noqa: E402
-from detector.calibration import generate_images, load_calibration, threshold_at_fpr  # noqa: E402
+from detector.calibration import generate_images, load_calibration, roc_auc, threshold_at_fpr  # noqa: E402
 from detector.projector import Projector, ProjectorSettings, simulate_early_stop  # noqa: E402
 from stylegan.dataset import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
-
-
-def roc_auc(gen: np.ndarray, real: np.ndarray) -> float:
-    """P(d_generated < d_real) + 0.5 P(tie): generated images should come back closer."""
-    gen = np.asarray(gen)[:, None]
-    real = np.asarray(real)[None, :]
-    return float(((gen < real).sum() + 0.5 * (gen == real).sum()) / (gen.size * real.size))
 
 
 def summary(d: list) -> dict:
@@ -60,7 +57,7 @@ def real_targets(src: str, skip: int, n: int, res: int, channels: int, crop: str
         if i < skip or isinstance(im, Exception):
             continue
         arr = prepare_image(im, res, crop=crop, channels=channels)
-        out.append((name, torch.from_numpy(arr).float()[None] / 127.5 - 1))
+        out.append((name, torch.from_numpy(np.array(arr)).float()[None] / 127.5 - 1))
         if len(out) == n:
             break
     return out
@@ -112,11 +109,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--pyramid", default=None)
     p.add_argument("--lpips-resolution", type=int, default=None)
+    p.add_argument("--clamp-output", choices=["on", "off"], default=None,
+                   help="ProjectorSettings.clamp_output (default: the projector's default)")
     p.add_argument("--lpips-weights", default=None)
     p.add_argument("--threshold", type=float, default=None, help="decision threshold for the early-stopping figures")
     p.add_argument("--seed-offset", type=int, default=1_000_000, help="generated images use seeds offset+i")
     p.add_argument("--state", required=True, help="JSONL of finished distances (resume)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--report-only", action="store_true", help="project nothing: summarise the state file")
+    p.add_argument("--rescore", action="store_true",
+                   help="also measure the stored re-syntheses with LPIPS at other resolutions and pixel MSE")
     args = p.parse_args()
     torch.set_flush_denormal(True)
 
@@ -125,6 +127,8 @@ def main() -> None:
     kw = {"steps": args.steps, "lpips_resolution": args.lpips_resolution, "clean_checkpoints": True}
     if args.pyramid:
         kw["pyramid"] = args.pyramid
+    if args.clamp_output:
+        kw["clamp_output"] = args.clamp_output == "on"
     settings = ProjectorSettings(**kw)
     projector = Projector(G, load_lpips("vgg", args.lpips_weights, device=args.device), settings)
 
@@ -132,42 +136,99 @@ def main() -> None:
     done = {}
     if state.exists():
         for line in state.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["key"]] = rec
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec
     seeds = [args.seed_offset + i for i in range(args.n)]
-    items = [(f"gen:{s}", "generated", None, s) for s in seeds]
-    items += [(f"real:{name}", "real", t, None)
-              for name, t in real_targets(args.real, args.real_skip, args.n, G.img_resolution, G.img_channels, args.crop)]
-    todo = [it for it in items if it[0] not in done]
+    reals = real_targets(args.real, args.real_skip, args.n, G.img_resolution, G.img_channels, args.crop)
+    gens = [(f"gen:{s}", "generated", None, s) for s in seeds]
+    # Interleaved, so that a stopped run has both populations in equal numbers.
+    items = [it for pair in zip(gens, [(f"real:{name}", "real", t, None) for name, t in reals]) for it in pair]
+    items += gens[len(reals):]
+    todo = [] if args.report_only else [it for it in items if it[0] not in done]
+    w_std = projector.w_stats.w_std
     t0 = time.perf_counter()
     for b in range(0, len(todo), args.batch):
         chunk = todo[b:b + args.batch]
-        gen_seeds = [it[3] for it in chunk if it[1] == "generated"]
-        gen = generate_images(G, gen_seeds).to(args.device) if gen_seeds else None
-        targets, gi = [], 0
-        for it in chunk:
-            if it[1] == "generated":
-                targets.append(gen[gi:gi + 1])
-                gi += 1
-            else:
-                targets.append(it[2].to(args.device))
-        results = projector.project(torch.cat(targets), seeds=[int(hashlib.sha256(it[0].encode()).hexdigest()[:8], 16) for it in chunk])
+        targets = torch.cat([target_of(G, it, args.device) for it in chunk])
+        results = projector.project(targets, seeds=[int(hashlib.sha256(it[0].encode()).hexdigest()[:8], 16) for it in chunk])
         with open(state, "a") as f:
             for it, res in zip(chunk, results):
                 rec = {"key": it[0], "population": it[1], "distance": res.distance, "steps_run": res.steps_run,
-                       "clean_trace": [list(c) for c in res.clean_trace]}
+                       "clean_trace": [list(c) for c in res.clean_trace], "image_f16": _pack(res.image),
+                       "w_f16": _pack(res.w[0])}
+                if it[1] == "generated":  # how far the projection ended from the w that made the image
+                    rec["w_error_over_sigma_w"] = float((res.w[0] - true_w(G, it[3])).norm()) / w_std
                 done[it[0]] = rec
                 f.write(json.dumps(rec) + "\n")
-        print(f"{len(done)}/{len(items)} projected", file=sys.stderr)
-    gen_d = [done[it[0]]["distance"] for it in items if it[1] == "generated"]
-    real_d = [done[it[0]]["distance"] for it in items if it[1] == "real"]
+        print(f"{sum(it[0] in done for it in items)}/{len(items)} projected", file=sys.stderr)
+    finished = [it for it in items if it[0] in done]
+    gen_d = [done[it[0]]["distance"] for it in finished if it[1] == "generated"]
+    real_d = [done[it[0]]["distance"] for it in finished if it[1] == "real"]
     out = {"benchmark": "eval_attribution", "model": args.model, "model_sha256": model.file_sha256,
-           "settings": settings.to_dict(), "generated": summary(gen_d), "real": summary(real_d),
-           "auc": roc_auc(np.array(gen_d), np.array(real_d)), "separation_dprime_log": separation(gen_d, real_d),
-           "early_stopping": early_stopping_figures(items, done, settings, gen_d, real_d, args.threshold,
-                                                    load_calibration(args.model, model)),
-           "seconds_this_run": round(time.perf_counter() - t0, 1), "machine": machine_info(args.device)}
+           "settings": settings.to_dict(), "complete": len(finished) == len(items)}
+    if gen_d and real_d:
+        w_err = [done[it[0]]["w_error_over_sigma_w"] for it in finished
+                 if it[1] == "generated" and "w_error_over_sigma_w" in done[it[0]]]
+        out.update({"generated": summary(gen_d), "real": summary(real_d), "auc": roc_auc(gen_d, real_d),
+                    "separation_dprime_log": separation(gen_d, real_d),
+                    "generated_w_error_over_sigma_w": summary(w_err) if w_err else None,
+                    "early_stopping": early_stopping_figures(finished, done, settings, gen_d, real_d, args.threshold,
+                                                             load_calibration(args.model, model))})
+        if args.rescore:
+            out["rescored"] = rescore(G, finished, done, args)
+    out.update({"seconds_this_run": round(time.perf_counter() - t0, 1), "machine": machine_info(args.device)})
     print(json.dumps(out, indent=1))
+
+
+def target_of(G, item, device) -> torch.Tensor:
+    """The [1, C, R, R] target of an item: a generated image (8 bits, random noise from its seed) or a real one."""
+    return generate_images(G, [item[3]]).to(device) if item[1] == "generated" else item[2].to(device)
+
+
+@torch.no_grad()
+def true_w(G, seed: int) -> torch.Tensor:
+    """The w a generated image was made from (z drawn as :func:`stylegan.generator.generate_seeded` draws it)."""
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(G.mapping.w_avg.device)
+    return G.mapping(z, truncation_psi=1.0)[0, 0].cpu()
+
+
+def _pack(x: torch.Tensor) -> dict:
+    a = x.detach().cpu().numpy().astype(np.float16)
+    return {"shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode()}
+
+
+def _unpack(d: dict) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(d["b64"]), np.float16).reshape(d["shape"]).astype(np.float32))
+
+
+@torch.no_grad()
+def rescore(G, finished, done, args) -> dict:
+    """The same projections measured differently (no new optimisation): LPIPS-VGG between target and
+    re-synthesis (float16-stored) at other resolutions (bilinear up-sampling), and the pixel MSE. Tells how much of
+    the separation is the measurement rather than the fit."""
+    from detector.projector import _resize
+
+    vgg = load_lpips("vgg", args.lpips_weights, device=args.device)
+    measures = {f"lpips_vgg_{r}": r for r in (G.img_resolution, 64, 128, 256)}
+    scores = {name: {"generated": [], "real": []} for name in list(measures) + ["mse"]}
+    for it in finished:
+        rec = done[it[0]]
+        if "image_f16" not in rec:
+            continue
+        x = target_of(G, it, args.device)
+        y = _unpack(rec["image_f16"])[None].to(args.device)
+        for name, r in measures.items():
+            scores[name][it[1]].append(float(vgg(_resize(x, r), _resize(y, r))))
+        scores["mse"][it[1]].append(float((x - y).square().mean()))
+    out = {}
+    for name, s in scores.items():
+        if s["generated"] and s["real"]:
+            out[name] = {"n": [len(s["generated"]), len(s["real"])], "auc": roc_auc(s["generated"], s["real"]),
+                         "separation_dprime_log": separation(s["generated"], s["real"]),
+                         "median_generated": float(np.median(s["generated"])),
+                         "median_real": float(np.median(s["real"]))}
+    return out
 
 
 if __name__ == "__main__":

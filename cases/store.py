@@ -306,7 +306,12 @@ class CaseStore:
         if (old_th is None) != (threshold is None) or (old_th is not None and float(old_th) != float(threshold)):
             problems.append(f"threshold {threshold} != {old_th}")
         if [x["file_sha256"] for x in m["models"]] != [x["file_sha256"] for x in models]:
-            problems.append("the model files differ (by sha256, in order)")
+            same_weights = len(m["models"]) == len(models) and all(
+                a.get("weights_sha256") and a.get("weights_sha256") == b.get("weights_sha256")
+                for a, b in zip(m["models"], models))
+            problems.append("the model files differ (by sha256, in order)" + (
+                "; their weights are the same, so a calibration was probably stored in them since the case began "
+                "and the thresholds of the recorded results would no longer hold" if same_weights else ""))
         if distance and m.get("distance"):
             a, b = m["distance"], distance
             if (a.get("net"), a.get("trunk_sha256"), a.get("linear_weights_sha256")) != \

@@ -57,6 +57,9 @@ DEFAULT_PYRAMID = "paper"
 DEFAULT_LPIPS_RESOLUTION: Optional[int] = None
 LPIPS_MAX_RESOLUTION = 256
 
+# Whether the synthesised image is clamped to [-1, 1] before the distance (ProjectorSettings.clamp_output).
+DEFAULT_CLAMP_OUTPUT = False
+
 DEFAULT_W_STATS_SEED = 123
 
 TRACE_DTYPE = np.dtype([("step", "<i4"), ("loss", "<f8"), ("distance", "<f8"), ("reg", "<f8"), ("lr", "<f8")])
@@ -85,6 +88,11 @@ class ProjectorSettings:
                      distances no longer separate generated from real images.
     lpips_resolution resolution the distance is evaluated at: None = native (area-down-sampled to 256 above
                      256 px); an int resizes both images to it (bilinear up / area down)
+    clamp_output     clamp the synthesised image to [-1, 1] before the distance, as writing it to an 8-bit file
+                     would. A suspect image has been through that clamp; a generator's raw output overshoots
+                     [-1, 1] (saturated backgrounds, highlights), so without the clamp even the w and noise that
+                     made an image do not reproduce its file, and the projector settles elsewhere. Not in App. D
+                     (NVIDIA's projector compares the raw output); see DEFAULT_CLAMP_OUTPUT.
     w_avg_samples    samples of f(z) for mu_w and sigma_w (10,000); w_stats_seed: their numpy seed
     betas, eps       Adam parameters
     fused_modconv    passed to the synthesis network (None: its own default)
@@ -115,6 +123,7 @@ class ProjectorSettings:
     pyramid: str = DEFAULT_PYRAMID
     wplus: bool = False
     lpips_resolution: Optional[int] = DEFAULT_LPIPS_RESOLUTION
+    clamp_output: bool = DEFAULT_CLAMP_OUTPUT
     w_avg_samples: int = 10000
     w_stats_seed: int = DEFAULT_W_STATS_SEED
     betas: Tuple[float, float] = (0.9, 0.999)
@@ -314,8 +323,9 @@ class ProjectionResult:
     distance        the distance between the target and ``image`` (clean w, optimised noise)
     loss_trace      structured array with fields step, loss, distance, reg (the noise regulariser, before
                     alpha), lr; one row per recorded step (``trace_every``); distance and loss at the noisy w~
-    image           [C, R, R] float32 cpu: the re-synthesis g(w, noise), in [-1, 1] up to the generator's own
-                    overshoot (not clamped: ``distance`` was computed on exactly this tensor)
+    image           [C, R, R] float32 cpu: the re-synthesis g(w, noise), clamped to [-1, 1] when
+                    ``clamp_output`` is set, else with the generator's own overshoot: ``distance`` was computed on
+                    exactly this tensor
     steps_run       optimisation steps this image ran
     stopped_at_step None, or the step count at which early stopping froze the image (== steps_run)
     settings        the ProjectorSettings as a dict, plus seed, w_std and the distance's name
@@ -593,12 +603,15 @@ class Projector:
             raise ValueError("targets must be in [-1, 1] (got values beyond +-1.5; 0..255 pixels?)")
 
     def project(self, targets: torch.Tensor, seeds: Union[int, Sequence[int]] = 0,
-                progress: Optional[ProgressFn] = None) -> List[ProjectionResult]:
+                progress: Optional[ProgressFn] = None, w_init: Optional[torch.Tensor] = None
+                ) -> List[ProjectionResult]:
         """Project targets [N, C, R, R] in [-1, 1]; returns one :class:`ProjectionResult` per image, in order.
 
         ``seeds``: an int (image k uses ``image_seeds(seed, N)[k]``) or one seed per image. ``progress(step,
         steps, losses)`` is called after every step with the number of steps done and the latest total loss
-        of every image ([N] numpy; frozen images keep their last value).
+        of every image ([N] numpy; frozen images keep their last value). ``w_init`` [N, w_dim]: start each image
+        at this w instead of mu_w (App. D starts at mu_w; a warm start is for diagnostics, e.g. starting a
+        generated image at the w that made it, or for continuing an earlier projection).
         """
         self.check_targets(targets)
         N = targets.shape[0]
@@ -607,10 +620,14 @@ class Projector:
         seeds = [int(s) for s in seeds]
         if len(seeds) != N:
             raise ValueError(f"got {len(seeds)} seeds for {N} targets")
+        if w_init is not None and (not isinstance(w_init, torch.Tensor) or tuple(w_init.shape) != (N, self.G.w_dim)):
+            got = list(w_init.shape) if isinstance(w_init, torch.Tensor) else type(w_init).__name__
+            raise ValueError(f"w_init must be a tensor [N, w_dim] = [{N}, {self.G.w_dim}], got {got}")
         with _Frozen(self.G, self.distance):
-            return self._project(targets, seeds, progress)
+            return self._project(targets, seeds, progress, w_init)
 
-    def _project(self, targets: torch.Tensor, seeds: List[int], progress: Optional[ProgressFn]):
+    def _project(self, targets: torch.Tensor, seeds: List[int], progress: Optional[ProgressFn],
+                 w_init: Optional[torch.Tensor] = None):
         s = self.settings
         G = self.G
         synthesis = G.synthesis
@@ -628,7 +645,8 @@ class Projector:
         noise_shapes = [tuple(shape) for shape in synthesis.noise_shapes]
         noise = [torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) for shape in noise_shapes]
         w_rows = num_ws if s.wplus else 1
-        w_opt = stats.w_avg.to(device).reshape(1, 1, w_dim).repeat(N, w_rows, 1)
+        start = stats.w_avg.reshape(1, w_dim).expand(N, -1) if w_init is None else w_init
+        w_opt = start.detach().to(device=device, dtype=torch.float32).reshape(N, 1, w_dim).repeat(1, w_rows, 1)
         opt = _RowAdam([w_opt.requires_grad_(True)] + [n.requires_grad_(True) for n in noise], s.betas, s.eps)
 
         active = torch.arange(N, device=device)  # original indices of the images still optimised
@@ -651,6 +669,8 @@ class Projector:
                 for a, b in _chunks(len(active_list), chunk):
                     img = synthesis(_rows(ws, a, b), noise=[_rows(m.detach(), a, b) for m in maps],
                                     fused_modconv=s.fused_modconv)
+                    if s.clamp_output:
+                        img = img.clamp(-1, 1)
                     imgs.append(img)
                     ds.append(dist(img, _Distance.rows(prepared, a, b)))
             return ws, torch.cat(imgs), torch.cat(ds)
@@ -687,6 +707,8 @@ class Projector:
                 ws = w_tilde.expand(-1, num_ws, -1) if not s.wplus else w_tilde
                 chunk_maps = [_rows(m, a, b) for m in maps]
                 img = synthesis(ws, noise=chunk_maps, fused_modconv=s.fused_modconv)
+                if s.clamp_output:
+                    img = img.clamp(-1, 1)
                 d = dist(img, _Distance.rows(prepared, a, b))
                 reg = noise_regularization(chunk_maps, s.pyramid)
                 loss = d + s.alpha * reg
@@ -776,12 +798,12 @@ def _name(fn: Any) -> str:
 
 def project(G, targets: torch.Tensor, settings: Optional[ProjectorSettings] = None, *, distance: DistanceFn,
             seed: Union[int, Sequence[int]] = 0, seeds: Optional[Sequence[int]] = None,
-            progress: Optional[ProgressFn] = None) -> List[ProjectionResult]:
+            progress: Optional[ProgressFn] = None, w_init: Optional[torch.Tensor] = None) -> List[ProjectionResult]:
     """Project targets [N, C, R, R] in [-1, 1] into G's W space (App. D); see :class:`Projector`.
     ``seed`` is one int for the call (image k uses ``image_seeds(seed, N)[k]``) or a list; ``seeds`` is an alias
     for a per-image list."""
     projector = Projector(G, distance, settings)
-    return projector.project(targets, seeds if seeds is not None else seed, progress)
+    return projector.project(targets, seeds if seeds is not None else seed, progress, w_init)
 
 
 # ----------------------------------------------------------------------------------------------------------------

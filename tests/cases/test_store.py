@@ -198,6 +198,20 @@ def test_other_parameters_refused(env):
               ProjectorSettings(steps=4, w_avg_samples=256, chunk_size=1), mse_distance)
 
 
+
+def test_model_calibrated_after_the_case_began_is_named_as_the_cause(env):
+    """Storing a calibration rewrites our .pt (new file sha256, same weights): resuming is refused, because the
+    recorded verdicts used the old threshold, and the message says why rather than only "files differ"."""
+    from detector.calibration import record_from_distances, store_calibration
+
+    run(env, "case")
+    store_calibration(record_from_distances([0.1, 0.2], [0.5, 0.6], target_fpr=0.0).to_dict(), env / "g.pt")
+    with pytest.raises(CaseError, match="weights are the same, so a calibration was probably stored"):
+        run(env, "case")
+    save_network(env / "g.pt", tiny_generator(2))  # other weights: only "files differ"
+    with pytest.raises(CaseError, match=r"model files differ \(by sha256, in order\) \(use"):
+        run(env, "case")
+
 def test_two_networks(env):
     s = run(env, "case", models_paths=[env / "g.pt", env / "g2.pt"], threshold=0.05)
     assert s.processed == 6

@@ -336,6 +336,22 @@ def test_cached_target_features_give_the_same_result(G):
     assert all(p.requires_grad for p in dist.parameters())
 
 
+
+def test_w_init_starts_where_asked(G):
+    targets = torch.cat([generated_images(G, 1), real_like_images(1)])
+    settings = ProjectorSettings(steps=12, w_avg_samples=1000)
+    default = project(G, targets, settings, distance=mse, seed=[1, 2])
+    at_mu = project(G, targets, settings, distance=mse, seed=[1, 2],
+                    w_init=cached_w_stats(G, 1000).w_avg.expand(2, -1))
+    assert [r.distance for r in at_mu] == [r.distance for r in default]
+    # With a vanishing learning rate w stays where it started.
+    w0 = torch.randn(2, G.w_dim, generator=torch.Generator().manual_seed(9))
+    still = project(G, targets, ProjectorSettings(steps=2, lr=1e-12, w_avg_samples=1000), distance=mse,
+                    seed=[1, 2], w_init=w0)
+    assert torch.allclose(torch.stack([r.w[0] for r in still]), w0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"w_init must be a tensor \[N, w_dim\] = \[2, 32\]"):
+        project(G, targets, settings, distance=mse, seed=[1, 2], w_init=w0[:1])
+
 def test_wplus_runs(G):
     targets = real_like_images(1)
     w_mode = project(G, targets, ProjectorSettings(steps=40, w_avg_samples=1000), distance=mse, seed=[1])[0]
