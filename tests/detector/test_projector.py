@@ -5,6 +5,7 @@ The networks are 16 px with random weights; their ToRGB weights are scaled down 
 distance is the per-image mean squared error unless a test says otherwise.
 """
 
+import dataclasses
 import json
 import math
 
@@ -351,6 +352,24 @@ def test_w_init_starts_where_asked(G):
     assert torch.allclose(torch.stack([r.w[0] for r in still]), w0, atol=1e-6)
     with pytest.raises(ValueError, match=r"w_init must be a tensor \[N, w_dim\] = \[2, 32\]"):
         project(G, targets, settings, distance=mse, seed=[1, 2], w_init=w0[:1])
+
+
+def test_clamp_output_compares_what_a_file_would_hold():
+    G = make_g(seed=3)
+    with torch.no_grad():  # make the raw output overshoot [-1, 1], as trained generators do
+        for block in G.synthesis.blocks():
+            block.torgb.weight.mul_(4.0)
+    raw = generated_images(G, 2)
+    assert raw.abs().max() > 1.2
+    targets = raw.clamp(-1, 1)  # what an image file of it holds
+    settings = ProjectorSettings(steps=10, w_avg_samples=1000, clamp_output=True)
+    results = project(G, targets, settings, distance=mse, seed=[1, 2])
+    for r, target in zip(results, targets):
+        assert r.image.abs().max() <= 1.0
+        assert mse(resynthesize(G, r).clamp(-1, 1), target[None]).item() == pytest.approx(r.distance, abs=1e-6)
+        assert r.settings["clamp_output"] is True
+    unclamped = project(G, targets, dataclasses.replace(settings, clamp_output=False), distance=mse, seed=[1, 2])
+    assert max(float(r.image.abs().max()) for r in unclamped) > 1.0
 
 def test_wplus_runs(G):
     targets = real_like_images(1)
