@@ -54,6 +54,7 @@ class BatchSummary:
     changed: List[Dict[str, Any]] = field(default_factory=list)
     changed_during_run: List[str] = field(default_factory=list)
     batch_files: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         from dataclasses import asdict
@@ -204,10 +205,15 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         from stylegan.formats import load_model
 
         models = [load_model(p, device=device or "cpu") for p in model_paths]
-    from detector.calibration import load_calibration
+    from detector.calibration import load_calibration, settings_differences
 
+    warnings = []
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too
         m.calibration = load_calibration(p, m)
+        diff = settings_differences(m.calibration, settings) if threshold is None else []
+        if diff:
+            warnings.append(f"{Path(p).name} was calibrated with other projector settings ({', '.join(diff)}); "
+                            f"its threshold and error rate may not hold for this case")
     shas = [m.file_sha256 for m in models]
     if len(set(shas)) != len(shas):
         raise CaseError("the same model file was given twice")
@@ -223,6 +229,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     summary = BatchSummary(case_dir=str(case_dir), rank=rank, world_size=world_size, inputs=len(files),
                            distinct=0, assigned=0, already_done=0, processed=0)
     summary.unreadable = [{"path": h.path, "error": h.error} for h in hashed if h.error]
+    summary.warnings = warnings
 
     # Rank 0 creates or checks the case and records the inputs; the others wait for it.
     err: Optional[str] = None

@@ -105,6 +105,23 @@ def allowed_false_positives(n_real: int, target_fpr: float) -> int:
     return int(math.floor(target_fpr * n_real + _COUNT_EPS))
 
 
+# Settings that change a projection's result (and so the distances a threshold was chosen on); the others
+# (device, chunking, early stopping, trace) change speed or bookkeeping only.
+_RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", "noise_ramp", "alpha", "pyramid",
+                    "wplus", "lpips_resolution", "clamp_output", "w_avg_samples", "w_stats_seed", "betas", "eps")
+
+
+def settings_differences(calibration: Optional[dict], settings: Any) -> List[str]:
+    """The result-changing projector settings in which ``settings`` differ from the calibration's (a record
+    without a setting was made before it existed: its default then is unknown, so it counts as different)."""
+    recorded = ((calibration or {}).get("settings") or {}).get("projector")
+    if not recorded:
+        return []
+    now = settings.to_dict()
+    return [k for k in _RESULT_SETTINGS if recorded.get(k, "<absent>") != now.get(k)]
+
+
+
 def threshold_at_fpr(real_distances: Sequence[float], target_fpr: float) -> float:
     """The largest threshold t whose empirical false-positive rate ``#{real <= t} / n_real`` is <= target_fpr.
 

@@ -7,8 +7,6 @@ stderr and exit code 2; a verdict, whichever it is, exits 0.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,6 +32,30 @@ EARLY_STOP_HELP = ("Stop projecting an image once its distance has settled clear
                    "that point). Off by default: App. D runs all 1000 steps.")
 LPIPS_WEIGHTS_HELP = ("Backbone weights file (torchvision checkpoint or features-only state dict); default: "
                       "$DETECT_LPIPS_WEIGHTS, torchvision's cache or download, or `detect fetch-weights`.")
+LR_HELP = "Maximum learning rate of the projection (App. D: 0.1)."
+ALPHA_HELP = "Weight of the noise regulariser (App. D: 1e5)."
+PYRAMID_HELP = "Noise-regulariser pyramid: paper (x2 per level) or official (plain averaging)."
+LPIPS_RESOLUTION_HELP = ("Resolution LPIPS is evaluated at (default: the network's, down-sampled to 256 above "
+                         "256 px).")
+CLAMP_HELP = ("Clamp the re-synthesis to [-1, 1] before LPIPS, as an image file would (default: the projector's "
+              "default; see README, Measured accuracy).")
+
+
+def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optional[float] = None,
+                       pyramid: Optional[str] = None, lpips_resolution: Optional[int] = None,
+                       clamp_output: Optional[bool] = None, wplus: bool = False):
+    """ProjectorSettings from the shared command-line options (None: the projector's default); a bad value is a
+    usage error."""
+    from .projector import ProjectorSettings
+
+    if steps < 1:
+        raise UsageError("--steps must be at least 1")
+    given = {"lr": lr, "alpha": alpha, "pyramid": pyramid, "lpips_resolution": lpips_resolution,
+             "clamp_output": clamp_output}
+    try:
+        return ProjectorSettings(steps=steps, wplus=wplus, **{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @app.command()
@@ -47,7 +69,11 @@ def check(
     seed: int = typer.Option(0, help="Seed of the projection's random draws."),
     lpips_net: str = typer.Option("vgg", "--lpips-net", help=LPIPS_NET_HELP),
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
-    pyramid: Optional[str] = typer.Option(None, help="Noise-regulariser pyramid: paper (x2 per level) or official (plain averaging)."),
+    lr: Optional[float] = typer.Option(None, help=LR_HELP),
+    alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
+    pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
+    lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
+    clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
     wplus: bool = typer.Option(False, "--wplus", help="Optimise in W+ (one w per layer). Unsuitable for attribution: W+ fits almost any image."),
     early_stop: bool = typer.Option(False, "--early-stop/--no-early-stop", help=EARLY_STOP_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
@@ -61,12 +87,10 @@ def check(
         from .attribution import threshold_for
         from .calibration import load_calibration
         from .check import check_images, effective_settings, save_check_outputs
-        from .images import ImageInputError
         from .lpips import load_lpips
-        from .projector import ProjectorSettings
 
-        if steps < 1:
-            raise UsageError("--steps must be at least 1")
+        settings = projector_settings(steps, lr=lr, alpha=alpha, pyramid=pyramid, lpips_resolution=lpips_resolution,
+                                      clamp_output=clamp_output, wplus=wplus)
         device = device or default_device()
         m = load_model(model, device=device)
         calibration = load_calibration(model, m)
@@ -75,13 +99,7 @@ def check(
             typer.echo(f"warning: {model.name} has no calibration; using the uncalibrated default threshold "
                        f"{th.value} (run `detect calibrate` for a threshold with a stated error rate)", err=True)
         distance = load_lpips(lpips_net, lpips_weights, device=device)
-        kw = {"steps": steps}
-        if pyramid is not None:
-            kw["pyramid"] = pyramid
-        try:
-            settings = ProjectorSettings(wplus=wplus, **kw)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        warn_if_calibrated_otherwise(model.name, calibration, settings, threshold)
         with _StepProgress(steps, not as_json) as progress:
             records = check_images(m.G_ema, images, distance, settings=settings, calibration=calibration,
                                    threshold=threshold, seed=seed, early_stop=early_stop, progress=progress)
@@ -106,6 +124,17 @@ def check(
             typer.echo(f"error: {rec.error}", err=True)
         if bad:
             raise typer.Exit(2)
+
+
+def warn_if_calibrated_otherwise(model_name: str, calibration: Optional[dict], settings,
+                                 threshold: Optional[float]) -> None:
+    """A calibrated threshold holds for the projector settings it was measured with; say so when they differ."""
+    from .calibration import settings_differences
+
+    diff = settings_differences(calibration, settings) if threshold is None else []
+    if diff:
+        typer.echo(f"warning: {model_name} was calibrated with other projector settings ({', '.join(diff)}); its "
+                   f"threshold and error rate may not hold for this run", err=True)
 
 
 class _StepProgress:

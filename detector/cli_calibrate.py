@@ -12,7 +12,8 @@ import typer
 
 from stylegan.cli import UsageError, default_device, setup_torch, user_errors
 
-from .cli import LPIPS_NET_HELP, LPIPS_WEIGHTS_HELP, _detector_errors, _StepProgress, app
+from .cli import (ALPHA_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP, LPIPS_WEIGHTS_HELP, LR_HELP,
+                  PYRAMID_HELP, _detector_errors, _StepProgress, app, projector_settings)
 
 
 class _ImageStepProgress(_StepProgress):
@@ -35,7 +36,11 @@ def calibrate(
     batch_size: int = typer.Option(16, "--batch-size", help="Images projected together."),
     lpips_net: str = typer.Option("vgg", "--lpips-net", help=LPIPS_NET_HELP),
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
-    pyramid: Optional[str] = typer.Option(None, help="Noise-regulariser pyramid: paper (x2 per level) or official (plain averaging)."),
+    lr: Optional[float] = typer.Option(None, help=LR_HELP),
+    alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
+    pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
+    lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
+    clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
     store: bool = typer.Option(True, "--store/--no-store", help="Keep the record with the model: inside our .pt "
                                                                "(rewritten, weights unchanged), else MODEL.calibration.json beside it."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the record as JSON here."),
@@ -59,10 +64,8 @@ def calibrate(
         from .calibration import store_calibration
         from .images import iter_image_files
         from .lpips import load_lpips
-        from .projector import ProjectorSettings
-
-        if steps < 1:
-            raise UsageError("--steps must be at least 1")
+        settings = projector_settings(steps, lr=lr, alpha=alpha, pyramid=pyramid, lpips_resolution=lpips_resolution,
+                                      clamp_output=clamp_output)
         if n_generated < 1:
             raise UsageError("--n-generated must be at least 1")
         if batch_size < 1:
@@ -71,13 +74,6 @@ def calibrate(
             raise UsageError(f"--fpr must be in [0, 1), got {fpr}")
         if not 0 < confidence < 1:
             raise UsageError(f"--confidence must be in (0, 1), got {confidence}")
-        kw = {"steps": steps}
-        if pyramid is not None:
-            kw["pyramid"] = pyramid
-        try:
-            settings = ProjectorSettings(**kw)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
         device = device or default_device()
         m = load_model(model, device=device)
         paths = iter_image_files(real)

@@ -15,7 +15,8 @@ import typer
 
 from stylegan.cli import UsageError, _init_distributed, default_device, setup_torch, user_errors
 
-from .cli import EARLY_STOP_HELP, LPIPS_NET_HELP, LPIPS_WEIGHTS_HELP, _detector_errors, app
+from .cli import (ALPHA_HELP, CLAMP_HELP, EARLY_STOP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP, LPIPS_WEIGHTS_HELP,
+                  LR_HELP, PYRAMID_HELP, _detector_errors, app, projector_settings)
 
 
 def _case_errors() -> tuple:
@@ -59,6 +60,11 @@ def batch(
     seed: int = typer.Option(0, help="Seed of the projection's random draws (per image: from this and its hash)."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold for every network (default: each network's calibration, else the documented default)."),
     early_stop: bool = typer.Option(False, "--early-stop/--no-early-stop", help=EARLY_STOP_HELP),
+    lr: Optional[float] = typer.Option(None, help=LR_HELP),
+    alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
+    pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
+    lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
+    clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
     lpips_net: str = typer.Option("vgg", "--lpips-net", help=LPIPS_NET_HELP),
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
@@ -71,10 +77,9 @@ def batch(
         from cases.store import CaseError
 
         from .lpips import load_lpips
-        from .projector import ProjectorSettings
 
-        if steps < 1:
-            raise UsageError("--steps must be at least 1")
+        settings = projector_settings(steps, lr=lr, alpha=alpha, pyramid=pyramid, lpips_resolution=lpips_resolution,
+                                      clamp_output=clamp_output)
         if batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         rank = _init_distributed()
@@ -84,7 +89,6 @@ def batch(
             if device == "cuda" and "LOCAL_RANK" in os.environ:
                 device = f"cuda:{os.environ['LOCAL_RANK']}"
         distance = load_lpips(lpips_net, lpips_weights, device=device)
-        settings = ProjectorSettings(steps=steps)
         with _ImageProgress(rank == 0) as progress:
             try:
                 summary = run_batch(inputs, model, case, settings, distance, batch_size=batch_size, seed=seed,
@@ -92,6 +96,8 @@ def batch(
                                     world_size=world_size, device=device)
             except ValueError as exc:
                 raise CaseError(str(exc)) from None
+        for w in summary.warnings:
+            typer.echo(f"warning: {w}", err=True)
         for c in summary.changed:
             typer.echo(f"changed: {c['path']}: content differs from the recorded one "
                        f"(sha256 {c['old_sha256'][:12]}... -> {c['new_sha256'][:12]}...); projected again", err=True)

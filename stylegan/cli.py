@@ -146,7 +146,7 @@ def info(
         typer.echo(f"{model}  ({m.source_format}, {m.arch})")
         typer.echo(f"  resolution {cfg.img_resolution}x{cfg.img_resolution}x{cfg.img_channels}, z_dim {cfg.z_dim}, "
                    f"w_dim {cfg.w_dim}, num_ws {G.num_ws}, mapping layers {cfg.mapping_layers}")
-        typer.echo(f"  channels: " + ", ".join(f"{r}:{cfg.channels(r)}" for r in cfg.block_resolutions)
+        typer.echo("  channels: " + ", ".join(f"{r}:{cfg.channels(r)}" for r in cfg.block_resolutions)
                    + (f"  architecture {cfg.architecture}, conv_clamp {cfg.conv_clamp}"
                       if hasattr(cfg, "architecture") else ""))
         typer.echo(f"  parameters: G_ema {out['parameters']['G_ema']:,}"
@@ -430,9 +430,6 @@ class _TrainProgress:
         self.p.__exit__(*exc)
 
     def __call__(self, info: dict) -> None:
-        import time
-
-        now = time.perf_counter()
         rate = ""
         if "sec_per_kimg" in info and info["sec_per_kimg"] > 0:
             rate = f"{3600 / info['sec_per_kimg']:.1f} kimg/h"

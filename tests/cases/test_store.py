@@ -266,3 +266,14 @@ def test_two_gloo_ranks_match_a_single_process(env):
     groups = all_groups(dist_store)
     assert len(groups) == len(set(groups))
     json.dumps(dist_store.manifest)
+
+
+def test_calibration_made_with_other_settings_is_warned_about(env):
+    from detector.calibration import record_from_distances, store_calibration
+
+    record = record_from_distances([0.1, 0.2], [0.5, 0.6], target_fpr=0.0).to_dict()
+    record["settings"] = {"projector": ProjectorSettings(steps=4, w_avg_samples=256, alpha=10.0).to_dict()}
+    store_calibration(record, env / "g.pt")
+    s = run(env, "case")
+    assert len(s.warnings) == 1 and "g.pt was calibrated with other projector settings (alpha)" in s.warnings[0]
+    assert run(env, "case2", threshold=0.2).warnings == []

@@ -100,3 +100,30 @@ def test_early_stop_band_sits_at_the_threshold(setup):
     assert on["settings"]["early_stop"] == [0.3, 0.3]
     assert off["settings"]["early_stop"] is None
     assert on["results"][0]["projection"]["settings"]["early_stop"] == [0.3, 0.3]
+
+
+def test_projector_options_reach_the_projector_and_a_calibration_made_otherwise_is_flagged(setup):
+    from detector.calibration import record_from_distances, store_calibration
+    from detector.projector import ProjectorSettings
+
+    t = setup
+    record = record_from_distances([0.1, 0.2], [0.5, 0.6], target_fpr=0.0).to_dict()
+    record["settings"] = {"projector": ProjectorSettings(steps=4).to_dict()}
+    store_calibration(record, t / "g.pt")
+    base = ["check", str(t / "fake.png"), "--model", str(t / "g.pt"), "--steps", "4", "--json", "--device", "cpu"]
+    same = runner.invoke(app, base)
+    assert same.exit_code == 0, same.output
+    assert "calibrated with other projector settings" not in same.stderr
+    r = runner.invoke(app, base + ["--lr", "0.05", "--alpha", "1000", "--pyramid", "official",
+                                   "--lpips-resolution", "32", "--clamp-output"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)["settings"]
+    assert (s["lr"], s["alpha"], s["pyramid"], s["lpips_resolution"], s["clamp_output"]) == \
+        (0.05, 1000.0, "official", 32, True)
+    assert "calibrated with other projector settings (lr, alpha, pyramid, lpips_resolution, clamp_output)" in r.stderr
+    # A user threshold does not rest on the calibration: no warning.
+    r = runner.invoke(app, base + ["--alpha", "1000", "--threshold", "0.3"])
+    assert "calibrated with other projector settings" not in r.stderr
+    for bad in (["--lr", "0"], ["--alpha", "-1"], ["--lpips-resolution", "0"]):
+        r = runner.invoke(app, base + bad)
+        assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), (bad, r.output)
