@@ -111,15 +111,19 @@ _RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", 
                     "wplus", "lpips_resolution", "clamp_output", "w_avg_samples", "w_stats_seed", "betas", "eps")
 
 
+# What a record made before a setting existed was projected with.
+_BEFORE_THE_SETTING_EXISTED = {"clamp_output": False}
+
+
 def settings_differences(calibration: Optional[dict], settings: Any) -> List[str]:
-    """The result-changing projector settings in which ``settings`` differ from the calibration's (a record
-    without a setting was made before it existed: its default then is unknown, so it counts as different)."""
+    """The result-changing projector settings in which ``settings`` (ProjectorSettings) differ from the ones the
+    calibration was measured with."""
     recorded = ((calibration or {}).get("settings") or {}).get("projector")
     if not recorded:
         return []
     now = settings.to_dict()
-    return [k for k in _RESULT_SETTINGS if recorded.get(k, "<absent>") != now.get(k)]
-
+    return [k for k in _RESULT_SETTINGS
+            if recorded.get(k, _BEFORE_THE_SETTING_EXISTED.get(k, "<absent>")) != now.get(k)]
 
 
 def threshold_at_fpr(real_distances: Sequence[float], target_fpr: float) -> float:
