@@ -126,6 +126,19 @@ def settings_differences(calibration: Optional[dict], settings: Any) -> List[str
             if recorded.get(k, _BEFORE_THE_SETTING_EXISTED.get(k, "<absent>")) != now.get(k)]
 
 
+def calibrated_settings(calibration: Optional[dict]):
+    """The ProjectorSettings a calibration was measured with (settings it predates filled in with what it was
+    projected with), or None when the record does not say."""
+    from .projector import ProjectorSettings
+
+    recorded = ((calibration or {}).get("settings") or {}).get("projector")
+    if not recorded:
+        return None
+    known = {f.name for f in dataclasses.fields(ProjectorSettings)}
+    d = {**_BEFORE_THE_SETTING_EXISTED, **{k: v for k, v in recorded.items() if k in known}}
+    return ProjectorSettings.from_dict(d)
+
+
 def threshold_at_fpr(real_distances: Sequence[float], target_fpr: float) -> float:
     """The largest threshold t whose empirical false-positive rate ``#{real <= t} / n_real`` is <= target_fpr.
 

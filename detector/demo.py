@@ -16,6 +16,7 @@ resolution retried. Re-running on the same folder resumes the case (finished ima
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -135,6 +136,7 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     from cases.report import write_report
     from stylegan.formats import load_model
 
+    from .calibration import calibrated_settings
     from .projector import ProjectorSettings
 
     if steps < 1:
@@ -146,10 +148,12 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     net_path = demo_network_path()
     reals = demo_real_images()
     model = load_model(net_path, device=device)
-    cal_steps = ((model.calibration or {}).get("settings", {}).get("projector", {}) or {}).get("steps")
-    if cal_steps is not None and cal_steps != steps:
-        log(f"note: the demo network was calibrated at {cal_steps} steps; its threshold is not calibrated for "
-            f"{steps} steps")
+    # Project as the shipped calibration was measured (whatever the projector's defaults are now), at `steps`.
+    calibrated = calibrated_settings(model.calibration) or ProjectorSettings()
+    settings = dataclasses.replace(calibrated, steps=steps, device=None, chunk_size=None)
+    if calibrated.steps != steps:
+        log(f"note: the demo network was calibrated at {calibrated.steps} steps; its threshold is not calibrated "
+            f"for {steps} steps")
 
     gen_dir, real_dir = out / "inputs" / "generated", out / "inputs" / "real"
     generated = write_generated(model.G_ema, gen_dir, n_generated) if n_generated else []
@@ -164,7 +168,7 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
 
     distance, fetched = load_distance(device, log)
     case_dir = out / "case"
-    run_batch([gen_dir, real_dir], [net_path], case_dir, ProjectorSettings(steps=steps), distance,
+    run_batch([gen_dir, real_dir], [net_path], case_dir, settings, distance,
               batch_size=batch_size, progress=progress, device=device, models=[model])
     html_path, json_path = write_report(case_dir)
 

@@ -421,3 +421,17 @@ def test_cli_calibrate_errors(cli_setup):
         assert lines[-1].startswith("error: "), (args, r.stderr)
     r = runner.invoke(app, cases[1])
     assert "no readable real images" in r.stderr
+
+
+def test_calibrated_settings_and_their_differences():
+    from detector.calibration import calibrated_settings, settings_differences
+
+    assert calibrated_settings(None) is None and calibrated_settings({"settings": {}}) is None
+    old = ProjectorSettings(steps=300, alpha=10.0).to_dict()
+    del old["clamp_output"]  # a record from before the setting existed
+    rec = {"settings": {"projector": old}}
+    s = calibrated_settings(rec)
+    assert (s.steps, s.alpha, s.clamp_output) == (300, 10.0, False)
+    assert settings_differences(rec, s) == []
+    assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, clamp_output=True)) == ["clamp_output"]
+    assert settings_differences(rec, ProjectorSettings(steps=1000, alpha=10.0, device="cpu", chunk_size=3)) == ["steps"]
