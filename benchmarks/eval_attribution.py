@@ -11,7 +11,7 @@ real images are projected interleaved, so a stopped run summarises equal numbers
 ``--report-only`` summarises a state file without projecting; ``--shard I/N`` splits the work between processes
 (on a small CPU, two one-thread processes project more images per hour than one two-thread process). Each record keeps the re-synthesis and w (float16);
 for generated images also ||w - w_true|| / sigma_w, which tells whether the projector found the latent that made
-the image. ``--rescore`` measures the stored re-syntheses again with LPIPS at other resolutions and with pixel MSE.
+the image, and for all ||w - mu_w|| / sigma_w (samples of W lie at about 1). ``--rescore`` measures the stored re-syntheses again with LPIPS at other resolutions and with pixel MSE.
 
 Early stopping is measured from the same run: every image is projected in full with the clean distance recorded
 at the early-stopping checkpoints (``clean_checkpoints``), and :func:`detector.projector.simulate_early_stop`
@@ -152,7 +152,7 @@ def main() -> None:
     shard, shards = (int(v) for v in args.shard.split("/"))
     todo = [] if args.report_only else [it for i, it in enumerate(items) if it[0] not in done
             and (i // 2) % shards == shard]  # by (generated, real) pairs
-    w_std = projector.w_stats.w_std
+    w_std, w_avg = projector.w_stats.w_std, projector.w_stats.w_avg.cpu()
     t0 = time.perf_counter()
     for b in range(0, len(todo), args.batch):
         chunk = todo[b:b + args.batch]
@@ -163,6 +163,7 @@ def main() -> None:
                 rec = {"key": it[0], "population": it[1], "distance": res.distance, "steps_run": res.steps_run,
                        "clean_trace": [list(c) for c in res.clean_trace], "image_f16": _pack(res.image),
                        "w_f16": _pack(res.w[0])}
+                rec["w_from_mean_over_sigma_w"] = float((res.w[0] - w_avg).norm()) / w_std
                 if it[1] == "generated":  # how far the projection ended from the w that made the image
                     rec["w_error_over_sigma_w"] = float((res.w[0] - true_w(G, it[3])).norm()) / w_std
                 done[it[0]] = rec
@@ -179,6 +180,10 @@ def main() -> None:
         out.update({"generated": summary(gen_d), "real": summary(real_d), "auc": roc_auc(gen_d, real_d),
                     "separation_dprime_log": separation(gen_d, real_d),
                     "generated_w_error_over_sigma_w": summary(w_err) if w_err else None,
+                    "w_from_mean_over_sigma_w": {
+                        pop: summary([done[it[0]]["w_from_mean_over_sigma_w"] for it in finished if it[1] == pop
+                                      and "w_from_mean_over_sigma_w" in done[it[0]]] or [float("nan")])
+                        for pop in ("generated", "real")},
                     "early_stopping": early_stopping_figures(finished, done, settings, gen_d, real_d, args.threshold,
                                                              load_calibration(args.model, model))})
         if args.rescore:

@@ -5,7 +5,8 @@ parts. For K images a network generated (8 bits, random noise from the seed, as 
   is left is the 8-bit quantisation; the raw one also carries the generator's overshoot beyond [-1, 1], which the
   image file clamped away; ``overshoot_fraction``: the share of pixels beyond +-1);
 * ``true_w_fresh_noise``: at the true w with other random noise maps (what the noise maps carry);
-* ``from_mu_w``: App. D projection (start at mu_w), its distance and ||w - w_true|| / sigma_w;
+* ``from_mu_w``: App. D projection (start at mu_w), its distance, ||w - w_true|| / sigma_w and how far its w
+  lies from the mean, ||w - mu_w|| / sigma_w (about 1 for samples of W);
 * ``from_true_w``: the same schedule started at the true w (``Projector.project(w_init=...)``).
 
 If ``from_true_w`` ends far below ``from_mu_w``, the projector finds a worse optimum than the one that exists:
@@ -69,7 +70,7 @@ def main() -> None:
     truth = [latents_of(G, s) for s in seeds]
     w_true = torch.stack([w for w, _ in truth])
     projector = Projector(G, distance, ProjectorSettings(steps=args.steps, clamp_output=args.clamp_output))
-    sigma_w = projector.w_stats.w_std
+    sigma_w, w_avg = projector.w_stats.w_std, projector.w_stats.w_avg
 
     def synth(w, noise):
         with torch.no_grad():
@@ -83,13 +84,14 @@ def main() -> None:
            "settings": projector.settings.to_dict(),
            "sigma_w": sigma_w, "noise_strengths": [float(layer.noise_strength) for layer in G.synthesis.noise_layers()]}
     rows = {"true_w_true_noise": [], "true_w_true_noise_clamped": [], "overshoot_fraction": [],
-            "true_w_fresh_noise": []}
+            "true_w_fresh_noise": [], "true_w_from_mean_over_sigma_w": []}
     gen = torch.Generator().manual_seed(0)
     for k, (w, noise) in enumerate(truth):
         img = synth(w, noise)
         rows["true_w_true_noise"].append(at(img))
         rows["true_w_true_noise_clamped"].append(at(img.clamp(-1, 1)))
         rows["overshoot_fraction"].append(float((img.abs() > 1).float().mean()))
+        rows["true_w_from_mean_over_sigma_w"].append(float((w - w_avg).norm()) / sigma_w)
         fresh = synth(w, [torch.randn(n.shape, generator=gen).to(n.device) for n in noise])
         rows["true_w_fresh_noise"].append(at(fresh.clamp(-1, 1) if args.clamp_output else fresh))
     seconds = {}
@@ -100,6 +102,8 @@ def main() -> None:
         rows[name] = [r.distance for r in res]
         rows[name + "_w_error_over_sigma_w"] = [float((r.w[0].to(w_true.device) - w_true[i]).norm()) / sigma_w
                                                 for i, r in enumerate(res)]
+        rows[name + "_w_from_mean_over_sigma_w"] = [float((r.w[0].to(w_avg.device) - w_avg).norm()) / sigma_w
+                                                    for r in res]
     out["summary"] = {name: stats(v) for name, v in rows.items()}
     out["per_image"] = rows
     out["seconds"] = seconds
