@@ -62,15 +62,9 @@ for stage in "$@"; do
     train-f) train celeba32-f celeba32 --snap 3 ;;
     train-a) train celeba32-a config-a --snap 3 --lod-kimg 15 --seed 1 ;;
     eval-f)
-      # Two one-thread processes (more images per hour on 2 cores than one two-thread process), then one summary.
-      ev=(python benchmarks/eval_attribution.py --model "$F" --real "$WORK/data/real_eval100" --crop none --n 100
-          --steps 1000)
-      for i in 0 1; do
-        OMP_NUM_THREADS=1 "${ev[@]}" --shard "$i/2" --state "$WORK/eval/f-default.$i.jsonl" > /dev/null &
-      done
-      wait
-      cat "$WORK/eval/f-default.0.jsonl" "$WORK/eval/f-default.1.jsonl" > "$WORK/eval/f-default.jsonl"
-      "${ev[@]}" --state "$WORK/eval/f-default.jsonl" --report-only --rescore | tee "$WORK/eval/f-default.json"
+      python benchmarks/eval_attribution.py --model "$F" --real "$WORK/data/real_eval100" --crop none --n 100 \
+        --steps 1000 --state "$WORK/eval/f-default.jsonl" --rescore | tee "$WORK/eval/f-default.json"
+      python benchmarks/projection_floor.py --model "$F" --k 8 --steps 1000 | tee "$WORK/eval/f-floor.json"
       ;;
     calibrate)
       for m in "$F" "$A"; do
