@@ -205,15 +205,14 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         from stylegan.formats import load_model
 
         models = [load_model(p, device=device or "cpu") for p in model_paths]
-    from detector.calibration import load_calibration, settings_differences
+    from detector.calibration import calibration_mismatch, load_calibration
 
     warnings = []
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too
         m.calibration = load_calibration(p, m)
-        diff = settings_differences(m.calibration, settings) if threshold is None else []
-        if diff:
-            warnings.append(f"{Path(p).name} was calibrated with other projector settings ({', '.join(diff)}); "
-                            f"its threshold and error rate may not hold for this case")
+        mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold)
+        if mismatch:
+            warnings.append(mismatch)
     shas = [m.file_sha256 for m in models]
     if len(set(shas)) != len(shas):
         raise CaseError("the same model file was given twice")

@@ -117,13 +117,23 @@ _BEFORE_THE_SETTING_EXISTED = {"clamp_output": False}
 
 def settings_differences(calibration: Optional[dict], settings: Any) -> List[str]:
     """The result-changing projector settings in which ``settings`` (ProjectorSettings) differ from the ones the
-    calibration was measured with."""
-    recorded = ((calibration or {}).get("settings") or {}).get("projector")
-    if not recorded:
+    calibration was measured with (:func:`calibrated_settings`)."""
+    recorded = calibrated_settings(calibration)
+    if recorded is None:
         return []
-    now = settings.to_dict()
-    return [k for k in _RESULT_SETTINGS
-            if recorded.get(k, _BEFORE_THE_SETTING_EXISTED.get(k, "<absent>")) != now.get(k)]
+    then, now = recorded.to_dict(), settings.to_dict()
+    return [k for k in _RESULT_SETTINGS if then[k] != now[k]]
+
+
+def calibration_mismatch(model_name: str, calibration: Optional[dict], settings: Any,
+                         threshold: Optional[float] = None) -> Optional[str]:
+    """A warning when a run relies on the calibration's threshold (no ``threshold`` override) but projects with
+    other result-changing settings than the calibration was measured with; else None."""
+    diff = settings_differences(calibration, settings) if threshold is None else []
+    if not diff:
+        return None
+    return (f"{model_name} was calibrated with other projector settings ({', '.join(diff)}); its threshold and "
+            f"error rate may not hold for this run")
 
 
 def calibrated_settings(calibration: Optional[dict]):

@@ -85,7 +85,7 @@ def check(
         from stylegan.formats import load_model
 
         from .attribution import threshold_for
-        from .calibration import load_calibration
+        from .calibration import calibration_mismatch, load_calibration
         from .check import check_images, effective_settings, save_check_outputs
         from .lpips import load_lpips
 
@@ -99,7 +99,9 @@ def check(
             typer.echo(f"warning: {model.name} has no calibration; using the uncalibrated default threshold "
                        f"{th.value} (run `detect calibrate` for a threshold with a stated error rate)", err=True)
         distance = load_lpips(lpips_net, lpips_weights, device=device)
-        warn_if_calibrated_otherwise(model.name, calibration, settings, threshold)
+        mismatch = calibration_mismatch(model.name, calibration, settings, threshold)
+        if mismatch:
+            typer.echo(f"warning: {mismatch}", err=True)
         with _StepProgress(steps, not as_json) as progress:
             records = check_images(m.G_ema, images, distance, settings=settings, calibration=calibration,
                                    threshold=threshold, seed=seed, early_stop=early_stop, progress=progress)
@@ -124,17 +126,6 @@ def check(
             typer.echo(f"error: {rec.error}", err=True)
         if bad:
             raise typer.Exit(2)
-
-
-def warn_if_calibrated_otherwise(model_name: str, calibration: Optional[dict], settings,
-                                 threshold: Optional[float]) -> None:
-    """A calibrated threshold holds for the projector settings it was measured with; say so when they differ."""
-    from .calibration import settings_differences
-
-    diff = settings_differences(calibration, settings) if threshold is None else []
-    if diff:
-        typer.echo(f"warning: {model_name} was calibrated with other projector settings ({', '.join(diff)}); its "
-                   f"threshold and error rate may not hold for this run", err=True)
 
 
 class _StepProgress:

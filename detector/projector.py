@@ -91,8 +91,9 @@ class ProjectorSettings:
     clamp_output     clamp the synthesised image to [-1, 1] before the distance, as writing it to an 8-bit file
                      would. A suspect image has been through that clamp; a generator's raw output overshoots
                      [-1, 1] (saturated backgrounds, highlights), so without the clamp even the w and noise that
-                     made an image do not reproduce its file, and the projector settles elsewhere. Not in App. D
-                     (NVIDIA's projector compares the raw output); see DEFAULT_CLAMP_OUTPUT.
+                     made an image do not reproduce its file exactly. Not in App. D (NVIDIA's projector compares
+                     the raw output); off by default, since on the 32 px CelebA network it removed that floor but
+                     did not change the projected distances (benchmarks/projection_floor.py, README).
     w_avg_samples    samples of f(z) for mu_w and sigma_w (10,000); w_stats_seed: their numpy seed
     betas, eps       Adam parameters
     fused_modconv    passed to the synthesis network (None: its own default)
