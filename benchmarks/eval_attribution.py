@@ -111,6 +111,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--pyramid", default=None)
     p.add_argument("--lpips-resolution", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="ProjectorSettings.lr (default: App. D's 0.1)")
+    p.add_argument("--alpha", type=float, default=None, help="noise regularisation weight (default: App. D's 1e5)")
+    p.add_argument("--truncation-psi", type=float, default=1.0,
+                   help="truncation of the generated images (default 1: the network's full distribution)")
     p.add_argument("--clamp-output", choices=["on", "off"], default=None,
                    help="ProjectorSettings.clamp_output (default: the projector's default)")
     p.add_argument("--lpips-weights", default=None)
@@ -132,6 +136,9 @@ def main() -> None:
     kw = {"steps": args.steps, "lpips_resolution": args.lpips_resolution, "clean_checkpoints": True}
     if args.pyramid:
         kw["pyramid"] = args.pyramid
+    for name in ("lr", "alpha"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
     if args.clamp_output:
         kw["clamp_output"] = args.clamp_output == "on"
     settings = ProjectorSettings(**kw)
@@ -157,7 +164,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for b in range(0, len(todo), args.batch):
         chunk = todo[b:b + args.batch]
-        targets = torch.cat([target_of(G, it, args.device) for it in chunk])
+        targets = torch.cat([target_of(G, it, args.device, args.truncation_psi) for it in chunk])
         results = projector.project(targets, seeds=[int(hashlib.sha256(it[0].encode()).hexdigest()[:8], 16) for it in chunk])
         with open(state, "a") as f:
             for it, res in zip(chunk, results):
@@ -166,7 +173,7 @@ def main() -> None:
                        "w_f16": _pack(res.w[0])}
                 rec["w_from_mean_over_sigma_w"] = float((res.w[0] - w_avg).norm()) / w_std
                 if it[1] == "generated":  # how far the projection ended from the w that made the image
-                    rec["w_error_over_sigma_w"] = float((res.w[0] - true_w(G, it[3])).norm()) / w_std
+                    rec["w_error_over_sigma_w"] = float((res.w[0] - true_w(G, it[3], args.truncation_psi)).norm()) / w_std
                 done[it[0]] = rec
                 f.write(json.dumps(rec) + "\n")
         print(f"{sum(it[0] in done for it in items)}/{len(items)} projected", file=sys.stderr)
@@ -174,7 +181,8 @@ def main() -> None:
     gen_d = [done[it[0]]["distance"] for it in finished if it[1] == "generated"]
     real_d = [done[it[0]]["distance"] for it in finished if it[1] == "real"]
     out = {"benchmark": "eval_attribution", "model": args.model, "model_sha256": model.file_sha256,
-           "settings": settings.to_dict(), "complete": len(finished) == len(items)}
+           "settings": settings.to_dict(), "generated_truncation_psi": args.truncation_psi,
+           "complete": len(finished) == len(items)}
     if gen_d and real_d:
         w_err = [done[it[0]]["w_error_over_sigma_w"] for it in finished
                  if it[1] == "generated" and "w_error_over_sigma_w" in done[it[0]]]
@@ -193,16 +201,18 @@ def main() -> None:
     print(json.dumps(out, indent=1))
 
 
-def target_of(G, item, device) -> torch.Tensor:
+def target_of(G, item, device, truncation_psi: float = 1.0) -> torch.Tensor:
     """The [1, C, R, R] target of an item: a generated image (8 bits, random noise from its seed) or a real one."""
-    return generate_images(G, [item[3]]).to(device) if item[1] == "generated" else item[2].to(device)
+    if item[1] == "generated":
+        return generate_images(G, [item[3]], truncation_psi).to(device)
+    return item[2].to(device)
 
 
 @torch.no_grad()
-def true_w(G, seed: int) -> torch.Tensor:
+def true_w(G, seed: int, truncation_psi: float = 1.0) -> torch.Tensor:
     """The w a generated image was made from (z drawn as :func:`stylegan.generator.generate_seeded` draws it)."""
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(G.mapping.w_avg.device)
-    return G.mapping(z, truncation_psi=1.0)[0, 0].cpu()
+    return G.mapping(z, truncation_psi=truncation_psi)[0, 0].cpu()
 
 
 def _pack(x: torch.Tensor) -> dict:
@@ -228,7 +238,7 @@ def rescore(G, finished, done, args) -> dict:
         rec = done[it[0]]
         if "image_f16" not in rec:
             continue
-        x = target_of(G, it, args.device)
+        x = target_of(G, it, args.device, args.truncation_psi)
         y = _unpack(rec["image_f16"])[None].to(args.device)
         for name, r in measures.items():
             scores[name][it[1]].append(float(vgg(_resize(x, r), _resize(y, r))))

@@ -12,8 +12,8 @@ import typer
 
 from stylegan.cli import UsageError, default_device, setup_torch, user_errors
 
-from .cli import (ALPHA_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP, LPIPS_WEIGHTS_HELP, LR_HELP,
-                  PYRAMID_HELP, _detector_errors, _StepProgress, app, projector_settings)
+from .cli import (ALPHA_HELP, ALPHA_REFERENCE_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP,
+                  LPIPS_WEIGHTS_HELP, LR_HELP, PYRAMID_HELP, _detector_errors, _StepProgress, app, projector_settings)
 
 
 class _ImageStepProgress(_StepProgress):
@@ -38,6 +38,7 @@ def calibrate(
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
     lr: Optional[float] = typer.Option(None, help=LR_HELP),
     alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
+    alpha_reference_resolution: Optional[int] = typer.Option(None, help=ALPHA_REFERENCE_HELP),
     pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
     lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
     clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
@@ -64,7 +65,8 @@ def calibrate(
         from .calibration import store_calibration
         from .images import iter_image_files
         from .lpips import load_lpips
-        settings = projector_settings(steps, lr=lr, alpha=alpha, pyramid=pyramid, lpips_resolution=lpips_resolution,
+        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_reference_resolution=alpha_reference_resolution,
+                                      pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output)
         if n_generated < 1:
             raise UsageError("--n-generated must be at least 1")
