@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
@@ -294,8 +293,6 @@ def train(
         import dataclasses
         import os
         import time
-
-        import torch
 
         from .training import Trainer, TrainingError, training_config_for
 

