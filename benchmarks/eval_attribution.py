@@ -10,9 +10,11 @@ Resumable: each projected batch is appended to ``--state`` (JSONL); a re-run ski
 real images are projected interleaved, so a stopped run summarises equal numbers of both (``"complete": false``);
 ``--report-only`` summarises a state file without projecting; ``--shard I/N`` splits the work between processes
 or machines (on 2 CPU cores, two one-thread shards of 8 gave the same images per hour as one two-thread batch of
-16: 13.7 vs 13.3 ms per image-step), whose state files are then concatenated. Each record keeps the re-synthesis and w (float16);
-for generated images also ||w - w_true|| / sigma_w, which tells whether the projector found the latent that made
-the image, and for all ||w - mu_w|| / sigma_w (samples of W lie at about 1). ``--rescore`` measures the stored re-syntheses again with LPIPS at other resolutions and with pixel MSE.
+16: 13.7 vs 13.3 ms per image-step), whose state files are then concatenated. Each record keeps the re-synthesis
+and w (float16); for generated images also ||w - w_true|| / sigma_w, which tells whether the projector found the
+latent that made the image; for all ||w - mu_w|| / sigma_w (samples of W lie at about 1) and how much image
+structure the noise maps picked up (Fig. 18, :func:`detector.projector.noise_structure_correlation`).
+``--rescore`` measures the stored re-syntheses again with LPIPS at other resolutions and with pixel MSE.
 
 Early stopping is measured from the same run: every image is projected in full with the clean distance recorded
 at the early-stopping checkpoints (``clean_checkpoints``), and :func:`detector.projector.simulate_early_stop`
@@ -42,7 +44,8 @@ from _common import machine_info  # noqa: E402
 
 from detector.lpips import load_lpips  # noqa: E402
 from detector.calibration import generate_images, load_calibration, roc_auc, threshold_at_fpr  # noqa: E402
-from detector.projector import Projector, ProjectorSettings, simulate_early_stop  # noqa: E402
+from detector.projector import (Projector, ProjectorSettings, noise_structure_correlation,  # noqa: E402
+                                simulate_early_stop)
 from stylegan.dataset import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 
@@ -113,6 +116,8 @@ def main() -> None:
     p.add_argument("--lpips-resolution", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="ProjectorSettings.lr (default: App. D's 0.1)")
     p.add_argument("--alpha", type=float, default=None, help="noise regularisation weight (default: App. D's 1e5)")
+    p.add_argument("--alpha-reference-resolution", type=int, default=None,
+                   help="ProjectorSettings.alpha_reference_resolution (default: the projector's; 0: no scaling)")
     p.add_argument("--truncation-psi", type=float, default=1.0,
                    help="truncation of the generated images (default 1: the network's full distribution)")
     p.add_argument("--clamp-output", choices=["on", "off"], default=None,
@@ -139,6 +144,8 @@ def main() -> None:
     for name in ("lr", "alpha"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.alpha_reference_resolution is not None:
+        kw["alpha_reference_resolution"] = args.alpha_reference_resolution or None
     if args.clamp_output:
         kw["clamp_output"] = args.clamp_output == "on"
     settings = ProjectorSettings(**kw)
@@ -167,11 +174,13 @@ def main() -> None:
         targets = torch.cat([target_of(G, it, args.device, args.truncation_psi) for it in chunk])
         results = projector.project(targets, seeds=[int(hashlib.sha256(it[0].encode()).hexdigest()[:8], 16) for it in chunk])
         with open(state, "a") as f:
-            for it, res in zip(chunk, results):
+            for j, (it, res) in enumerate(zip(chunk, results)):
                 rec = {"key": it[0], "population": it[1], "distance": res.distance, "steps_run": res.steps_run,
                        "clean_trace": [list(c) for c in res.clean_trace], "image_f16": _pack(res.image),
                        "w_f16": _pack(res.w[0])}
                 rec["w_from_mean_over_sigma_w"] = float((res.w[0] - w_avg).norm()) / w_std
+                # Fig. 18: how much of the target's structure the optimised noise maps picked up
+                rec["noise_structure_correlation"] = noise_structure_correlation(res, targets[j])
                 if it[1] == "generated":  # how far the projection ended from the w that made the image
                     rec["w_error_over_sigma_w"] = float((res.w[0] - true_w(G, it[3], args.truncation_psi)).norm()) / w_std
                 done[it[0]] = rec
@@ -181,7 +190,8 @@ def main() -> None:
     gen_d = [done[it[0]]["distance"] for it in finished if it[1] == "generated"]
     real_d = [done[it[0]]["distance"] for it in finished if it[1] == "real"]
     out = {"benchmark": "eval_attribution", "model": args.model, "model_sha256": model.file_sha256,
-           "settings": settings.to_dict(), "generated_truncation_psi": args.truncation_psi,
+           "settings": settings.to_dict(),
+           "effective_alpha": settings.effective_alpha(G.img_resolution), "generated_truncation_psi": args.truncation_psi,
            "complete": len(finished) == len(items)}
     if gen_d and real_d:
         w_err = [done[it[0]]["w_error_over_sigma_w"] for it in finished
@@ -192,6 +202,10 @@ def main() -> None:
                     "w_from_mean_over_sigma_w": {
                         pop: summary([done[it[0]]["w_from_mean_over_sigma_w"] for it in finished if it[1] == pop
                                       and "w_from_mean_over_sigma_w" in done[it[0]]] or [float("nan")])
+                        for pop in ("generated", "real")},
+                    "noise_structure_correlation": {
+                        pop: summary([done[it[0]]["noise_structure_correlation"] for it in finished if it[1] == pop
+                                      and "noise_structure_correlation" in done[it[0]]] or [float("nan")])
                         for pop in ("generated", "real")},
                     "early_stopping": early_stopping_figures(finished, done, settings, gen_d, real_d, args.threshold,
                                                              load_calibration(args.model, model))})
