@@ -116,8 +116,8 @@ def main() -> None:
     p.add_argument("--lpips-resolution", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="ProjectorSettings.lr (default: App. D's 0.1)")
     p.add_argument("--alpha", type=float, default=None, help="noise regularisation weight (default: App. D's 1e5)")
-    p.add_argument("--alpha-reference-resolution", type=int, default=None,
-                   help="ProjectorSettings.alpha_reference_resolution (default: the projector's; 0: no scaling)")
+    p.add_argument("--alpha-min-resolution", type=int, default=None,
+                   help="ProjectorSettings.alpha_min_resolution (default: the projector's; 0: every resolution)")
     p.add_argument("--truncation-psi", type=float, default=1.0,
                    help="truncation of the generated images (default 1: the network's full distribution)")
     p.add_argument("--clamp-output", choices=["on", "off"], default=None,
@@ -144,8 +144,8 @@ def main() -> None:
     for name in ("lr", "alpha"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    if args.alpha_reference_resolution is not None:
-        kw["alpha_reference_resolution"] = args.alpha_reference_resolution or None
+    if args.alpha_min_resolution is not None:
+        kw["alpha_min_resolution"] = args.alpha_min_resolution or None
     if args.clamp_output:
         kw["clamp_output"] = args.clamp_output == "on"
     settings = ProjectorSettings(**kw)
@@ -190,8 +190,8 @@ def main() -> None:
     gen_d = [done[it[0]]["distance"] for it in finished if it[1] == "generated"]
     real_d = [done[it[0]]["distance"] for it in finished if it[1] == "real"]
     out = {"benchmark": "eval_attribution", "model": args.model, "model_sha256": model.file_sha256,
-           "settings": settings.to_dict(),
-           "effective_alpha": settings.effective_alpha(G.img_resolution), "generated_truncation_psi": args.truncation_psi,
+           "settings": settings.to_dict(), "effective_alpha": settings.effective_alpha(G.img_resolution),
+           "generated_truncation_psi": args.truncation_psi,
            "complete": len(finished) == len(items)}
     if gen_d and real_d:
         w_err = [done[it[0]]["w_error_over_sigma_w"] for it in finished

@@ -108,12 +108,12 @@ def allowed_false_positives(n_real: int, target_fpr: float) -> int:
 # Settings that change a projection's result (and so the distances a threshold was chosen on); the others
 # (device, chunking, early stopping, trace) change speed or bookkeeping only.
 _RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", "noise_ramp", "alpha",
-                    "alpha_reference_resolution", "pyramid", "wplus", "lpips_resolution", "clamp_output",
+                    "alpha_min_resolution", "pyramid", "wplus", "lpips_resolution", "clamp_output",
                     "w_avg_samples", "w_stats_seed", "betas", "eps")
 
 
 # What a record made before a setting existed was projected with.
-_BEFORE_THE_SETTING_EXISTED = {"clamp_output": False, "alpha_reference_resolution": None}
+_BEFORE_THE_SETTING_EXISTED = {"clamp_output": False, "alpha_min_resolution": None}
 
 
 def settings_differences(calibration: Optional[dict], settings: Any) -> List[str]:

@@ -34,8 +34,9 @@ LPIPS_WEIGHTS_HELP = ("Backbone weights file (torchvision checkpoint or features
                       "$DETECT_LPIPS_WEIGHTS, torchvision's cache or download, or `detect fetch-weights`.")
 LR_HELP = "Maximum learning rate of the projection (App. D: 0.1)."
 ALPHA_HELP = "Weight of the noise regulariser (App. D: 1e5)."
-ALPHA_REFERENCE_HELP = ("Network resolution --alpha is meant for: smaller networks use alpha * (resolution / this)^2 "
-                        "(default 1024, App. D's FFHQ; 0: alpha unscaled at every resolution).")
+ALPHA_MIN_RESOLUTION_HELP = ("Smallest network resolution the noise regulariser is applied at; smaller networks are "
+                             "projected without it, as measured best at 32 px (default 256; 0: at every resolution, "
+                             "as App. D).")
 PYRAMID_HELP = "Noise-regulariser pyramid: paper (x2 per level) or official (plain averaging)."
 LPIPS_RESOLUTION_HELP = ("Resolution LPIPS is evaluated at (default: the network's, down-sampled to 256 above "
                          "256 px).")
@@ -44,7 +45,7 @@ CLAMP_HELP = ("Clamp the re-synthesis to [-1, 1] before LPIPS, as an image file 
 
 
 def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optional[float] = None,
-                       alpha_reference_resolution: Optional[int] = None,
+                       alpha_min_resolution: Optional[int] = None,
                        pyramid: Optional[str] = None, lpips_resolution: Optional[int] = None,
                        clamp_output: Optional[bool] = None, wplus: bool = False):
     """ProjectorSettings from the shared command-line options (None: the projector's default); a bad value is a
@@ -55,10 +56,10 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
         raise UsageError("--steps must be at least 1")
     given: dict = {"lr": lr, "alpha": alpha, "pyramid": pyramid, "lpips_resolution": lpips_resolution,
              "clamp_output": clamp_output}
-    if alpha_reference_resolution is not None:
-        if alpha_reference_resolution < 0:
-            raise UsageError("--alpha-reference-resolution must be a resolution, or 0 for no scaling")
-        given["alpha_reference_resolution"] = alpha_reference_resolution or None
+    if alpha_min_resolution is not None:
+        if alpha_min_resolution < 0:
+            raise UsageError("--alpha-min-resolution must be a resolution, or 0 for every resolution")
+        given["alpha_min_resolution"] = alpha_min_resolution or None
     try:
         return ProjectorSettings(steps=steps, wplus=wplus, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
@@ -78,7 +79,7 @@ def check(
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
     lr: Optional[float] = typer.Option(None, help=LR_HELP),
     alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
-    alpha_reference_resolution: Optional[int] = typer.Option(None, help=ALPHA_REFERENCE_HELP),
+    alpha_min_resolution: Optional[int] = typer.Option(None, help=ALPHA_MIN_RESOLUTION_HELP),
     pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
     lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
     clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
@@ -97,7 +98,7 @@ def check(
         from .check import check_images, effective_settings, save_check_outputs
         from .lpips import load_lpips
 
-        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_reference_resolution=alpha_reference_resolution,
+        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output, wplus=wplus)
         device = device or default_device()

@@ -12,7 +12,7 @@ import typer
 
 from stylegan.cli import UsageError, default_device, setup_torch, user_errors
 
-from .cli import (ALPHA_HELP, ALPHA_REFERENCE_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP,
+from .cli import (ALPHA_HELP, ALPHA_MIN_RESOLUTION_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP,
                   LPIPS_WEIGHTS_HELP, LR_HELP, PYRAMID_HELP, _detector_errors, _StepProgress, app, projector_settings)
 
 
@@ -38,7 +38,7 @@ def calibrate(
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
     lr: Optional[float] = typer.Option(None, help=LR_HELP),
     alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
-    alpha_reference_resolution: Optional[int] = typer.Option(None, help=ALPHA_REFERENCE_HELP),
+    alpha_min_resolution: Optional[int] = typer.Option(None, help=ALPHA_MIN_RESOLUTION_HELP),
     pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
     lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
     clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
@@ -65,7 +65,7 @@ def calibrate(
         from .calibration import store_calibration
         from .images import iter_image_files
         from .lpips import load_lpips
-        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_reference_resolution=alpha_reference_resolution,
+        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output)
         if n_generated < 1:

@@ -17,6 +17,7 @@
 #              resumable `detect batch` case, then `detect report` (histograms, confusion table)
 #   ppl        perceptual path length of both networks (W space, end points)
 #
+# F_MODEL / A_MODEL name other network files for the later stages (e.g. a snapshot when training was cut short).
 # Everything is written under $WORK (default ./celeba-work): runs/, data/, eval/, cases/. Nothing here is
 # committed: the networks and the data stay on the machine that made them.
 set -euo pipefail
@@ -25,8 +26,8 @@ WORK="${WORK:-$PWD/celeba-work}"
 SHARED="${STYLEGAN_SHARED:-$(cd .. && pwd)/shared}"
 ZIP="$SHARED/data/celeba_subset/celeba_89x109_9934.zip"
 KIMG="${KIMG:-150}"
-F="$WORK/runs/celeba32-f/network-final.pt"
-A="$WORK/runs/celeba32-a/network-final.pt"
+F="${F_MODEL:-$WORK/runs/celeba32-f/network-final.pt}"  # F_MODEL: e.g. a snapshot of a run cut short
+A="${A_MODEL:-$WORK/runs/celeba32-a/network-final.pt}"
 mkdir -p "$WORK"/{runs,data,eval,cases}
 
 train() {  # train RUN PRESET [extra args]: start, or continue a run that exists
