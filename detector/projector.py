@@ -746,8 +746,13 @@ class Projector:
                 if s.clamp_output:
                     img = img.clamp(-1, 1)
                 d = dist(img, _Distance.rows(prepared, a, b))
-                reg = noise_regularization(chunk_maps, s.pyramid)
-                loss = d + alpha * reg
+                if alpha:
+                    reg = noise_regularization(chunk_maps, s.pyramid)
+                    loss = d + alpha * reg
+                else:  # still traced (Fig. 18: how far the maps are from white noise), not differentiated
+                    with torch.no_grad():
+                        reg = noise_regularization(chunk_maps, s.pyramid)
+                    loss = d
                 loss.sum().backward()  # per-image terms: each image's gradient is its own
                 parts.append(torch.stack([loss.detach(), d.detach(), reg.detach()], dim=1))
             opt.step(lr)

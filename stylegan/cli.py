@@ -49,6 +49,32 @@ def setup_torch() -> None:
     torch.set_flush_denormal(True)  # VGG/LPIPS and the generator are up to 20x slower on CPU without it
 
 
+@contextlib.contextmanager
+def interrupt_on_termination() -> Iterator[None]:
+    """Turn SIGTERM (kill, schedulers, container stops) into KeyboardInterrupt, so that long jobs write their
+    snapshot and stop as they do on Ctrl-C; and take SIGINT back when the shell started us with it ignored (a
+    background job of a non-interactive shell), so `kill -INT` works there too. Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, _raise)
+    old_int = signal.getsignal(signal.SIGINT)
+    if old_int is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
 def parse_seeds(text: str) -> List[int]:
     """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
     seeds: List[int] = []
@@ -333,7 +359,7 @@ def train(
             max_iterations = None
             if max_minutes is not None:
                 trainer.deadline = time.time() + max_minutes * 60
-            with bar or contextlib.nullcontext():
+            with bar or contextlib.nullcontext(), interrupt_on_termination():
                 final = trainer.run(max_iterations=max_iterations)
         except KeyboardInterrupt:
             typer.echo("interrupted: snapshot written; continue with --resume", err=True)

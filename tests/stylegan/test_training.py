@@ -228,6 +228,40 @@ def test_cli_train_and_resume(tmp_path):
     assert r.exit_code != 0 or "no snapshot" in r.output  # a finished run keeps only network-final.pt
 
 
+def test_cli_train_sigterm_writes_a_snapshot_and_resumes(tmp_path):
+    """kill (SIGTERM) and a SIGINT that the shell had ignored both stop training with a snapshot."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _dataset(tmp_path)
+    for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int")):
+        run = tmp_path / "runs" / name
+        cmd = [sys.executable, "-c", "import sys; from stylegan.cli import app; sys.argv[0] = 'stylegan'; app()",
+               "train", "--data", str(data), "--preset", "cpu-tiny", "--outdir", str(tmp_path / "runs"), "--run", name,
+               "--kimg", "100", "--tick", "0.016", "--snap", "1000"]
+        # preexec: start with SIGINT ignored, as a background job of a non-interactive shell is
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        deadline = time.time() + 120
+        while not ((run / "log.jsonl").exists() and (run / "log.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        assert not list(run.glob("network-snapshot-*.pt"))  # --snap 1000: none written by the schedule
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "snapshot written" in err
+        assert len(list(run.glob("network-snapshot-*.pt"))) == 1
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "runs" / "term"), "--kimg", "0.064"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "term" / "network-final.pt").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # torch.distributed (gloo on CPU)
 
