@@ -417,15 +417,22 @@ class CalibrationProgress:
     continues where it stopped instead of starting over (1000-step projections of 400 images take an hour or
     more on a CPU).
 
-    A JSON-lines file: a header line naming what is being calibrated (model file sha256, projector settings,
-    seed, the distance's provenance), then one line per projected image ``{"kind": "generated"|"real", "key":
-    z seed or file sha256, "distance": d}``, appended and fsync'ed after every batch. A line cut short by a crash
-    is ignored (that image is projected again); a file whose header names another calibration is refused, never
-    silently mixed in."""
+    A JSON-lines file: a header line naming what is being calibrated (the network, projector settings, seed, the
+    distance's provenance), then one line per projected image ``{"kind": "generated"|"real", "key": z seed or
+    file sha256, "distance": d}``, appended and fsync'ed after every batch. A line cut short by a crash is ignored
+    (that image is projected again); a file whose header names another calibration is refused, never silently
+    mixed in. The network is named by its weights' sha256 where the file records one (our ``.pt``), else by the
+    file's sha256: a network re-trained bit for bit (same data, seed and thread count) on another machine, or
+    re-saved with other metadata, continues the same calibration. ``legacy_header`` is also accepted (files
+    written before that)."""
 
-    def __init__(self, path: Union[str, Path], header: Dict[str, Any]):
+    def __init__(self, path: Union[str, Path], header: Dict[str, Any],
+                 legacy_header: Optional[Dict[str, Any]] = None):
         self.path = Path(path)
         self.header = json.loads(json.dumps(_plain(header), sort_keys=True))
+        accepted = [{"calibration_progress": self.header}]
+        if legacy_header is not None:
+            accepted.append({"calibration_progress": json.loads(json.dumps(_plain(legacy_header), sort_keys=True))})
         self.done: Dict[Tuple[str, str], float] = {}
         from stylegan.fileio import atomic_write_text
 
@@ -439,7 +446,7 @@ class CalibrationProgress:
             old = json.loads(lines[0]) if lines else None
         except json.JSONDecodeError:
             old = None
-        if old != {"calibration_progress": self.header}:
+        if old not in accepted:
             raise CalibrationError(f"{self.path} holds the progress of another calibration (other model, "
                                    "settings or seed); delete it or choose another progress file")
         clean = True
@@ -555,9 +562,12 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
     provenance = distance.provenance() if hasattr(distance, "provenance") else {"name": _name(distance)}
     state = None
     if progress_file is not None:
-        state = CalibrationProgress(progress_file, {
-            "model_file_sha256": model.file_sha256, "projector": settings.to_dict(), "lpips": provenance,
-            "seed": int(seed), "truncation_psi": float(truncation_psi)})
+        common = {"projector": settings.to_dict(), "lpips": provenance, "seed": int(seed),
+                  "truncation_psi": float(truncation_psi)}
+        weights = model.metadata.get("weights_sha256")
+        network = {"weights_sha256": weights} if weights else {"file_sha256": model.file_sha256}
+        state = CalibrationProgress(progress_file, dict(common, network=network),
+                                    legacy_header=dict(common, model_file_sha256=model.file_sha256))
 
     # Generated images are made from their z seeds alone, one at a time, whenever needed (cheap next to 1000
     # projection steps, and nothing large is held): once for their projection seeds, again for projecting.

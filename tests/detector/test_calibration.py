@@ -332,6 +332,27 @@ def test_interrupted_calibration_resumes_from_its_progress_file(tmp_path):
     with pytest.raises(CalibrationError, match="another calibration"):
         calibrate(path, reals, progress_file=prog, **dict(kw, settings=ProjectorSettings(steps=4, w_avg_samples=500)))
 
+    # The same weights in another file (re-trained bit for bit elsewhere, or re-saved): the progress carries over.
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj["metadata"] = dict(obj["metadata"], created="2000-01-01T00:00:00Z", note="re-trained")
+    torch.save(obj, tmp_path / "copy.pt")
+    assert sha256_file(tmp_path / "copy.pt") != sha256_file(path)
+    calls.clear()
+    again = calibrate(tmp_path / "copy.pt", reals, progress_file=prog, **kw)
+    assert calls == [] and again.real_distances == resumed.real_distances
+    # A progress file of the earlier format (named the model file's sha256) is still continued.
+    lines = prog.read_text().splitlines()
+    head = json.loads(lines[0])["calibration_progress"]
+    assert head.pop("network") == {"weights_sha256": load_model(path).metadata["weights_sha256"]}
+    head["model_file_sha256"] = sha256_file(path)
+    prog.write_text("\n".join([json.dumps({"calibration_progress": head})] + lines[1:]) + "\n")
+    again = calibrate(path, reals, progress_file=prog, **kw)
+    assert calls == [] and again.real_distances == resumed.real_distances
+    # Other weights: refused.
+    other = save_network(tmp_path / "other.pt", _tiny_G(seed=1))
+    with pytest.raises(CalibrationError, match="another calibration"):
+        calibrate(other, reals, progress_file=prog, **kw)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Several networks
