@@ -76,6 +76,35 @@ def separation(gen, real) -> float:
     return float((r.mean() - g.mean()) / np.sqrt(0.5 * (g.var(ddof=1) + r.var(ddof=1))))
 
 
+def histogram_png(path: str, gen, real, title: str) -> None:
+    """Fig. 9 of the paper for one network: the LPIPS distances of its generated and of real images, on log-spaced
+    bins (the populations lie an order of magnitude apart at 32 px)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from stylegan.fileio import atomic_write_bytes
+
+    values = np.asarray(list(gen) + list(real), np.float64)
+    bins = np.geomspace(values.min() / 1.2, values.max() * 1.2, 31)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(gen, bins=bins, color="tab:blue", alpha=0.55, label=f"generated (n={len(gen)})")
+    ax.hist(real, bins=bins, color="tab:orange", alpha=0.55, label=f"real (n={len(real)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("LPIPS distance to the re-synthesis")
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def early_stopping_figures(items, done, settings, gen_d, real_d, threshold, calibration) -> dict:
     """What early stopping with the band at the threshold would have saved on these projections, and whether
     any verdict would have changed (it must not)."""
@@ -131,6 +160,8 @@ def main() -> None:
     p.add_argument("--shard", default="0/1",
                    help="I/N: project only the (generated, real) pairs I, I+N, ... (run N processes or machines "
                         "with their own --state, then --report-only on the concatenated states)")
+    p.add_argument("--histogram", default=None, metavar="PNG",
+                   help="also draw both distance distributions (paper Fig. 9) into this PNG")
     p.add_argument("--rescore", action="store_true",
                    help="also measure the stored re-syntheses with LPIPS at other resolutions and pixel MSE")
     args = p.parse_args()
@@ -190,6 +221,7 @@ def main() -> None:
     gen_d = [done[it[0]]["distance"] for it in finished if it[1] == "generated"]
     real_d = [done[it[0]]["distance"] for it in finished if it[1] == "real"]
     out = {"benchmark": "eval_attribution", "model": args.model, "model_sha256": model.file_sha256,
+           "weights_sha256": model.metadata.get("weights_sha256"),
            "settings": settings.to_dict(), "effective_alpha": settings.effective_alpha(G.img_resolution),
            "generated_truncation_psi": args.truncation_psi,
            "complete": len(finished) == len(items)}
@@ -211,6 +243,11 @@ def main() -> None:
                                                              load_calibration(args.model, model))})
         if args.rescore:
             out["rescored"] = rescore(G, finished, done, args)
+        out["distances"] = {pop: {it[0]: done[it[0]]["distance"] for it in finished if it[1] == pop}
+                            for pop in ("generated", "real")}
+        if args.histogram:
+            histogram_png(args.histogram, gen_d, real_d, f"{Path(args.model).name}: {len(finished)} images, "
+                          f"{args.steps} steps, ROC AUC {out['auc']:.3f}")
     out.update({"seconds_this_run": round(time.perf_counter() - t0, 1), "machine": machine_info(args.device)})
     print(json.dumps(out, indent=1))
 

@@ -55,7 +55,7 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
     if steps < 1:
         raise UsageError("--steps must be at least 1")
     given: dict = {"lr": lr, "alpha": alpha, "pyramid": pyramid, "lpips_resolution": lpips_resolution,
-             "clamp_output": clamp_output}
+                   "clamp_output": clamp_output}
     if alpha_min_resolution is not None:
         if alpha_min_resolution < 0:
             raise UsageError("--alpha-min-resolution must be a resolution, or 0 for every resolution")
