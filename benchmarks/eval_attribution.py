@@ -85,6 +85,7 @@ def histogram_png(path: str, gen, real, title: str) -> None:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from stylegan.fileio import atomic_write_bytes
 
@@ -94,6 +95,7 @@ def histogram_png(path: str, gen, real, title: str) -> None:
     ax.hist(gen, bins=bins, color="tab:blue", alpha=0.55, label=f"generated (n={len(gen)})")
     ax.hist(real, bins=bins, color="tab:orange", alpha=0.55, label=f"real (n={len(real)})")
     ax.set_xscale("log")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("LPIPS distance to the re-synthesis")
     ax.set_ylabel("count")
     ax.set_title(title, fontsize=10)
@@ -247,7 +249,7 @@ def main() -> None:
                             for pop in ("generated", "real")}
         if args.histogram:
             histogram_png(args.histogram, gen_d, real_d, f"{Path(args.model).name}: {len(finished)} images, "
-                          f"{args.steps} steps, ROC AUC {out['auc']:.3f}")
+                          f"{args.steps} steps, ROC AUC {out['auc']:.4f}")
     out.update({"seconds_this_run": round(time.perf_counter() - t0, 1), "machine": machine_info(args.device)})
     print(json.dumps(out, indent=1))
 
