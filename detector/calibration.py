@@ -422,8 +422,9 @@ class CalibrationProgress:
     file sha256, "distance": d}``, appended and fsync'ed after every batch. A line cut short by a crash is ignored
     (that image is projected again); a file whose header names another calibration is refused, never silently
     mixed in. The network is named by its weights' sha256 where the file records one (our ``.pt``), else by the
-    file's sha256: a network re-trained bit for bit (same data, seed and thread count) on another machine, or
-    re-saved with other metadata, continues the same calibration. ``legacy_header`` is also accepted (files
+    file's sha256, and LPIPS by its weights' hashes, not their paths: a network re-trained bit for bit (same
+    data, seed and thread count) on another machine, or re-saved with other metadata, continues the same
+    calibration. ``legacy_header`` is also accepted (files
     written before that)."""
 
     def __init__(self, path: Union[str, Path], header: Dict[str, Any],
@@ -562,12 +563,14 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
     provenance = distance.provenance() if hasattr(distance, "provenance") else {"name": _name(distance)}
     state = None
     if progress_file is not None:
-        common = {"projector": settings.to_dict(), "lpips": provenance, "seed": int(seed),
-                  "truncation_psi": float(truncation_psi)}
+        common = {"projector": settings.to_dict(), "seed": int(seed), "truncation_psi": float(truncation_psi)}
+        # What the distance is, not where its files lie: another machine's paths continue the same calibration.
+        lpips_identity = {k: v for k, v in provenance.items() if k not in ("weights_path", "weights_source")}
         weights = model.metadata.get("weights_sha256")
         network = {"weights_sha256": weights} if weights else {"file_sha256": model.file_sha256}
-        state = CalibrationProgress(progress_file, dict(common, network=network),
-                                    legacy_header=dict(common, model_file_sha256=model.file_sha256))
+        state = CalibrationProgress(progress_file, dict(common, network=network, lpips=lpips_identity),
+                                    legacy_header=dict(common, model_file_sha256=model.file_sha256,
+                                                       lpips=provenance))
 
     # Generated images are made from their z seeds alone, one at a time, whenever needed (cheap next to 1000
     # projection steps, and nothing large is held): once for their projection seeds, again for projecting.
