@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402
+from _common import fig9_histograms, machine_info  # noqa: E402
 
 from detector.lpips import load_lpips  # noqa: E402
 from detector.calibration import generate_images, load_calibration, roc_auc, threshold_at_fpr  # noqa: E402
@@ -74,37 +74,6 @@ def separation(gen, real) -> float:
     choosing between projector variants needs."""
     g, r = np.log(np.asarray(gen, np.float64)), np.log(np.asarray(real, np.float64))
     return float((r.mean() - g.mean()) / np.sqrt(0.5 * (g.var(ddof=1) + r.var(ddof=1))))
-
-
-def histogram_png(path: str, gen, real, title: str) -> None:
-    """Fig. 9 of the paper for one network: the LPIPS distances of its generated and of real images, on log-spaced
-    bins (the populations lie an order of magnitude apart at 32 px)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    from stylegan.fileio import atomic_write_bytes
-
-    values = np.asarray(list(gen) + list(real), np.float64)
-    bins = np.geomspace(values.min() / 1.2, values.max() * 1.2, 31)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.hist(gen, bins=bins, color="tab:blue", alpha=0.55, label=f"generated (n={len(gen)})")
-    ax.hist(real, bins=bins, color="tab:orange", alpha=0.55, label=f"real (n={len(real)})")
-    ax.set_xscale("log")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("LPIPS distance to the re-synthesis")
-    ax.set_ylabel("count")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def early_stopping_figures(items, done, settings, gen_d, real_d, threshold, calibration) -> dict:
@@ -248,8 +217,8 @@ def main() -> None:
         out["distances"] = {pop: {it[0]: done[it[0]]["distance"] for it in finished if it[1] == pop}
                             for pop in ("generated", "real")}
         if args.histogram:
-            histogram_png(args.histogram, gen_d, real_d, f"{Path(args.model).name}: {len(finished)} images, "
-                          f"{args.steps} steps, ROC AUC {out['auc']:.4f}")
+            fig9_histograms(args.histogram, [(f"{Path(args.model).name}: {len(finished)} images, {args.steps} "
+                                              f"steps, ROC AUC {out['auc']:.4f}", gen_d, real_d)])
     out.update({"seconds_this_run": round(time.perf_counter() - t0, 1), "machine": machine_info(args.device)})
     print(json.dumps(out, indent=1))
 

@@ -205,7 +205,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         from stylegan.formats import load_model
 
         models = [load_model(p, device=device or "cpu") for p in model_paths]
-    from detector.calibration import calibration_mismatch, load_calibration
+    from detector.calibration import calibration_mismatch, calibration_weakness, load_calibration
 
     warnings = []
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too
@@ -213,6 +213,9 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold)
         if mismatch:
             warnings.append(mismatch)
+        weak = calibration_weakness((m.calibration or {}).get("auc"), (m.calibration or {}).get("tpr"))
+        if weak and threshold is None:
+            warnings.append(f"{Path(p).name}: {weak}")
     shas = [m.file_sha256 for m in models]
     if len(set(shas)) != len(shas):
         raise CaseError("the same model file was given twice")

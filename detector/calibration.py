@@ -126,6 +126,27 @@ def settings_differences(calibration: Optional[dict], settings: Any) -> List[str
     return [k for k in _RESULT_SETTINGS if then[k] != now[k]]
 
 
+# Below this ROC AUC a calibration is reported as weak (:func:`calibration_weakness`).
+WEAK_AUC = 0.9
+
+
+def calibration_weakness(auc: Optional[float], tpr: Optional[float] = None,
+                         min_auc: float = WEAK_AUC) -> Optional[str]:
+    """A one-line warning when a calibration shows that its settings do not tell the network's images from real
+    ones (ROC AUC below ``min_auc``), else None. Below 0.5 the ranking is reversed: real images come back *closer*
+    than generated ones (measured on a 32 px config A network with the noise maps left unregularised, where the
+    per-layer noise can paint any face), so a "generated" verdict is no evidence of origin."""
+    if auc is None or auc >= min_auc:
+        return None
+    if auc < 0.5:
+        return (f"calibration AUC {auc:.3f} < 0.5: real images come back closer than the network's own images "
+                f"at these projector settings, so its verdicts are no evidence of origin (try the App. D noise "
+                f"regulariser, --alpha-min-resolution 0, and calibrate again)")
+    tpr_text = "" if tpr is None else f"; TPR {tpr:.2f} at the calibrated threshold"
+    return (f"calibration AUC {auc:.3f} < {min_auc:g}: at these projector settings the network's images are only "
+            f"weakly told apart from real ones{tpr_text}")
+
+
 def calibration_mismatch(model_name: str, calibration: Optional[dict], settings: Any,
                          threshold: Optional[float] = None) -> Optional[str]:
     """A warning when a run relies on the calibration's threshold (no ``threshold`` override) but projects with
@@ -331,6 +352,10 @@ class CalibrationRecord:
             return cls(**d)
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"invalid calibration record: {exc}") from None
+
+    def weakness(self, min_auc: float = WEAK_AUC) -> Optional[str]:
+        """:func:`calibration_weakness` of this record."""
+        return calibration_weakness(self.auc, self.tpr, min_auc)
 
     def summary(self) -> str:
         lo, hi = self.fpr_ci
@@ -711,4 +736,4 @@ def _warn(msg: str) -> None:
 __all__ = ["CalibrationError", "CalibrationRecord", "roc_auc", "roc_curve", "threshold_at_fpr",
            "allowed_false_positives", "rate_at", "betainc", "beta_ppf", "clopper_pearson",
            "record_from_distances", "generation_seeds", "generate_images", "calibrate", "sidecar_path",
-           "store_calibration", "load_calibration", "SIDECAR_SUFFIX"]
+           "store_calibration", "load_calibration", "calibration_weakness", "SIDECAR_SUFFIX"]

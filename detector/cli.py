@@ -94,7 +94,7 @@ def check(
         from stylegan.formats import load_model
 
         from .attribution import threshold_for
-        from .calibration import calibration_mismatch, load_calibration
+        from .calibration import calibration_mismatch, calibration_weakness, load_calibration
         from .check import check_images, effective_settings, save_check_outputs
         from .lpips import load_lpips
 
@@ -112,6 +112,10 @@ def check(
         mismatch = calibration_mismatch(model.name, calibration, settings, threshold)
         if mismatch:
             typer.echo(f"warning: {mismatch}", err=True)
+        weak = calibration_weakness(calibration.get("auc"), calibration.get("tpr")) if th.source == "calibration" \
+            else None
+        if weak:
+            typer.echo(f"warning: {model.name}: {weak}", err=True)
         with _StepProgress(steps, not as_json) as progress:
             records = check_images(m.G_ema, images, distance, settings=settings, calibration=calibration,
                                    threshold=threshold, seed=seed, early_stop=early_stop, progress=progress)

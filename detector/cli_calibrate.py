@@ -95,9 +95,12 @@ def calibrate(
         if out is not None:
             atomic_write_text(out, json.dumps(record.to_dict(), indent=2) + "\n")
         progress_file.unlink(missing_ok=True)  # the record is safe now
+        weakness = record.weakness()
+        if weakness:
+            typer.echo(f"warning: {weakness}", err=True)
         if as_json:
-            typer.echo(json.dumps({"stored": None if stored is None else str(stored), "record": record.to_dict()},
-                                  indent=2))
+            typer.echo(json.dumps({"stored": None if stored is None else str(stored), "warning": weakness,
+                                   "record": record.to_dict()}, indent=2))
         else:
             typer.echo(f"{model}: {record.n_generated} generated, {record.n_real} real images "
                        f"({len(record.skipped)} skipped)")

@@ -27,6 +27,7 @@ Usage (2 CPU cores; the published asset was made this way)::
     OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --minutes 30
     OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --minutes 20 --resume  # more
     OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --no-train  # re-export only
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --calibrate-only  # asset as is
 
 Needs the LPIPS-VGG weights for the calibration (as ``detect check``: ``DETECT_LPIPS_WEIGHTS`` or
 ``detect fetch-weights``).
@@ -186,6 +187,9 @@ def main(argv=None) -> None:
     ap.add_argument("--resume", action="store_true", help="continue the run in --work")
     ap.add_argument("--no-train", action="store_true", help="export and calibrate the latest snapshot only")
     ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="no training, no export: calibrate the shipped asset again in place (e.g. after the "
+                         "projector's defaults changed)")
     ap.add_argument("--steps", type=int, default=DEMO_STEPS, help="projector steps of the calibration")
     ap.add_argument("--n-calib", type=int, default=24)
     ap.add_argument("--fpr", type=float, default=0.05)
@@ -199,6 +203,9 @@ def main(argv=None) -> None:
 
     digits = load_mnist(args.mnist)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.calibrate_only:
+        calibrate(args, digits)
+        return
     data = args.work / "mnist32_train.h5"
     if not data.exists():
         png_dir = args.work / "train_png"

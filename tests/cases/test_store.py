@@ -277,3 +277,16 @@ def test_calibration_made_with_other_settings_is_warned_about(env):
     s = run(env, "case")
     assert len(s.warnings) == 1 and "g.pt was calibrated with other projector settings (alpha)" in s.warnings[0]
     assert run(env, "case2", threshold=0.2).warnings == []
+
+
+def test_a_reversed_calibration_is_warned_about(env):
+    """A calibration whose real images came back closer than the generated ones (AUC < 0.5) makes every verdict
+    suspect: the batch says so, unless the user set the threshold."""
+    from detector.calibration import record_from_distances, store_calibration
+
+    record = record_from_distances([0.5, 0.6], [0.1, 0.2], target_fpr=0.0).to_dict()
+    record["settings"] = {"projector": ProjectorSettings(steps=4, w_avg_samples=256).to_dict()}
+    store_calibration(record, env / "g.pt")
+    s = run(env, "case")
+    assert len(s.warnings) == 1 and s.warnings[0].startswith("g.pt: calibration AUC 0.000 < 0.5")
+    assert run(env, "case2", threshold=0.2).warnings == []

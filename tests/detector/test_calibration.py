@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 import detector.cli_calibrate  # noqa: F401  (registers `detect calibrate`)
 from detector.attribution import (NONE_LABEL, NOT_ATTRIBUTED, Threshold, attribute, confusion_table,
                                   threshold_for)
-from detector.calibration import (CalibrationError, CalibrationRecord, betainc, calibrate, clopper_pearson,
-                                  generate_images, generation_seeds, load_calibration, record_from_distances,
+from detector.calibration import (CalibrationError, CalibrationRecord, betainc, calibrate, calibration_weakness,
+                                  clopper_pearson, generate_images, generation_seeds, load_calibration, record_from_distances,
                                   roc_auc, roc_curve, sidecar_path, store_calibration, threshold_at_fpr)
 from detector.cli import app
 from detector.projector import ProjectorSettings
@@ -78,6 +78,18 @@ def test_record_statistics_hand_worked():
     assert rec.n_generated == rec.n_real == 4
     rec0 = record_from_distances(gen, real, target_fpr=0.01)
     assert rec0.achieved_fpr == 0 and rec0.tpr == 0.5 and rec0.fpr_ci[0] == 0.0
+
+
+def test_weak_and_reversed_calibrations_are_named():
+    assert record_from_distances([0.01, 0.02], [0.1, 0.2]).weakness() is None  # AUC 1
+    weak = record_from_distances([0.05, 0.08, 0.15, 0.25], [0.10, 0.20, 0.30, 0.40], target_fpr=0.25)
+    assert weak.auc == 13 / 16 and "0.812 < 0.9" in weak.weakness() and "TPR 0.75" in weak.weakness()
+    assert weak.weakness() == calibration_weakness(weak.to_dict()["auc"], weak.to_dict()["tpr"])
+    assert calibration_weakness(None) is None  # a record that predates AUC
+    assert weak.weakness(min_auc=0.8) is None
+    # Real images closer than generated ones (config A at 32 px without the noise regulariser, measured).
+    rev = record_from_distances([0.002, 0.003], [0.0008, 0.001])
+    assert rev.auc == 0 and "< 0.5" in rev.weakness() and "--alpha-min-resolution 0" in rev.weakness()
 
 
 # ----------------------------------------------------------------------------------------------------------------

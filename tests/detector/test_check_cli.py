@@ -124,6 +124,12 @@ def test_projector_options_reach_the_projector_and_a_calibration_made_otherwise_
     # A user threshold does not rest on the calibration: no warning.
     r = runner.invoke(app, base + ["--alpha", "1000", "--threshold", "0.3"])
     assert "calibrated with other projector settings" not in r.stderr
+    assert "calibration AUC" not in same.stderr  # AUC 1: not weak
+    reversed_record = record_from_distances([0.5, 0.6], [0.1, 0.2], target_fpr=0.0).to_dict()
+    reversed_record["settings"] = record["settings"]
+    store_calibration(reversed_record, t / "g.pt")
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0 and "g.pt: calibration AUC 0.000 < 0.5" in r.stderr
     for bad in (["--lr", "0"], ["--alpha", "-1"], ["--lpips-resolution", "0"]):
         r = runner.invoke(app, base + bad)
         assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), (bad, r.output)
