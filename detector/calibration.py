@@ -140,8 +140,9 @@ def calibration_weakness(auc: Optional[float], tpr: Optional[float] = None,
         return None
     if auc < 0.5:
         return (f"calibration AUC {auc:.3f} < 0.5: real images come back closer than the network's own images "
-                f"at these projector settings, so its verdicts are no evidence of origin (try the App. D noise "
-                f"regulariser, --alpha-min-resolution 0, and calibrate again)")
+                f"at these projector settings, so its verdicts are no evidence of origin (the App. D noise "
+                f"regulariser, --alpha-min-resolution 0, closes the noise maps to the image: calibrate again with "
+                f"it to see whether the network then separates)")
     tpr_text = "" if tpr is None else f"; TPR {tpr:.2f} at the calibrated threshold"
     return (f"calibration AUC {auc:.3f} < {min_auc:g}: at these projector settings the network's images are only "
             f"weakly told apart from real ones{tpr_text}")
