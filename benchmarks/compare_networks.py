@@ -27,13 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fig9_histograms  # noqa: E402
+from eval_attribution import separation  # noqa: E402
 
 from detector.calibration import roc_auc, threshold_at_fpr  # noqa: E402
-
-
-def dprime_log(gen, real) -> float:
-    g, r = np.log(np.asarray(gen, np.float64)), np.log(np.asarray(real, np.float64))
-    return float((r.mean() - g.mean()) / np.sqrt(0.5 * (g.var(ddof=1) + r.var(ddof=1))))
 
 
 def quantiles(d) -> dict:
@@ -53,7 +49,7 @@ def network_record(label: str, eval_path: str, ppl_path: str) -> dict:
     return {"label": label, "eval": eval_path, "ppl_record": ppl_path, "weights_sha256": ev.get("weights_sha256"),
             "complete": ev.get("complete"), "steps": ev["settings"]["steps"],
             "effective_alpha": ev.get("effective_alpha"),
-            "auc": roc_auc(gen, real), "separation_dprime_log": dprime_log(gen, real),
+            "auc": roc_auc(gen, real), "separation_dprime_log": separation(gen, real),
             "threshold_at_1pct_fpr": th, "tpr_at_1pct_fpr": float(np.mean(np.asarray(gen) <= th)),
             "generated": quantiles(gen), "real": quantiles(real),
             "ppl": {"mean": ppl["mean"], "space": ppl["settings"]["space"], "sampling": ppl["settings"]["sampling"],
