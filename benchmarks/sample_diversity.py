@@ -35,25 +35,16 @@ def stats(d: np.ndarray) -> dict:
 
 
 @torch.no_grad()
-def generated_pairs(G, distance, pairs: int, batch: int, seed: int) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
+def sample_pairs(G, distance, pairs: int, batch: int, seed: int, same_z: bool = False) -> np.ndarray:
+    """LPIPS of pairs of samples (random noise each): independent z, or with ``same_z`` one z under two draws of
+    the noise maps (how much of the image the noise decides)."""
+    gen = torch.Generator().manual_seed(seed + int(same_z))
+    torch.manual_seed(seed + 2 + int(same_z))  # noise_mode='random' draws from the global generator
     out = []
     for start in range(0, pairs, batch):
         n = min(batch, pairs - start)
-        z = torch.randn(2 * n, G.z_dim, generator=gen)
-        img = G(z, truncation_psi=1.0, noise_mode="random")
-        out.append(distance(img[:n], img[n:]).reshape(-1).cpu().numpy())
-    return np.concatenate(out)
-
-
-@torch.no_grad()
-def noise_pairs(G, distance, pairs: int, batch: int, seed: int) -> np.ndarray:
-    """Pairs of one z under two draws of the noise maps: how much of the image the noise decides."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    out = []
-    for start in range(0, pairs, batch):
-        n = min(batch, pairs - start)
-        z = torch.randn(n, G.z_dim, generator=gen).repeat(2, 1)
+        z = torch.randn(n, G.z_dim, generator=gen).repeat(2, 1) if same_z else \
+            torch.randn(2 * n, G.z_dim, generator=gen)
         img = G(z, truncation_psi=1.0, noise_mode="random")
         out.append(distance(img[:n], img[n:]).reshape(-1).cpu().numpy())
     return np.concatenate(out)
@@ -85,10 +76,11 @@ def main() -> None:
         model = load_model(path)
         G = model.G_ema.eval()
         out["networks"][path] = {"arch": model.arch, "weights_sha256": model.metadata.get("weights_sha256"),
-                                 "pair_distance": stats(generated_pairs(G, distance, args.pairs, args.batch,
-                                                                        args.seed)),
-                                 "same_z_other_noise_distance": stats(noise_pairs(G, distance, args.pairs,
-                                                                                  args.batch, args.seed))}
+                                 "pair_distance": stats(sample_pairs(G, distance, args.pairs, args.batch,
+                                                                     args.seed)),
+                                 "same_z_other_noise_distance": stats(sample_pairs(G, distance, args.pairs,
+                                                                                   args.batch, args.seed,
+                                                                                   same_z=True))}
     if args.real:
         out["real"] = {"folder": args.real, "pair_distance": stats(
             real_pairs(args.real, distance, G.img_resolution, G.img_channels, args.pairs, args.seed))}

@@ -213,8 +213,9 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold)
         if mismatch:
             warnings.append(mismatch)
-        weak = calibration_weakness((m.calibration or {}).get("auc"), (m.calibration or {}).get("tpr"))
-        if weak and threshold is None:
+        weak = threshold is None and calibration_weakness((m.calibration or {}).get("auc"),
+                                                          (m.calibration or {}).get("tpr"))
+        if weak:
             warnings.append(f"{Path(p).name}: {weak}")
     shas = [m.file_sha256 for m in models]
     if len(set(shas)) != len(shas):

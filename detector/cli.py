@@ -112,8 +112,7 @@ def check(
         mismatch = calibration_mismatch(model.name, calibration, settings, threshold)
         if mismatch:
             typer.echo(f"warning: {mismatch}", err=True)
-        weak = calibration_weakness(calibration.get("auc"), calibration.get("tpr")) if th.source == "calibration" \
-            else None
+        weak = th.source == "calibration" and calibration_weakness(calibration.get("auc"), calibration.get("tpr"))
         if weak:
             typer.echo(f"warning: {model.name}: {weak}", err=True)
         with _StepProgress(steps, not as_json) as progress:
