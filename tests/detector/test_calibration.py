@@ -437,6 +437,36 @@ def test_cli_calibrate_stores_inside_ours(cli_setup):
     assert not (t / "g.pt.calibrating.jsonl").exists()  # the progress file is gone once the record is stored
 
 
+def test_cli_calibrate_stores_a_record_made_earlier(cli_setup):
+    """--record: a record made elsewhere (here: --no-store --out) is stored with a file of the same weights without
+    projecting again, and refused for other weights or a file that is not a record."""
+    t = cli_setup
+    r = runner.invoke(app, ["calibrate", "--model", str(t / "g.pt"), "--real", str(t / "reals"),
+                            "--n-generated", "2", "--steps", "2", "--fpr", "0.5", "--batch-size", "2",
+                            "--no-store", "--out", str(t / "rec.json"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert load_calibration(t / "g.pt") is None  # --no-store kept the model as it was
+    shutil.copy(t / "g.pt", t / "copy.pt")
+    r = runner.invoke(app, ["calibrate", "--model", str(t / "copy.pt"), "--record", str(t / "rec.json")])
+    assert r.exit_code == 0, r.output
+    rec = load_calibration(t / "copy.pt")
+    made = json.loads((t / "rec.json").read_text())
+    assert rec["threshold"] == made["threshold"] and rec["real_distances"] == made["real_distances"]
+    assert "AUC" in r.stdout and "calibration stored in" in r.stdout
+    save_network(t / "other.pt", _tiny_G(seed=1))
+    (t / "junk.json").write_text('{"threshold": 1}')
+    for args, msg in [(["--model", str(t / "other.pt"), "--record", str(t / "rec.json")], "other weights"),
+                      (["--model", str(t / "g.pt"), "--record", str(t / "junk.json")], "calibration record"),
+                      (["--model", str(t / "g.pt"), "--record", str(t / "none.json")], "no such file"),
+                      (["--model", str(t / "g.pt"), "--record", str(t / "rec.json"), "--real", str(t / "reals")],
+                       "without --real"),
+                      (["--model", str(t / "g.pt")], "--real")]:
+        r = runner.invoke(app, ["calibrate", *args])
+        assert r.exit_code == 2, (args, r.output)
+        assert r.stderr.strip().splitlines()[-1].startswith("error: ") and msg in r.stderr, (args, r.stderr)
+    assert load_calibration(t / "other.pt") is None and load_calibration(t / "g.pt") is None
+
+
 def test_cli_calibrate_errors(cli_setup):
     t = cli_setup
     cases = [

@@ -1,0 +1,105 @@
+"""What a finished case measured, when the truth about its inputs is known: per network, ROC AUC of its own
+generated images against the real ones and, at the network's threshold (the calibrated one the case used), the
+TPR on its generated images and the achieved FPR on the reals (with a Clopper-Pearson interval); over all
+networks, the attribution confusion table (true source x attributed network or none).
+
+The truth comes from the input paths: ``--truth FOLDER=LABEL`` labels every input with a path component FOLDER
+as LABEL, a network name of the case (as its report names it) or ``none`` for real images. Reads the case's
+``report/report.json`` (``detect report CASE`` writes it); prints JSON.
+
+    python benchmarks/case_metrics.py CASE --truth gen_f=celeba32-f --truth gen_f2=celeba32-f2 --truth real=none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector.attribution import NONE_LABEL, confusion_table  # noqa: E402
+from detector.calibration import clopper_pearson, rate_at, roc_auc  # noqa: E402
+
+
+def parse_truth(items: Sequence[str]) -> Dict[str, str]:
+    out = {}
+    for item in items:
+        folder, sep, label = item.partition("=")
+        if not sep or not folder or not label:
+            raise SystemExit(f"--truth wants FOLDER=LABEL, got {item!r}")
+        out[folder] = label
+    return out
+
+
+def true_label(paths: Sequence[str], truth: Dict[str, str]) -> Optional[str]:
+    """The label of the first truth folder among the components of any of the image's paths (None: unlabelled).
+    An image whose paths carry two different labels is an error: the truth would be ambiguous."""
+    found = {truth[part] for p in paths for part in Path(p).parts[:-1] if part in truth}
+    if len(found) > 1:
+        raise SystemExit(f"{paths[0]}: the same content is labelled {sorted(found)}")
+    return found.pop() if found else None
+
+
+def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) -> dict:
+    names = [m["name"] for m in report["models"]]
+    for label in truth.values():
+        if label != NONE_LABEL and label not in names:
+            raise SystemExit(f"--truth label {label!r} is neither {NONE_LABEL!r} nor a network of the case "
+                             f"({', '.join(names)})")
+    rows = []  # (true label, attributed, distances)
+    unlabelled = 0
+    for img in report["images"]:
+        if img.get("error"):
+            continue
+        label = true_label(img["paths"], truth)
+        if label is None:
+            unlabelled += 1
+            continue
+        rows.append((label, img["attributed_to"], img["distances"]))
+    per_network = {}
+    for m in report["models"]:
+        name, th = m["name"], m["threshold"]
+        gen = [d[name] for lab, _, d in rows if lab == name and d.get(name) is not None]
+        real = [d[name] for lab, _, d in rows if lab == NONE_LABEL and d.get(name) is not None]
+        entry: dict = {"threshold": th, "threshold_source": m["threshold_source"], "n_generated": len(gen),
+                       "n_real": len(real)}
+        if gen and real:
+            entry["auc"] = roc_auc(gen, real)
+        if gen:
+            tp, n = rate_at(gen, th)
+            entry["tpr"] = tp / n
+            entry["tp"] = tp
+        if real:
+            fp, n = rate_at(real, th)
+            entry["achieved_fpr"] = fp / n
+            entry["fp"] = fp
+            entry["fpr_ci"] = list(clopper_pearson(fp, n, confidence))
+        if gen or real:
+            entry["median_generated"] = statistics.median(gen) if gen else None
+            entry["median_real"] = statistics.median(real) if real else None
+        per_network[name] = entry
+    table = confusion_table([r[0] for r in rows], [r[1] for r in rows], names)
+    return {"benchmark": "case_metrics", "case": report["case"], "truth": truth, "n_labelled": len(rows),
+            "n_unlabelled": unlabelled, "confidence": confidence, "per_network": per_network,
+            "confusion": table.to_dict(), "confusion_text": table.format()}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("case", type=Path, help="case folder (its report/report.json is read)")
+    ap.add_argument("--truth", action="append", default=[], metavar="FOLDER=LABEL", required=True)
+    ap.add_argument("--confidence", type=float, default=0.95)
+    args = ap.parse_args(argv)
+    path = args.case / "report" / "report.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `detect report {args.case}` first")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    print(json.dumps(case_metrics(report, parse_truth(args.truth), args.confidence), indent=2))
+
+
+if __name__ == "__main__":
+    main()
