@@ -36,8 +36,8 @@ def parse_truth(items: Sequence[str]) -> Dict[str, str]:
 
 
 def true_label(paths: Sequence[str], truth: Dict[str, str]) -> Optional[str]:
-    """The label of the first truth folder among the components of any of the image's paths (None: unlabelled).
-    An image whose paths carry two different labels is an error: the truth would be ambiguous."""
+    """The label of the truth folder among the folders of the image's paths (None: unlabelled). Content found
+    under folders of two different labels is an error: its truth would be ambiguous."""
     found = {truth[part] for p in paths for part in Path(p).parts[:-1] if part in truth}
     if len(found) > 1:
         raise SystemExit(f"{paths[0]}: the same content is labelled {sorted(found)}")
