@@ -45,7 +45,8 @@ def true_label(paths: Sequence[str], truth: Dict[str, str]) -> Optional[str]:
 
 
 def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) -> dict:
-    names = [m["name"] for m in report["models"]]
+    models = report["summary"]["models"]
+    names = [m["name"] for m in models]
     for label in truth.values():
         if label != NONE_LABEL and label not in names:
             raise SystemExit(f"--truth label {label!r} is neither {NONE_LABEL!r} nor a network of the case "
@@ -61,7 +62,7 @@ def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) 
             continue
         rows.append((label, img["attributed_to"], img["distances"]))
     per_network = {}
-    for m in report["models"]:
+    for m in models:
         name, th = m["name"], m["threshold"]
         gen = [d[name] for lab, _, d in rows if lab == name and d.get(name) is not None]
         real = [d[name] for lab, _, d in rows if lab == NONE_LABEL and d.get(name) is not None]
