@@ -405,8 +405,8 @@ def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> 
 <section id="summary"><h2>Summary</h2>
 <p>{_e(counts)}</p>{warn}
 <table class="verdicts"><tr><th>verdict</th><th>images</th></tr>{verdict_rows}</table>
-<table class="models"><tr><th>network</th><th>threshold</th><th>source</th><th>target FPR</th><th>achieved FPR</th>
-<th>AUC</th><th>file sha256</th></tr>{model_rows}</table></section>
+<table class="models"><tr><th>network</th><th>threshold</th><th>source</th><th>target FPR</th>
+<th>calibration FPR</th><th>calibration AUC</th><th>file sha256</th></tr>{model_rows}</table></section>
 <section id="histogram"><h2>LPIPS distances</h2>
 <img alt="LPIPS distance histogram of this case over the calibration's generated and real images"
  src="{_histogram_png(doc)}"></section>

@@ -130,7 +130,7 @@ def _read_record(path: Path):
 
 def _finish(record, model: Path, store: bool, out: Optional[Path], as_json: bool) -> None:
     """Store the record with the model (unless --no-store), write --out, and print the record or its summary
-    with any weakness warning."""
+    with any weakness warning and a note when too few reals bound the achieved FPR."""
     from stylegan.fileio import atomic_write_text
 
     from .calibration import store_calibration
@@ -141,9 +141,12 @@ def _finish(record, model: Path, store: bool, out: Optional[Path], as_json: bool
     weakness = record.weakness()
     if weakness:
         typer.echo(f"warning: {weakness}", err=True)
+    loose = record.looseness()
+    if loose:
+        typer.echo(f"note: {loose}", err=True)
     if as_json:
         typer.echo(json.dumps({"stored": None if stored is None else str(stored), "warning": weakness,
-                               "record": record.to_dict()}, indent=2))
+                               "note": loose, "record": record.to_dict()}, indent=2))
     else:
         typer.echo(f"{model}: {record.n_generated} generated, {record.n_real} real images "
                    f"({len(record.skipped)} skipped)")

@@ -16,7 +16,8 @@ from detector.attribution import (NONE_LABEL, NOT_ATTRIBUTED, Threshold, attribu
                                   threshold_for)
 from detector.calibration import (CalibrationError, CalibrationRecord, betainc, calibrate, calibration_weakness,
                                   clopper_pearson, generate_images, generation_seeds, load_calibration, record_from_distances,
-                                  roc_auc, roc_curve, sidecar_path, store_calibration, threshold_at_fpr)
+                                  reals_needed, roc_auc, roc_curve, sidecar_path, store_calibration,
+                                  threshold_at_fpr)
 from detector.cli import app
 from detector.projector import ProjectorSettings
 from stylegan.config import GeneratorConfig
@@ -153,6 +154,24 @@ def test_clopper_pearson_known_values():
     assert lo < lo90 < hi90 < hi
     with pytest.raises(ValueError):
         clopper_pearson(3, 2)
+
+
+def test_reals_needed_and_a_loose_calibration_is_noted():
+    n = reals_needed(0.01)
+    assert clopper_pearson(0, n)[1] <= 0.01 < clopper_pearson(0, n - 1)[1]
+    assert n == math.ceil(math.log(0.025) / math.log(0.99))  # 1 - 0.025^(1/n) <= 0.01
+    assert reals_needed(0.05, 0.9) < reals_needed(0.05) < n
+    # 200 reals at 1 %, two of them below the threshold (the 32 px CelebA calibration): CI up to 0.036 > 2 %
+    real = [0.0094, 0.0102] + list(np.linspace(0.011, 0.04, 198))
+    loose = record_from_distances([0.001] * 10, real, target_fpr=0.01)
+    assert loose.achieved_fpr == 0.01
+    note = loose.looseness()
+    assert note is not None and "0.0012-0.0357" in note and f" {n} real images" in note
+    # 1000 reals at 1 %, ten of them flagged: the CI (0.0048-0.0183) stays within twice the target
+    tight = record_from_distances([0.001] * 10, list(np.linspace(0.01, 0.04, 1000)), target_fpr=0.01)
+    assert tight.fpr_ci[1] < 0.02 and tight.looseness() is None
+    with pytest.raises(ValueError):
+        reals_needed(0.0)
 
 
 def test_betainc_against_scipy_when_available():
