@@ -120,19 +120,22 @@ def train(args, data: Path):
 def export(args, trainer, digits: np.ndarray, data_fingerprint: str) -> None:
     from stylegan.formats import save_network
 
-    ASSETS.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     cfg = trainer.config
-    save_network(ASSET, trainer.G_ema, metadata={
+    save_network(out, trainer.G_ema, metadata={
         "source": "scripts/make_demo_network.py: MNIST test digits 0..8999 (LeCun, Cortes, Burges; CC BY-SA 3.0)",
         "training": {"kimg": round(trainer.cur_nimg / 1000, 3), "iterations": trainer.iteration,
                      "preset": cfg.preset, "batch_size": cfg.batch_size, "pl_weight": cfg.pl_weight,
                      "r1_gamma": cfg.r1_gamma, "seed": cfg.seed, "elapsed_s": round(trainer.elapsed, 1)},
         "dataset_fingerprint": data_fingerprint,
     })
-    size = ASSET.stat().st_size
-    print(f"wrote {ASSET} ({size / 1024:.0f} KiB) at {trainer.cur_nimg / 1000:.1f} kimg", flush=True)
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 1024:.0f} KiB) at {trainer.cur_nimg / 1000:.1f} kimg", flush=True)
     if size > MAX_ASSET_BYTES:
-        sys.exit(f"{ASSET} is {size} bytes, over the 2 MB budget")
+        sys.exit(f"{out} is {size} bytes, over the 2 MB budget")
+    if out.resolve() != ASSET.resolve():
+        return  # another network (e.g. a second seed), not the shipped asset: the demo's images stay as they are
 
     # The demo's bundled real images.
     if DEMO_REAL.exists():
@@ -166,16 +169,16 @@ def calibrate(args, digits: np.ndarray) -> None:
             last[0] = time.time()
             print(f"calibrating: {done}/{total} image-steps", flush=True)
 
-    rec = do_calibrate(ASSET, reals, n_generated=args.n_calib, target_fpr=args.fpr,
+    rec = do_calibrate(args.out, reals, n_generated=args.n_calib, target_fpr=args.fpr,
                        settings=ProjectorSettings(steps=args.steps), batch_size=args.n_calib, progress=progress)
-    store_calibration(rec, ASSET)
+    store_calibration(rec, args.out)
     d = rec.to_dict()
     summary = {k: d.get(k) for k in ("auc", "threshold", "target_fpr", "achieved_fpr", "tpr", "fpr_ci",
                                      "n_generated", "n_real")}
     print(f"calibrated in {time.time() - t0:.0f} s: {rec.summary()}", flush=True)
     print(json.dumps(summary, default=str), flush=True)
-    print(f"asset {ASSET}: {ASSET.stat().st_size / 1024:.0f} KiB, sha256 "
-          f"{hashlib.sha256(ASSET.read_bytes()).hexdigest()}", flush=True)
+    print(f"network {args.out}: {args.out.stat().st_size / 1024:.0f} KiB, sha256 "
+          f"{hashlib.sha256(args.out.read_bytes()).hexdigest()}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -194,6 +197,10 @@ def main(argv=None) -> None:
     ap.add_argument("--n-calib", type=int, default=24)
     ap.add_argument("--fpr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ASSET,
+                    help="network file to write (and calibrate); default the shipped asset. Another path (with "
+                         "another --seed) makes a second network of the same recipe, e.g. for the two-network "
+                         "attribution of scripts/mnist_two_networks.sh")
     args = ap.parse_args(argv)
 
     import torch
