@@ -61,7 +61,8 @@ EOF
       detect batch "$W/case-inputs" --model "$SEED0" --model "$SEED1" --case "$W/cases/two-networks" --steps 300
       detect report "$W/cases/two-networks"
       python benchmarks/case_metrics.py "$W/cases/two-networks" --truth gen_seed0=mnist32-seed0 \
-        --truth gen_seed1=mnist32-seed1 --truth real=none | tee "$W/two-networks-metrics.json"
+        --truth gen_seed1=mnist32-seed1 --truth real=none --scatter "$W/two-networks-scatter.png" \
+        | tee "$W/two-networks-metrics.json"
       ;;
     *) echo "unknown stage: $stage" >&2; exit 2 ;;
   esac
