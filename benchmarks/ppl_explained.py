@@ -16,13 +16,20 @@ entangled it is. So, for each network:
   network's images and the real ones, in the space of the LPIPS VGG16 trunk's deepest activations (spatial
   mean, 512-d) instead of Inception's, which this machine does not have: a quality yardstick (lower is closer
   to the real images), comparable between networks measured in one run;
+* ``ppl_cv`` (std / mean of the per-pair values the percentile filter keeps) and ``ppl_p99_over_median``: how
+  evenly the path lengths spread, a scale-free view of smoothness beside PPL's mean;
+* ``ppl_pixel``: the same PPL with mean squared pixel difference in place of LPIPS (``/ eps^2`` likewise): whether
+  a gap between networks is LPIPS's way of weighing the change or the change itself;
+* ``path_length``: ``|J_w^T y|`` (the quantity StyleGAN2 §3.2 regularises, ``stylegan.loss.path_lengths``) at
+  ``--jacobian-samples`` mapped z, const noise: its mean and its coefficient of variation. The regulariser asks
+  for one fixed length everywhere, i.e. a low CV, not a small mean;
 * ``ppl_blurred``: PPL with both images of each pair low-passed by a Gaussian of each ``--blur`` sigma (pixels)
   before LPIPS, alongside the high-frequency fraction the blur leaves: how much of a network's PPL lives in the
   detail another network lacks. At the sigma where one network's blurred images carry the other's
   high-frequency fraction, the two PPLs compare like for like.
 
     python benchmarks/ppl_explained.py --model a.pt --model f.pt --real real_cal200 --real real_eval100 \\
-        --n 2000 --ppl-samples 4000 --blur 0.5 0.7 1.0
+        --n 2000 --ppl-samples 4000 --blur 0.5 0.7 1.0 --jacobian-samples 1000
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from _common import machine_info  # noqa: E402
 from detector.images import iter_image_files, load_image  # noqa: E402
 from detector.lpips import load_lpips  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
+from stylegan.loss import path_lengths  # noqa: E402
 from stylegan.metrics import perceptual_path_length  # noqa: E402
 
 
@@ -131,6 +139,29 @@ def w_step_sq(G, n: int, seed: int) -> float:
     return float((w1 - w0).square().sum(dim=1).mean())
 
 
+def pixel_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).square().mean(dim=(1, 2, 3))
+
+
+def jacobian_lengths(G, n: int, seed: int, batch: int = 32) -> np.ndarray:
+    """|J_w^T y| at n mapped z (one w broadcast to all layers, const noise, fresh y per sample)."""
+    gen = torch.Generator().manual_seed(seed + 3)
+    torch.manual_seed(seed + 4)  # y in path_lengths draws from the global generator
+    out = []
+    for i in range(0, n, batch):
+        with torch.no_grad():
+            ws = G.mapping(torch.randn(min(batch, n - i), G.z_dim, generator=gen))
+        ws.requires_grad_(True)
+        out.append(path_lengths(G.synthesis(ws, noise_mode="const"), ws).detach().double().numpy())
+    return np.concatenate(out)
+
+
+def spread(values: np.ndarray) -> dict:
+    med = float(np.median(values))
+    return {"mean": float(values.mean()), "cv": float(values.std() / values.mean()), "median": med,
+            "p99_over_median": float(np.percentile(values, 99) / med)}
+
+
 def image_measures(img: torch.Tensor, blurs: Sequence[float]) -> dict:
     spec = radial_spectrum(img)
     return {"spectrum": [float(v) for v in spec], "high_frequency_fraction": high_frequency_fraction(spec),
@@ -146,6 +177,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000, help="generated images per network for spectrum and KID")
     p.add_argument("--ppl-samples", type=int, default=4000)
     p.add_argument("--blur", type=float, nargs="*", default=[0.5, 0.7, 1.0])
+    p.add_argument("--jacobian-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     labels = args.label or args.model
@@ -174,15 +206,22 @@ def main() -> None:
         ppl = {}
         for s in [0.0, *args.blur]:
             dist = distance if s == 0 else (lambda a, b, s=s: distance(gaussian_blur(a, s), gaussian_blur(b, s)))
-            ppl[str(s)] = perceptual_path_length(G, dist, num_samples=args.ppl_samples, batch_size=64,
-                                                 seed=args.seed).mean
+            res = perceptual_path_length(G, dist, num_samples=args.ppl_samples, batch_size=64, seed=args.seed)
+            ppl[str(s)] = res.mean
+            if s == 0:
+                rec["ppl_cv"] = res.std / res.mean
+                rec["ppl_p99_over_median"] = float(np.percentile(res.values, 99) / np.median(res.values))
+        res = perceptual_path_length(G, pixel_mse, num_samples=args.ppl_samples, batch_size=64, seed=args.seed)
+        rec["ppl_pixel"] = {"mean": res.mean, "cv": res.std / res.mean}
+        rec["path_length"] = spread(jacobian_lengths(G, args.jacobian_samples, args.seed))
         rec["ppl"] = ppl["0.0"]
         rec["ppl_blurred"] = {k: v for k, v in ppl.items() if k != "0.0"}
         rec["ppl_per_w_step_sq"] = rec["ppl"] / rec["w_step_sq"]
         rec["spectrum_over_real"] = [g / r for g, r in zip(rec["spectrum"], out["real"]["spectrum"])]
         out["networks"][label] = rec
-        print(f"{label}: ppl {rec['ppl']:.3f}, hf {rec['high_frequency_fraction']:.4f}, kid {rec['kid_vgg']:.4f}",
-              file=sys.stderr)
+        print(f"{label}: ppl {rec['ppl']:.3f} (cv {rec['ppl_cv']:.2f}), |J^T y| {rec['path_length']['mean']:.4f} "
+              f"(cv {rec['path_length']['cv']:.2f}), hf {rec['high_frequency_fraction']:.4f}, "
+              f"kid {rec['kid_vgg']:.4f}", file=sys.stderr)
     out.update({"seconds": round(time.perf_counter() - t0, 1), "machine": machine_info()})
     print(json.dumps(out, indent=1))
 
