@@ -34,7 +34,7 @@
 #              issue 7: what PPL mixes together, for A, F and the real faces (benchmarks/ppl_explained.py:
 #              spectra, KID-VGG, blurred and pixel PPL, W spread, spread of |J^T y|; ~12 min)
 #
-# F_MODEL / F2_MODEL / A_MODEL name other network files for the later stages (e.g. a snapshot when training was cut short).
+# F_MODEL / F2_MODEL / F1_MODEL / A_MODEL name other network files for the later stages (e.g. a snapshot when training was cut short).
 # Everything is written under $WORK (default ./celeba-work): runs/, data/, models/, eval/, cases/. Nothing here is
 # committed: the networks and the data stay on the machine that made them; only numbers (records, progress files)
 # are copied to benchmarks/results/.
