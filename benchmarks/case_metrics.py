@@ -93,8 +93,10 @@ def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) 
     for m in models:
         for o in models:
             name, other = m["name"], o["name"]
-            pairs = [(d[name], d[other]) for lab, _, d in rows
-                     if lab == name and other != name and d.get(name) and d.get(other) is not None]
+            if other == name:
+                continue
+            pairs = [(d[name], d[other]) for lab, _, d in rows  # own distance > 0: it divides the margin
+                     if lab == name and d.get(name) and d.get(other) is not None]
             if pairs:
                 claimed, n = rate_at([b for _, b in pairs], o["threshold"])
                 margins = [b / a for a, b in pairs]
