@@ -66,7 +66,7 @@ def fig9_histograms(path: str, panels: Sequence[Tuple[str, Sequence[float], Sequ
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from stylegan.fileio import atomic_write_bytes
+    from stylegan.util.files import atomic_write_bytes
 
     values = np.concatenate([np.asarray(list(g) + list(r), np.float64) for _, g, r in panels])
     bins = np.geomspace(values.min() / 1.2, values.max() * 1.2, 31)

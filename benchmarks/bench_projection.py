@@ -37,9 +37,9 @@ VGG_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" 
 
 
 def load_vgg_lpips():
-    """LPIPS-VGG: detector.lpips.load_lpips when it can resolve weights, else built here from the shared file."""
+    """LPIPS-VGG: stylegan.perceptual.load_lpips when it can resolve weights, else built here from the shared file."""
     try:
-        from detector.lpips import load_lpips
+        from stylegan.perceptual import load_lpips
 
         return load_lpips("vgg", weights=VGG_WEIGHTS if VGG_WEIGHTS.exists() else None)
     except Exception:  # noqa: BLE001 - fall back to building it by hand

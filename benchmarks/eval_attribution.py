@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fig9_histograms, machine_info  # noqa: E402
 
-from detector.lpips import load_lpips  # noqa: E402
+from stylegan.perceptual import load_lpips  # noqa: E402
 from detector.calibration import generate_images, load_calibration, roc_auc, threshold_at_fpr  # noqa: E402
 from detector.projector import (Projector, ProjectorSettings, noise_structure_correlation,  # noqa: E402
                                 simulate_early_stop)

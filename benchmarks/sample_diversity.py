@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
 from detector.images import iter_image_files, load_image  # noqa: E402
-from detector.lpips import load_lpips  # noqa: E402
+from stylegan.perceptual import load_lpips  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 
 

@@ -175,7 +175,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
 
     ``inputs``: files and folders. ``model_paths``: one or several model files (any supported format).
     ``settings``: :class:`detector.projector.ProjectorSettings` (default App. D). ``distance``: the distance
-    callable, e.g. :func:`detector.lpips.load_lpips` (its ``provenance()`` is recorded when it has one).
+    callable, e.g. :func:`stylegan.perceptual.load_lpips` (its ``provenance()`` is recorded when it has one).
     ``progress(images_done, images_total)`` (fractional within a batch) for this rank's share. ``models``:
     already-loaded :class:`stylegan.formats.LoadedModel` objects for ``model_paths`` (else they are loaded on
     ``device``). ``early_stop``: see :func:`detector.check.check_images` (each network's band at its own
@@ -197,7 +197,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} not in [0, {world_size})")
     if distance is None:
-        raise TypeError("distance is required (e.g. detector.lpips.load_lpips())")
+        raise TypeError("distance is required (e.g. stylegan.perceptual.load_lpips())")
     settings = settings if settings is not None else ProjectorSettings()
     case_dir = Path(case_dir)
 

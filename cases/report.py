@@ -56,7 +56,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from stylegan.fileio import atomic_write_text
+from stylegan.util.files import atomic_write_text
 
 from .store import CaseStore, ResultRecord, attribute_records, now_iso
 

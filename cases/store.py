@@ -48,7 +48,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 
 import numpy as np
 
-from stylegan.fileio import _fsync_dir, atomic_write_text, sha256_file
+from stylegan.util.files import _fsync_dir, atomic_write_text, sha256_file
 
 CASE_FORMAT = "stylegan-forensics-case"
 BATCH_FORMAT = "stylegan-forensics-case-batch"

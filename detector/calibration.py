@@ -487,7 +487,7 @@ class CalibrationProgress:
         if legacy_header is not None:
             accepted.append({"calibration_progress": json.loads(json.dumps(_plain(legacy_header), sort_keys=True))})
         self.done: Dict[Tuple[str, str], float] = {}
-        from stylegan.fileio import atomic_write_text
+        from stylegan.util.files import atomic_write_text
 
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -564,7 +564,7 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
 
     ``model``: a model file (any supported format, loaded onto ``device``) or a
     :class:`stylegan.formats.LoadedModel`. ``distance``: the projector's distance (default: LPIPS-VGG from
-    :func:`detector.lpips.load_lpips`). Real images go through :func:`detector.check.load_targets` (validation,
+    :func:`stylegan.perceptual.load_lpips`). Real images go through :func:`detector.check.load_targets` (validation,
     crop, resize); unreadable ones are listed in ``record.skipped`` and reported as they are found (``on_skip(
     message)``, default: a logging warning), and none readable is a
     :class:`CalibrationError`. Each real image is projected with the seed ``detect check`` would use
@@ -594,7 +594,7 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
         model = load_model(model_path, device=device)
     G = model.G_ema
     if distance is None:
-        from .lpips import load_lpips
+        from stylegan.perceptual import load_lpips
 
         distance = load_lpips("vgg", device=G.mapping.w_avg.device)
 
@@ -684,7 +684,7 @@ def store_calibration(record: Union[CalibrationRecord, Dict[str, Any]], model_pa
     * NVIDIA pickles and rosinality checkpoints: a sidecar JSON ``<model>.calibration.json`` (or ``out``) holding
       the record and the model file's sha256, which :func:`load_calibration` checks.
     """
-    from stylegan.fileio import atomic_torch_save, atomic_write_text, sha256_file
+    from stylegan.util.files import atomic_torch_save, atomic_write_text, sha256_file
     from stylegan.formats import detect_format, read_network_file
     from stylegan.formats.base import check_plain
     from stylegan.formats.ours import validate_network_dict

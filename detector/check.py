@@ -133,7 +133,7 @@ def save_check_outputs(record: CheckRecord, out_dir: Path) -> Dict[str, str]:
         files["resynthesis"] = str(save_image(record.result.image.clamp(-1, 1), out_dir / f"{stem}.resynth.png"))
         files["difference"] = str(save_image(difference_image(record.target, record.result.image),
                                              out_dir / f"{stem}.diff.png"))
-    from stylegan.fileio import atomic_write_text
+    from stylegan.util.files import atomic_write_text
 
     doc = {**record.to_dict(), "files": files}
     files["record"] = str(atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=2) + "\n"))

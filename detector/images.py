@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from stylegan.fileio import atomic_write
+from stylegan.util.files import atomic_write
 
 PathLike = Union[str, os.PathLike]
 

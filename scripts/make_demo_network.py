@@ -57,7 +57,7 @@ CALIB_START = 9000
 DEMO_REAL_START = 9500
 N_DEMO_REAL = 6
 MAX_ASSET_BYTES = 2 * 1024 * 1024
-DEMO_STEPS = 300  # keep in sync with detector.demo.DEFAULT_STEPS
+DEMO_STEPS = 300  # keep in sync with detector.cli.demo.DEFAULT_STEPS
 
 
 def load_mnist(folder: Path) -> np.ndarray:

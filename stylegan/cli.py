@@ -14,91 +14,26 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="StyleGAN2 networks: generate, inspect, convert, build datasets and train.")
+from .util.cli_support import UsageError, default_device, interrupt_on_termination, parse_seeds, setup_torch
+from .util.cli_support import user_errors as _user_errors
+from .util.distributed import init_distributed
 
-
-class UsageError(ValueError):
-    """Bad command-line input detected by the CLI itself."""
-
-
-def _user_errors() -> tuple:
+def _stylegan_errors() -> tuple:
     from .config import ConfigError
     from .dataset import DatasetError
     from .formats import ModelFormatError
     from .training import TrainingError
 
-    return (UsageError, ConfigError, DatasetError, ModelFormatError, TrainingError, FileNotFoundError,
-            IsADirectoryError, PermissionError)
+    return (ConfigError, DatasetError, ModelFormatError, TrainingError)
 
 
-@contextlib.contextmanager
-def user_errors(extra: tuple = ()) -> Iterator[None]:
-    """Turn expected bad-input errors into 'error: ...' on one line and exit code 2."""
-    try:
-        yield
-    except _user_errors() + extra as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        typer.echo(f"error: {msg}", err=True)
-        raise typer.Exit(2)
+def user_errors(extra: tuple = ()):
+    """The one-line error convention, for stylegan's own error types (and any ``extra``)."""
+    return _user_errors(_stylegan_errors() + tuple(extra))
 
 
-def setup_torch() -> None:
-    import torch
-
-    torch.set_flush_denormal(True)  # VGG/LPIPS and the generator are up to 20x slower on CPU without it
-
-
-@contextlib.contextmanager
-def interrupt_on_termination() -> Iterator[None]:
-    """Turn SIGTERM (kill, schedulers, container stops) into KeyboardInterrupt, so that long jobs write their
-    snapshot and stop as they do on Ctrl-C; and take SIGINT back when the shell started us with it ignored (a
-    background job of a non-interactive shell), so `kill -INT` works there too. Main thread only."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt
-
-    old_term = signal.signal(signal.SIGTERM, _raise)
-    old_int = signal.getsignal(signal.SIGINT)
-    if old_int is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        signal.signal(signal.SIGINT, old_int)
-
-
-def parse_seeds(text: str) -> List[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    seeds: List[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise UsageError(f"cannot parse seeds {text!r}: use a list like 0-15 or 1,5,9-12")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) else lo
-        if hi < lo:
-            raise UsageError(f"seed range {part!r} runs backwards")
-        seeds.extend(range(lo, hi + 1))
-    if not seeds:
-        raise UsageError("no seeds given")
-    if max(seeds) >= 2**32:
-        raise UsageError("seeds must be below 2**32 (numpy RandomState)")
-    return seeds
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="StyleGAN2 networks: generate, inspect, convert, build datasets and train.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,7 +257,7 @@ def train(
 
         from .training import Trainer, TrainingError, training_config_for
 
-        rank = _init_distributed()
+        rank = init_distributed()
         if device is None:
             device = default_device()
             if device == "cuda" and "LOCAL_RANK" in os.environ:
@@ -390,10 +325,10 @@ def ppl(
 ) -> None:
     """Perceptual path length (StyleGAN §4.1, StyleGAN2 §3) with LPIPS-VGG; prints JSON."""
     setup_torch()
-    from detector.lpips import LPIPSWeightsError
+    from stylegan.perceptual import LPIPSWeightsError
 
     with user_errors((LPIPSWeightsError,)):
-        from detector.lpips import load_lpips
+        from stylegan.perceptual import load_lpips
 
         from .formats import load_generator
         from .metrics import perceptual_path_length
@@ -410,22 +345,6 @@ def ppl(
                                          epsilon=epsilon, crop=crop, batch_size=batch, seed=seed, device=device,
                                          progress=lambda done, total: update(done, total))
         typer.echo(json.dumps({"model": str(model), **res.to_dict(), "lpips": distance.provenance()}, indent=2))
-
-
-def _init_distributed() -> int:
-    """Join the torchrun process group when launched under torchrun (gloo on CPU, NCCL on GPU)."""
-    import os
-
-    import torch
-
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
-        return 0
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.distributed.get_rank()
 
 
 def _next_run_name(outdir: Path, stem: str) -> str:

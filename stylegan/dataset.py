@@ -471,7 +471,7 @@ def export_images(
     ``detect batch`` exactly as the network saw its training data. File names are the source names with
     ``/`` replaced by ``__`` and the extension ``.png``; each file is written atomically, and an existing file
     with the same content is left alone, so an interrupted export can simply be run again."""
-    from .fileio import atomic_write_bytes, sha256_bytes
+    from .util.files import atomic_write_bytes, sha256_bytes
     from .imageio import png_bytes
 
     source = _checked_source(src, resolution, crop, channels, max_images, skip_images)

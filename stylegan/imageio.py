@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .fileio import atomic_write_bytes
+from .util.files import atomic_write_bytes
 from .generator import to_uint8
 
 

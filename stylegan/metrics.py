@@ -17,7 +17,7 @@ down-sampling. Finally the samples below the 1st and above the 99th percentile a
 'lower' for the 1st and 'higher' for the 99th, as the official evaluation does) and the mean of the rest is the PPL.
 
 The distance is any callable ``distance(a, b) -> [N]`` on NCHW images in [-1, 1]; the CLI uses LPIPS-VGG
-(:func:`detector.lpips.load_lpips`, imported by the caller: ``stylegan`` does not import ``detector``).
+(:func:`stylegan.perceptual.load_lpips`, imported by the caller: ``stylegan`` does not import ``detector``).
 Everything random comes from one seed (:func:`ppl_latents`), so a run is reproducible.
 """
 

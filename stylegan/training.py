@@ -44,7 +44,7 @@ import torch
 
 from .config import PRESETS, ConfigError, DiscriminatorConfig, GeneratorConfig, _check_resolution, get_preset
 from .dataset import BatchStream, DatasetError, InfiniteSampler, open_dataset
-from .fileio import atomic_write_text
+from .util.files import atomic_write_text
 from .formats.ours import build_networks, get_arch, read_network_file, save_network
 from .generator import seed_to_z
 from .loss import (d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_hyperparameters, path_length_penalty,

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..discriminator import Discriminator
-from ..fileio import sha256_file
+from ..util.files import sha256_file
 from ..generator import Generator
 from .base import ModelFormatError, check_readable_file, construct, container_kind, one_line, safe_torch_load
 from .nvidia import load_nvidia_pickle

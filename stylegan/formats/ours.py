@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 
 from ..config import ConfigError
-from ..fileio import atomic_torch_save
+from ..util.files import atomic_torch_save
 from .base import (ModelFormatError, check_plain, check_readable_file, construct, container_kind, one_line,
                    require_tensor_dict, safe_torch_load)
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-import detector.cli_cases  # noqa: F401  (registers batch and report)
+import detector.cli.cases  # noqa: F401  (registers batch and report)
 from cases.report import REPORT_SCHEMA, validate_report, write_report
 from cases.store import CaseStore
 from detector.calibration import record_from_distances

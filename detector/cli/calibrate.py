@@ -10,9 +10,9 @@ from typing import List, Optional
 
 import typer
 
-from stylegan.cli import UsageError, default_device, setup_torch, user_errors
+from stylegan.util.cli_support import UsageError, default_device, setup_torch, user_errors
 
-from .cli import (ALPHA_HELP, ALPHA_MIN_RESOLUTION_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP,
+from . import (ALPHA_HELP, ALPHA_MIN_RESOLUTION_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP,
                   LPIPS_WEIGHTS_HELP, LR_HELP, PYRAMID_HELP, _detector_errors, _StepProgress, app, projector_settings)
 
 
@@ -59,14 +59,14 @@ def calibrate(
     rate on the reals (with a confidence interval), compute ROC AUC and store the calibration record that
     `detect check` and `detect batch` then use (with --record: store a record made earlier)."""
     setup_torch()
-    from .calibration import CalibrationError
+    from detector.calibration import CalibrationError
 
     with user_errors(_detector_errors() + (CalibrationError,)):
         from stylegan.formats import load_model
 
-        from .calibration import calibrate as run_calibration
-        from .images import iter_image_files
-        from .lpips import load_lpips
+        from detector.calibration import calibrate as run_calibration
+        from detector.images import iter_image_files
+        from stylegan.perceptual import load_lpips
         settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output)
@@ -112,7 +112,7 @@ def calibrate(
 
 def _read_record(path: Path):
     """A calibration record from a JSON file: a bare record (``--out``) or a sidecar document holding one."""
-    from .calibration import RECORD_FORMAT, CalibrationError, CalibrationRecord
+    from detector.calibration import RECORD_FORMAT, CalibrationError, CalibrationRecord
 
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -131,9 +131,9 @@ def _read_record(path: Path):
 def _finish(record, model: Path, store: bool, out: Optional[Path], as_json: bool) -> None:
     """Store the record with the model (unless --no-store), write --out, and print the record or its summary
     with any weakness warning and a note when too few reals bound the achieved FPR."""
-    from stylegan.fileio import atomic_write_text
+    from stylegan.util.files import atomic_write_text
 
-    from .calibration import store_calibration
+    from detector.calibration import store_calibration
 
     stored = store_calibration(record, model) if store else None
     if out is not None:

@@ -10,14 +10,14 @@ from typing import Optional
 
 import typer
 
-from stylegan.cli import UsageError, default_device, setup_torch, user_errors
+from stylegan.util.cli_support import UsageError, default_device, setup_torch, user_errors
 
-from .cli import app
+from . import app
 from .demo import DEFAULT_N_GENERATED, DEFAULT_STEPS
 
 
 def _demo_errors() -> tuple:
-    from .cli_cases import _case_errors  # local: cli_cases and cli_demo are both imported by detector.cli
+    from .cases import _case_errors  # local: cli_cases and cli_demo are both imported by detector.cli
     from .demo import DemoError
 
     return tuple(_case_errors()) + (DemoError,)
@@ -35,7 +35,7 @@ def demo(
     a CPU). Obtains the LPIPS weights itself (as `detect check`, falling back to `detect fetch-weights`)."""
     setup_torch()
     with user_errors(_demo_errors()):
-        from .cli_cases import _ImageProgress
+        from .cases import _ImageProgress
         from .demo import run_demo
 
         if steps < 1:

@@ -13,9 +13,10 @@ from typing import List, Optional
 
 import typer
 
-from stylegan.cli import UsageError, _init_distributed, default_device, setup_torch, user_errors
+from stylegan.util.cli_support import UsageError, default_device, setup_torch, user_errors
+from stylegan.util.distributed import init_distributed
 
-from .cli import (ALPHA_HELP, ALPHA_MIN_RESOLUTION_HELP, CLAMP_HELP, EARLY_STOP_HELP, LPIPS_NET_HELP,
+from . import (ALPHA_HELP, ALPHA_MIN_RESOLUTION_HELP, CLAMP_HELP, EARLY_STOP_HELP, LPIPS_NET_HELP,
                   LPIPS_RESOLUTION_HELP, LPIPS_WEIGHTS_HELP, LR_HELP, PYRAMID_HELP, _detector_errors, app,
                   projector_settings)
 
@@ -78,14 +79,14 @@ def batch(
         from cases.batch import run_batch
         from cases.store import CaseError
 
-        from .lpips import load_lpips
+        from stylegan.perceptual import load_lpips
 
         settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output)
         if batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
-        rank = _init_distributed()
+        rank = init_distributed()
         world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
         if device is None:
             device = default_device()

