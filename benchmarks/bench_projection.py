@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, reference_gflops  # noqa: E402
 
-from detector.projector import Projector, ProjectorSettings, auto_chunk_size, noise_regularization  # noqa: E402
+from detector.batching import auto_chunk_size  # noqa: E402
+from detector.projector import Projector, noise_regularization  # noqa: E402
+from detector.settings import ProjectorSettings  # noqa: E402
 from stylegan.config import GeneratorConfig  # noqa: E402
 from stylegan.generator import Generator  # noqa: E402
 

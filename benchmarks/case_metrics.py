@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.attribution import NONE_LABEL, confusion_table  # noqa: E402
-from detector.calibration import clopper_pearson, rate_at, roc_auc  # noqa: E402
+from detector.statistics import clopper_pearson, rate_at, roc_auc  # noqa: E402
 
 
 def parse_truth(items: Sequence[str]) -> Dict[str, str]:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fig9_histograms  # noqa: E402
 from eval_attribution import separation  # noqa: E402
 
-from detector.calibration import roc_auc, threshold_at_fpr  # noqa: E402
+from detector.statistics import roc_auc, threshold_at_fpr  # noqa: E402
 
 
 def quantiles(d) -> dict:

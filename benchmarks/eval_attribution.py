@@ -2,7 +2,7 @@
 trained on, and report both LPIPS distance distributions and the ROC AUC. Prints JSON.
 
 Generated images go through 8 bits (x*127.5+128, clamp, truncate) as a suspect file would; their noise is random,
-drawn from the image's seed (:func:`detector.calibration.generate_images`, as ``detect calibrate``), so the
+drawn from the image's seed (:func:`detector.calibration_run.generate_images`, as ``detect calibrate``), so the
 projector cannot simply read back stored noise. Real images are the held-out tail of a zip or folder (e.g. the
 CelebA images after the first 8,934 used for training), cropped and resized as the training set was.
 
@@ -13,11 +13,11 @@ or machines (on 2 CPU cores, two one-thread shards of 8 gave the same images per
 16: 13.7 vs 13.3 ms per image-step), whose state files are then concatenated. Each record keeps the re-synthesis
 and w (float16); for generated images also ||w - w_true|| / sigma_w, which tells whether the projector found the
 latent that made the image; for all ||w - mu_w|| / sigma_w (samples of W lie at about 1) and how much image
-structure the noise maps picked up (Fig. 18, :func:`detector.projector.noise_structure_correlation`).
+structure the noise maps picked up (Fig. 18, :func:`detector.analysis.noise_structure_correlation`).
 ``--rescore`` measures the stored re-syntheses again with LPIPS at other resolutions and with pixel MSE.
 
 Early stopping is measured from the same run: every image is projected in full with the clean distance recorded
-at the early-stopping checkpoints (``clean_checkpoints``), and :func:`detector.projector.simulate_early_stop`
+at the early-stopping checkpoints (``clean_checkpoints``), and :func:`detector.analysis.simulate_early_stop`
 then gives, for the band at the decision threshold, the steps each image would have run and its verdict. The
 threshold is ``--threshold``, else the model's calibration, else the one at 1 % FPR on these real images.
 
@@ -43,9 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fig9_histograms, machine_info  # noqa: E402
 
 from stylegan.perceptual import load_lpips  # noqa: E402
-from detector.calibration import generate_images, load_calibration, roc_auc, threshold_at_fpr  # noqa: E402
-from detector.projector import (Projector, ProjectorSettings, noise_structure_correlation,  # noqa: E402
-                                simulate_early_stop)
+from detector.analysis import noise_structure_correlation, simulate_early_stop  # noqa: E402
+from detector.calibration_run import generate_images  # noqa: E402
+from detector.calibration_store import load_calibration  # noqa: E402
+from detector.projector import Projector  # noqa: E402
+from detector.settings import ProjectorSettings  # noqa: E402
+from detector.statistics import roc_auc, threshold_at_fpr  # noqa: E402
 from stylegan.dataset import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 
@@ -251,7 +254,7 @@ def rescore(G, finished, done, args) -> dict:
     """The same projections measured differently (no new optimisation): LPIPS-VGG between target and
     re-synthesis (float16-stored) at other resolutions (bilinear up-sampling), and the pixel MSE. Tells how much of
     the separation is the measurement rather than the fit."""
-    from detector.projector import _resize
+    from detector.batching import _resize
 
     vgg = load_lpips("vgg", args.lpips_weights, device=args.device)
     measures = {f"lpips_vgg_{r}": r for r in (G.img_resolution, 64, 128, 256)}

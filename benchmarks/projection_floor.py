@@ -29,9 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
-from detector.calibration import generate_images  # noqa: E402
+from detector.calibration_run import generate_images  # noqa: E402
 from stylegan.perceptual import load_lpips  # noqa: E402
-from detector.projector import Projector, ProjectorSettings  # noqa: E402
+from detector.projector import Projector  # noqa: E402
+from detector.settings import ProjectorSettings  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 
 

@@ -174,7 +174,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     """Project every input not yet in the case ``case_dir`` (created on the first call) under every model.
 
     ``inputs``: files and folders. ``model_paths``: one or several model files (any supported format).
-    ``settings``: :class:`detector.projector.ProjectorSettings` (default App. D). ``distance``: the distance
+    ``settings``: :class:`detector.settings.ProjectorSettings` (default App. D). ``distance``: the distance
     callable, e.g. :func:`stylegan.perceptual.load_lpips` (its ``provenance()`` is recorded when it has one).
     ``progress(images_done, images_total)`` (fractional within a batch) for this rank's share. ``models``:
     already-loaded :class:`stylegan.formats.LoadedModel` objects for ``model_paths`` (else they are loaded on
@@ -183,7 +183,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     docstring for resuming, changed and bad inputs, and ranks.
     """
     from detector.images import iter_image_files
-    from detector.projector import ProjectorSettings
+    from detector.settings import ProjectorSettings
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -205,7 +205,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         from stylegan.formats import load_model
 
         models = [load_model(p, device=device or "cpu") for p in model_paths]
-    from detector.calibration import calibration_mismatch, calibration_weakness, load_calibration
+    from detector.calibration import calibration_mismatch, calibration_weakness
+    from detector.calibration_store import load_calibration
 
     warnings = []
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too

@@ -153,7 +153,7 @@ class ResultRecord:
     threshold_source: Optional[str] = None
     verdict: Optional[str] = None
     notes: List[str] = field(default_factory=list)
-    result: Any = None  # detector.projector.ProjectionResult
+    result: Any = None  # detector.results.ProjectionResult
     target: Any = None  # torch.Tensor [C, R, R]
     batch_file: Optional[str] = None
     current: bool = True
@@ -202,7 +202,7 @@ def _read_record(g, input_sha: str, model_sha: str, load: bool) -> ResultRecord:
     if load:
         import torch
 
-        from detector.projector import ProjectionResult
+        from detector.results import ProjectionResult
 
         rec.result = ProjectionResult.load_hdf5(g["projection"])
         rec.target = torch.from_numpy(np.array(g["target"]))

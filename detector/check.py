@@ -16,9 +16,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from stylegan.util.files import atomic_write_text
+
 from .attribution import Threshold, threshold_for, verdict
 from .images import ImageInputError, LoadedImage, load_image, save_image
-from .projector import ProjectionResult, Projector, ProjectorSettings
+from .projector import Projector
+from .results import ProjectionResult
+from .settings import ProjectorSettings
 
 
 @dataclass
@@ -95,7 +99,7 @@ def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, 
     """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``.
 
     ``early_stop``: freeze an image once its verdict is settled, with the band of undecided distances at the
-    decision threshold (:class:`detector.projector.ProjectorSettings` ``early_stop``, margin and patience as
+    decision threshold (:class:`detector.settings.ProjectorSettings` ``early_stop``, margin and patience as
     set there); it changes how long an image runs, never which side of the threshold it ends on."""
     th: Threshold = threshold_for(calibration, threshold)
     settings = effective_settings(settings, th, early_stop)
@@ -133,8 +137,6 @@ def save_check_outputs(record: CheckRecord, out_dir: Path) -> Dict[str, str]:
         files["resynthesis"] = str(save_image(record.result.image.clamp(-1, 1), out_dir / f"{stem}.resynth.png"))
         files["difference"] = str(save_image(difference_image(record.target, record.result.image),
                                              out_dir / f"{stem}.diff.png"))
-    from stylegan.util.files import atomic_write_text
-
     doc = {**record.to_dict(), "files": files}
     files["record"] = str(atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=2) + "\n"))
     return files

@@ -17,10 +17,10 @@ with ``--resume`` to continue training from the latest snapshot in ``--work``; `
 calibrates the latest snapshot.
 
 Export: the G_ema of the run is written with :func:`stylegan.formats.save_network` (G_ema only: no G, D or
-training state, so the file stays well under 2 MB), then calibrated with :func:`detector.calibration.calibrate`
+training state, so the file stays well under 2 MB), then calibrated with :func:`detector.calibration_run.calibrate`
 on ``--n-calib`` generated + ``--n-calib`` held-out real digits at the demo's projector settings (``--steps``
 steps; ``detect demo`` uses the same number by default) and the record stored inside the file
-(:func:`detector.calibration.store_calibration`).
+(:func:`detector.calibration_store.store_calibration`).
 
 Usage (2 CPU cores; the published asset was made this way)::
 
@@ -157,8 +157,9 @@ def export(args, trainer, digits: np.ndarray, data_fingerprint: str) -> None:
 
 
 def calibrate(args, digits: np.ndarray) -> None:
-    from detector.calibration import calibrate as do_calibrate, store_calibration
-    from detector.projector import ProjectorSettings
+    from detector.calibration_run import calibrate as do_calibrate
+    from detector.calibration_store import store_calibration
+    from detector.settings import ProjectorSettings
 
     reals = write_pngs(digits, range(CALIB_START, CALIB_START + args.n_calib), args.work / "calib_real")
     t0 = time.time()

@@ -53,7 +53,7 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
                        clamp_output: Optional[bool] = None, wplus: bool = False):
     """ProjectorSettings from the shared command-line options (None: the projector's default); a bad value is a
     usage error."""
-    from detector.projector import ProjectorSettings
+    from detector.settings import ProjectorSettings
 
     if steps < 1:
         raise UsageError("--steps must be at least 1")
@@ -97,7 +97,8 @@ def check(
         from stylegan.formats import load_model
 
         from detector.attribution import threshold_for
-        from detector.calibration import calibration_mismatch, calibration_weakness, load_calibration
+        from detector.calibration import calibration_mismatch, calibration_weakness
+        from detector.calibration_store import load_calibration
         from detector.check import check_images, effective_settings, save_check_outputs
         from stylegan.perceptual import load_lpips
 

@@ -64,7 +64,7 @@ def calibrate(
     with user_errors(_detector_errors() + (CalibrationError,)):
         from stylegan.formats import load_model
 
-        from detector.calibration import calibrate as run_calibration
+        from detector.calibration_run import calibrate as run_calibration
         from detector.images import iter_image_files
         from stylegan.perceptual import load_lpips
         settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
@@ -133,7 +133,7 @@ def _finish(record, model: Path, store: bool, out: Optional[Path], as_json: bool
     with any weakness warning and a note when too few reals bound the achieved FPR."""
     from stylegan.util.files import atomic_write_text
 
-    from detector.calibration import store_calibration
+    from detector.calibration_store import store_calibration
 
     stored = store_calibration(record, model) if store else None
     if out is not None:

@@ -118,7 +118,7 @@ def load_distance(device: str = "cpu", log: Callable[[str], None] = lambda s: No
 def write_generated(G, folder: Path, n: int) -> List[Path]:
     """``n`` digits the network makes (z seeds :data:`DEMO_SEED_BASE` + i, random noise seeded likewise, as the
     calibration's generated images), written as PNGs; existing identical files are kept."""
-    from detector.calibration import generate_images
+    from detector.calibration_run import generate_images
     from detector.images import save_image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     from stylegan.formats import load_model
 
     from detector.calibration import calibrated_settings
-    from detector.projector import ProjectorSettings
+    from detector.settings import ProjectorSettings
 
     if steps < 1:
         raise ValueError("steps must be at least 1")

@@ -13,7 +13,7 @@ from PIL import Image
 import cases.batch as batch_mod
 from cases.batch import run_batch
 from cases.store import CaseError, CaseStore, describe_input
-from detector.projector import ProjectorSettings
+from detector.settings import ProjectorSettings
 from stylegan.config import GeneratorConfig
 from stylegan.formats import save_network
 from stylegan.generator import Generator
@@ -202,7 +202,8 @@ def test_other_parameters_refused(env):
 def test_model_calibrated_after_the_case_began_is_named_as_the_cause(env):
     """Storing a calibration rewrites our .pt (new file sha256, same weights): resuming is refused, because the
     recorded verdicts used the old threshold, and the message says why rather than only "files differ"."""
-    from detector.calibration import record_from_distances, store_calibration
+    from detector.calibration import record_from_distances
+    from detector.calibration_store import store_calibration
 
     run(env, "case")
     store_calibration(record_from_distances([0.1, 0.2], [0.5, 0.6], target_fpr=0.0).to_dict(), env / "g.pt")
@@ -269,7 +270,8 @@ def test_two_gloo_ranks_match_a_single_process(env):
 
 
 def test_calibration_made_with_other_settings_is_warned_about(env):
-    from detector.calibration import record_from_distances, store_calibration
+    from detector.calibration import record_from_distances
+    from detector.calibration_store import store_calibration
 
     record = record_from_distances([0.1, 0.2], [0.5, 0.6], target_fpr=0.0).to_dict()
     record["settings"] = {"projector": ProjectorSettings(steps=4, w_avg_samples=256, alpha=10.0).to_dict()}
@@ -282,7 +284,8 @@ def test_calibration_made_with_other_settings_is_warned_about(env):
 def test_a_reversed_calibration_is_warned_about(env):
     """A calibration whose real images came back closer than the generated ones (AUC < 0.5) makes every verdict
     suspect: the batch says so, unless the user set the threshold."""
-    from detector.calibration import record_from_distances, store_calibration
+    from detector.calibration import record_from_distances
+    from detector.calibration_store import store_calibration
 
     record = record_from_distances([0.5, 0.6], [0.1, 0.2], target_fpr=0.0).to_dict()
     record["settings"] = {"projector": ProjectorSettings(steps=4, w_avg_samples=256).to_dict()}

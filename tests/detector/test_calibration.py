@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 import detector.cli.calibrate  # noqa: F401  (registers `detect calibrate`)
 from detector.attribution import (NONE_LABEL, NOT_ATTRIBUTED, Threshold, attribute, confusion_table,
                                   threshold_for)
-from detector.calibration import (CalibrationError, CalibrationRecord, betainc, calibrate, calibration_weakness,
-                                  clopper_pearson, generate_images, generation_seeds, load_calibration, record_from_distances,
-                                  reals_needed, roc_auc, roc_curve, sidecar_path, store_calibration,
-                                  threshold_at_fpr)
+from detector.calibration import CalibrationError, CalibrationRecord, calibration_weakness, record_from_distances
+from detector.calibration_run import calibrate, generate_images, generation_seeds
+from detector.calibration_store import load_calibration, sidecar_path, store_calibration
 from detector.cli import app
-from detector.projector import ProjectorSettings
+from detector.settings import ProjectorSettings
+from detector.statistics import clopper_pearson, reals_needed, roc_auc, roc_curve, threshold_at_fpr
 from stylegan.config import GeneratorConfig
 from stylegan.util.files import sha256_file
 from stylegan.formats import load_model, read_network_file, save_network
@@ -174,10 +174,31 @@ def test_reals_needed_and_a_loose_calibration_is_noted():
         reals_needed(0.0)
 
 
-def test_betainc_against_scipy_when_available():
-    st = pytest.importorskip("scipy.special")
-    for a, b, x in [(1, 1, 0.3), (2.5, 7, 0.2), (50, 150, 0.26), (0.5, 0.5, 0.9), (3, 198, 0.01)]:
-        assert betainc(a, b, x) == pytest.approx(float(st.betainc(a, b, x)), rel=1e-10, abs=1e-14)
+def test_clopper_pearson_closed_forms_and_symmetry():
+    """k = 0 and k = n have closed forms; swapping successes and failures mirrors the interval."""
+    for conf in (0.9, 0.95, 0.99):
+        a = 1 - conf
+        for n in (1, 2, 5, 24, 50, 200, 368, 1000):
+            lo, hi = clopper_pearson(0, n, conf)
+            assert lo == 0.0 and hi == pytest.approx(1 - (a / 2) ** (1 / n), rel=1e-12)
+            lo, hi = clopper_pearson(n, n, conf)
+            assert hi == 1.0 and lo == pytest.approx((a / 2) ** (1 / n), rel=1e-12)
+            for k in {1, n // 3, n // 2, n - 1} - {0, n}:
+                lo, hi = clopper_pearson(k, n, conf)
+                lo_m, hi_m = clopper_pearson(n - k, n, conf)
+                assert 0 < lo < k / n < hi < 1
+                assert lo == pytest.approx(1 - hi_m, abs=1e-12) and hi == pytest.approx(1 - lo_m, abs=1e-12)
+
+
+def test_clopper_pearson_matches_binomtest_exact_interval():
+    from scipy.stats import binomtest
+
+    for conf in (0.9, 0.95):
+        for n in (1, 3, 10, 25, 40, 100, 200):
+            for k in sorted({0, 1, 2, 5, n // 2, n - 1, n} & set(range(n + 1))):
+                ci = binomtest(k, n).proportion_ci(confidence_level=conf, method="exact")
+                lo, hi = clopper_pearson(k, n, conf)
+                assert lo == pytest.approx(ci.low, abs=1e-9) and hi == pytest.approx(ci.high, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------------------------

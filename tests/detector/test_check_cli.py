@@ -81,7 +81,7 @@ def test_result_of_an_image_does_not_depend_on_its_companions(setup):
     t = setup
     G = load_generator(t / "g.pt")
     mse = lambda a, b: (a - b).square().mean(dim=[1, 2, 3])  # noqa: E731 - a cheap distance for this property
-    from detector.projector import ProjectorSettings
+    from detector.settings import ProjectorSettings
 
     settings = ProjectorSettings(steps=8, w_avg_samples=500)
     both = check_images(G, [t / "real.jpg", t / "fake.png"], mse, settings=settings, threshold=0.1)
@@ -103,8 +103,9 @@ def test_early_stop_band_sits_at_the_threshold(setup):
 
 
 def test_projector_options_reach_the_projector_and_a_calibration_made_otherwise_is_flagged(setup):
-    from detector.calibration import record_from_distances, store_calibration
-    from detector.projector import ProjectorSettings
+    from detector.calibration import record_from_distances
+    from detector.calibration_store import store_calibration
+    from detector.settings import ProjectorSettings
 
     t = setup
     record = record_from_distances([0.1, 0.2], [0.5, 0.6], target_fpr=0.0).to_dict()

@@ -14,10 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detector.projector import (DEFAULT_PYRAMID, TRACE_DTYPE, ProjectionResult, ProjectorSettings,
-                                _RowAdam, cached_w_stats, compute_w_stats, distance_resolution, image_seeds,
-                                learning_rate, noise_regularization, noise_structure_correlation, normalize_noise_,
-                                project, simulate_early_stop, w_noise_std)
+from detector.analysis import noise_structure_correlation, simulate_early_stop
+from detector.batching import _RowAdam, distance_resolution, image_seeds
+from detector.projector import learning_rate, noise_regularization, normalize_noise_, project, w_noise_std
+from detector.results import TRACE_DTYPE, ProjectionResult
+from detector.settings import DEFAULT_PYRAMID, ProjectorSettings
+from detector.w_stats import cached_w_stats, compute_w_stats
 from stylegan.config import GeneratorConfig
 from stylegan.generator import Generator
 

@@ -303,7 +303,8 @@ def test_one_adversarial_step_with_progressive_growing():
 
 
 def test_projector_runs_on_a_stylegan1_generator():
-    from detector.projector import ProjectorSettings, project
+    from detector.projector import project
+    from detector.settings import ProjectorSettings
 
     G = make_g()
     with torch.no_grad():

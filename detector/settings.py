@@ -1,0 +1,168 @@
+"""The options of the projector (StyleGAN2 App. D) and their defaults.
+
+:class:`ProjectorSettings` holds every option; the defaults are App. D's, except that networks below 256 px are
+projected without the noise regulariser (``alpha_min_resolution``). Why each default is what it is: see
+docs/measurements.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+PYRAMIDS = ("paper", "official")
+
+# Default noise-regulariser pyramid: 'paper' follows the App. D text (each 2x2 down-sampling step is followed by a
+# multiplication by 2, keeping white noise at unit variance); 'official' is NVIDIA's code (plain 2x2 averaging).
+DEFAULT_PYRAMID = "paper"
+
+# Resolution the distance is evaluated at for networks below 256 px: None = native. Networks above 256 px are
+# always area-down-sampled to 256 (as in NVIDIA's projector).
+DEFAULT_LPIPS_RESOLUTION: Optional[int] = None
+LPIPS_MAX_RESOLUTION = 256
+
+# Smallest network resolution the noise regulariser is applied at (ProjectorSettings.alpha_min_resolution): 256,
+# the smallest resolution the paper projected at with alpha = 1e5; below it it is off.
+DEFAULT_ALPHA_MIN_RESOLUTION: Optional[int] = 256
+
+# Whether the synthesised image is clamped to [-1, 1] before the distance (ProjectorSettings.clamp_output).
+DEFAULT_CLAMP_OUTPUT = False
+
+DEFAULT_W_STATS_SEED = 123
+
+
+@dataclass(frozen=True)
+class ProjectorSettings:
+    """Every option of the projector; the defaults are StyleGAN2 App. D.
+
+    steps            optimisation steps per image (1000)
+    lr               maximum (initial, after the ramp-up) learning rate (0.1)
+    lr_rampdown      fraction of the run over which lr ramps down to 0 with a cosine (0.25)
+    lr_rampup        fraction of the run over which lr ramps up linearly from 0 (0.05)
+    w_noise_scale    std of the noise added to w, in units of sigma_w, at t = 0 (0.05)
+    noise_ramp       fraction of the run after which the w noise is 0 (quadratic ramp-down) (0.75)
+    alpha            weight of the noise regulariser (1e5), as App. D states it
+    alpha_min_resolution
+                     None, or the smallest network resolution alpha is applied at; smaller networks are
+                     projected with alpha = 0 (:meth:`effective_alpha`). Default 256, the smallest resolution
+                     App. D projected at with alpha = 1e5; None applies alpha at every resolution, as App. D
+                     does. See docs/measurements.md.
+    pyramid          'paper' (x2 per level) or 'official' (plain averaging) noise-regulariser pyramid
+    wplus            optimise one w per layer (W+). Not for attribution: W+ can fit almost any image, so
+                     distances no longer separate generated from real images.
+    lpips_resolution resolution the distance is evaluated at: None = native (area-down-sampled to 256 above
+                     256 px); an int resizes both images to it (bilinear up / area down)
+    clamp_output     clamp the synthesised image to [-1, 1] before the distance, as writing it to an 8-bit file
+                     would (a generator's raw output overshoots [-1, 1]). Not in App. D (NVIDIA's projector
+                     compares the raw output); off by default. See docs/measurements.md.
+    w_avg_samples    samples of f(z) for mu_w and sigma_w (10,000); w_stats_seed: their numpy seed
+    betas, eps       Adam parameters
+    fused_modconv    passed to the synthesis network (None: its own default)
+    chunk_size       images per forward/backward pass within a step (None:
+                     :func:`detector.batching.auto_chunk_size`). Per-image objectives make chunking exact: it
+                     changes speed and memory, not results.
+    trace_every      record the loss trace every this many steps (0: no trace; the last step is always kept)
+    device           None: the generator's device
+    early_stop       None, or a band (low, high) of undecided distances. From t >= early_stop_start on, the clean
+                     distance of each active image is evaluated every early_stop_every steps. An image is frozen
+                     (its result is taken then and its parameters stop changing) once its last
+                     early_stop_patience clean distances all lie below low - early_stop_margin (or all above
+                     high + early_stop_margin) *and* the straight line through the first and last of them,
+                     extrapolated to the final step, stays on the same side. Convergence slows down over a
+                     run, so the linear extrapolation overestimates the remaining change: an image frozen this
+                     way would have ended on the same side of the band.
+    clean_checkpoints evaluate the clean distance at the early-stopping checkpoints (start, every) even
+                     without early stopping, and return them as ``ProjectionResult.clean_trace``: one full run
+                     then tells what any early-stopping band would have saved
+                     (:func:`detector.analysis.simulate_early_stop`).
+    """
+
+    steps: int = 1000
+    lr: float = 0.1
+    lr_rampdown: float = 0.25
+    lr_rampup: float = 0.05
+    w_noise_scale: float = 0.05
+    noise_ramp: float = 0.75
+    alpha: float = 1e5
+    alpha_min_resolution: Optional[int] = DEFAULT_ALPHA_MIN_RESOLUTION
+    pyramid: str = DEFAULT_PYRAMID
+    wplus: bool = False
+    lpips_resolution: Optional[int] = DEFAULT_LPIPS_RESOLUTION
+    clamp_output: bool = DEFAULT_CLAMP_OUTPUT
+    w_avg_samples: int = 10000
+    w_stats_seed: int = DEFAULT_W_STATS_SEED
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    fused_modconv: Optional[bool] = None
+    chunk_size: Optional[int] = None
+    trace_every: int = 1
+    device: Optional[str] = None
+    early_stop: Optional[Tuple[float, float]] = None
+    early_stop_start: float = 0.5
+    early_stop_every: int = 50
+    early_stop_patience: int = 3
+    early_stop_margin: float = 0.01
+    clean_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ValueError(f"ProjectorSettings: {msg}")
+
+        if int(self.steps) != self.steps or self.steps < 1:
+            bad(f"steps must be a positive integer, got {self.steps!r}")
+        if not self.lr > 0:
+            bad(f"lr must be > 0, got {self.lr}")
+        for name in ("lr_rampdown", "lr_rampup", "noise_ramp", "w_noise_scale", "alpha", "early_stop_margin"):
+            if not getattr(self, name) >= 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.pyramid not in PYRAMIDS:
+            bad(f"pyramid must be one of {PYRAMIDS}, got {self.pyramid!r}")
+        if self.lpips_resolution is not None and (int(self.lpips_resolution) != self.lpips_resolution
+                                                  or self.lpips_resolution < 1):
+            bad(f"lpips_resolution must be None or a positive integer, got {self.lpips_resolution!r}")
+        r = self.alpha_min_resolution
+        if r is not None and (int(r) != r or r < 1):
+            bad(f"alpha_min_resolution must be None or a positive integer, got {r!r}")
+        if self.w_avg_samples < 2:
+            bad(f"w_avg_samples must be >= 2, got {self.w_avg_samples}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            bad(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.chunk_size is not None and (int(self.chunk_size) != self.chunk_size or self.chunk_size < 1):
+            bad(f"chunk_size must be None or a positive integer, got {self.chunk_size!r}")
+        if self.trace_every < 0:
+            bad(f"trace_every must be >= 0, got {self.trace_every}")
+        if self.early_stop is not None:
+            if len(self.early_stop) != 2 or not self.early_stop[0] <= self.early_stop[1]:
+                bad(f"early_stop must be None or (low, high) with low <= high, got {self.early_stop!r}")
+            object.__setattr__(self, "early_stop", tuple(float(v) for v in self.early_stop))
+        if not 0 <= self.early_stop_start <= 1:
+            bad(f"early_stop_start must be in [0, 1], got {self.early_stop_start}")
+        if self.early_stop_every < 1 or self.early_stop_patience < 1:
+            bad("early_stop_every and early_stop_patience must be >= 1")
+
+    def effective_alpha(self, img_resolution: int) -> float:
+        """The regulariser weight used for a network of ``img_resolution``: ``alpha``, or 0 below
+        ``alpha_min_resolution``."""
+        r = self.alpha_min_resolution
+        return float(self.alpha) if r is None or img_resolution >= r else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ProjectorSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ProjectorSettings fields: {sorted(unknown)}")
+        d = dict(d)
+        for k in ("betas", "early_stop"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
