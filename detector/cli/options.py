@@ -51,7 +51,7 @@ class Pyramid(str, enum.Enum):
 
 
 LpipsNetOption = Annotated[LpipsNet, typer.Option(
-    "--lpips-net", metavar="NET", rich_help_panel=LPIPS,
+    "--lpips-net", metavar="NET", rich_help_panel=LPIPS, case_sensitive=False,
     help="LPIPS backbone: vgg (the paper's), alex or squeeze.")]
 LpipsWeightsOption = Annotated[Optional[Path], typer.Option(
     "--lpips-weights", metavar="FILE", rich_help_panel=LPIPS,
