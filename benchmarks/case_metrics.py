@@ -1,166 +1,21 @@
-"""What a finished case measured, when the truth about its inputs is known: per network, ROC AUC of its own
-generated images against the real ones and, at the network's threshold (the calibrated one the case used), the
-TPR on its generated images and the achieved FPR on the reals (with a Clopper-Pearson interval); over all
-networks, the attribution confusion table (true source x attributed network or none) and, for each network's
-images under every other network, the other's median distance, how many of them the other's threshold alone
-would also call generated, and the margin (other / own distance) that the attribution rests on.
-
-The truth comes from the input paths: ``--truth FOLDER=LABEL`` labels every input with a path component FOLDER
-as LABEL, a network name of the case (as its report names it) or ``none`` for real images. Reads the case's
-``report/report.json`` (``detect report CASE`` writes it); prints JSON.
-
-    python benchmarks/case_metrics.py CASE --truth gen_f=celeba32-f --truth gen_f2=celeba32-f2 --truth real=none \
-        [--scatter PNG]
-
-``--scatter`` (two-network cases) draws each image's distance under the first network against the second's, by
-true source, with both thresholds.
-"""
+"""Kept for old command lines: ``python benchmarks/case_metrics.py CASE --truth FOLDER=LABEL ... [--scatter PNG]``
+is ``detect score CASE --truth FOLDER=LABEL ... --json [--scatter PNG]`` (the library part is
+:mod:`cases.metrics`)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.attribution import NONE_LABEL, confusion_table  # noqa: E402
-from detector.statistics import clopper_pearson, rate_at, roc_auc  # noqa: E402
-
-
-def parse_truth(items: Sequence[str]) -> Dict[str, str]:
-    out = {}
-    for item in items:
-        folder, sep, label = item.partition("=")
-        if not sep or not folder or not label:
-            raise SystemExit(f"--truth wants FOLDER=LABEL, got {item!r}")
-        out[folder] = label
-    return out
-
-
-def true_label(paths: Sequence[str], truth: Dict[str, str]) -> Optional[str]:
-    """The label of the truth folder among the folders of the image's paths (None: unlabelled). Content found
-    under folders of two different labels is an error: its truth would be ambiguous."""
-    found = {truth[part] for p in paths for part in Path(p).parts[:-1] if part in truth}
-    if len(found) > 1:
-        raise SystemExit(f"{paths[0]}: the same content is labelled {sorted(found)}")
-    return found.pop() if found else None
-
-
-def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) -> dict:
-    models = report["summary"]["models"]
-    names = [m["name"] for m in models]
-    for label in truth.values():
-        if label != NONE_LABEL and label not in names:
-            raise SystemExit(f"--truth label {label!r} is neither {NONE_LABEL!r} nor a network of the case "
-                             f"({', '.join(names)})")
-    rows = []  # (true label, attributed, distances)
-    unlabelled = 0
-    for img in report["images"]:
-        if img.get("error"):
-            continue
-        label = true_label(img["paths"], truth)
-        if label is None:
-            unlabelled += 1
-            continue
-        rows.append((label, img["attributed_to"], img["distances"]))
-    per_network = {}
-    for m in models:
-        name, th = m["name"], m["threshold"]
-        gen = [d[name] for lab, _, d in rows if lab == name and d.get(name) is not None]
-        real = [d[name] for lab, _, d in rows if lab == NONE_LABEL and d.get(name) is not None]
-        entry: dict = {"threshold": th, "threshold_source": m["threshold_source"], "n_generated": len(gen),
-                       "n_real": len(real)}
-        if gen and real:
-            entry["auc"] = roc_auc(gen, real)
-        if gen:
-            tp, n = rate_at(gen, th)
-            entry["tpr"] = tp / n
-            entry["tp"] = tp
-        if real:
-            fp, n = rate_at(real, th)
-            entry["achieved_fpr"] = fp / n
-            entry["fp"] = fp
-            entry["fpr_ci"] = list(clopper_pearson(fp, n, confidence))
-        if gen or real:
-            entry["median_generated"] = statistics.median(gen) if gen else None
-            entry["median_real"] = statistics.median(real) if real else None
-        per_network[name] = entry
-    cross = {}
-    for m in models:
-        for o in models:
-            name, other = m["name"], o["name"]
-            if other == name:
-                continue
-            pairs = [(d[name], d[other]) for lab, _, d in rows  # own distance > 0: it divides the margin
-                     if lab == name and d.get(name) and d.get(other) is not None]
-            if pairs:
-                claimed, n = rate_at([b for _, b in pairs], o["threshold"])
-                margins = [b / a for a, b in pairs]
-                cross[f"{name} under {other}"] = {
-                    "n": n, "median_distance": statistics.median(b for _, b in pairs),
-                    "claimed_by_threshold_alone": claimed, "margin_median": statistics.median(margins),
-                    "margin_min": min(margins)}
-    table = confusion_table([r[0] for r in rows], [r[1] for r in rows], names)
-    return {"benchmark": "case_metrics", "case": report["case"], "truth": truth, "n_labelled": len(rows),
-            "n_unlabelled": unlabelled, "confidence": confidence, "per_network": per_network,
-            "cross_network": cross, "confusion": table.to_dict(), "confusion_text": table.format()}
-
-
-def scatter(report: dict, truth: Dict[str, str], path: Path) -> None:
-    """Distance under the case's first network against its second, one colour per true source."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    models = report["summary"]["models"]
-    if len(models) != 2:
-        raise SystemExit(f"--scatter wants a case of two networks, this one has {len(models)}")
-    (a, ta), (b, tb) = [(m["name"], m["threshold"]) for m in models]
-    groups: Dict[str, List[tuple]] = {}
-    for img in report["images"]:
-        d = img.get("distances") or {}
-        label = true_label(img["paths"], truth)
-        if not img.get("error") and label is not None and d.get(a) and d.get(b):
-            groups.setdefault(label, []).append((d[a], d[b]))
-    if not groups:
-        raise SystemExit("--scatter: no labelled image has a distance under both networks")
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for label, pts in sorted(groups.items()):
-        name = "real" if label == NONE_LABEL else f"generated by {label}"
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, alpha=0.7, label=f"{name} ({len(pts)})")
-    ax.axvline(ta, color="tab:red", linestyle="--", linewidth=1)
-    ax.axhline(tb, color="tab:red", linestyle="--", linewidth=1, label="thresholds")
-    lo = min(min(p) for pts in groups.values() for p in pts) / 1.5
-    hi = max(max(p) for pts in groups.values() for p in pts) * 1.5
-    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8, label="equal distance")
-    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel=f"LPIPS under {a}",
-           ylabel=f"LPIPS under {b}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
 
 def main(argv: Optional[List[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("case", type=Path, help="case folder (its report/report.json is read)")
-    ap.add_argument("--truth", action="append", default=[], metavar="FOLDER=LABEL", required=True)
-    ap.add_argument("--confidence", type=float, default=0.95)
-    ap.add_argument("--scatter", type=Path, default=None, help="PNG: distances under the two networks")
-    args = ap.parse_args(argv)
-    path = args.case / "report" / "report.json"
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: run `detect report {args.case}` first")
-    report = json.loads(path.read_text(encoding="utf-8"))
-    truth = parse_truth(args.truth)
-    print(json.dumps(case_metrics(report, truth, args.confidence), indent=2))
-    if args.scatter:
-        scatter(report, truth, args.scatter)
+    from detector.cli import app
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    app(["score", *args, "--json"], prog_name="detect")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ networks side by side with their perceptual path lengths, and draw their Fig. 9 
 shared bins. Prints JSON.
 
 Inputs are the records the other scripts write: ``eval_attribution.py`` JSON (it must hold the per-image
-``distances``) and ``stylegan metrics ppl`` JSON, one pair per network:
+``distances``) and ``stylegan metrics ppl --json`` output, one pair per network:
 
     python benchmarks/compare_networks.py \\
         --network "config A" benchmarks/results/celeba32-a48-eval.json benchmarks/results/celeba32-a48-ppl.json \\

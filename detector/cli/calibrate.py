@@ -6,62 +6,73 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from stylegan.util.cli_support import UsageError, default_device, setup_torch, user_errors
+from stylegan.util.cli_support import (DeviceOption, ModelOption, UsageError, command, default_device, setup_torch,
+                                       user_errors)
+from stylegan.util.progress import Progress
 
-from . import (ALPHA_HELP, ALPHA_MIN_RESOLUTION_HELP, CLAMP_HELP, LPIPS_NET_HELP, LPIPS_RESOLUTION_HELP,
-                  LPIPS_WEIGHTS_HELP, LR_HELP, PYRAMID_HELP, _detector_errors, _StepProgress, app, projector_settings)
-
-
-class _ImageStepProgress(_StepProgress):
-    """The projection progress bar, counted in image-steps over the whole calibration."""
-
-    def __call__(self, done, total) -> None:
-        self.p.update(self.task, completed=done, total=total, loss="")
+from . import app
+from .options import (OUTPUT, AlphaMinResolutionOption, AlphaOption, ClampOutputOption, LpipsNet, LpipsNetOption,
+                      LpipsResolutionOption, LpipsWeightsOption, LrOption, PyramidOption, StepsOption, detector_errors,
+                      projector_settings)
 
 
-@app.command()
+@command(app)
 def calibrate(
-    model: Path = typer.Option(..., "--model", "-m", help="Model file: our .pt, NVIDIA .pkl or rosinality .pt."),
-    real: Optional[List[Path]] = typer.Option(None, "--real", help="Real images (files or folders, searched "
-                                                                  "recursively); repeat the option for several."),
-    n_generated: int = typer.Option(200, "--n-generated", help="Fresh images the network generates and projects."),
-    fpr: float = typer.Option(0.01, "--fpr", help="Target false-positive rate on the real images."),
-    steps: int = typer.Option(1000, help="Optimisation steps per image (App. D uses 1000)."),
-    seed: int = typer.Option(0, help="Seed of the generated images (z and noise) and of the projections."),
-    confidence: float = typer.Option(0.95, help="Confidence level of the achieved-FPR interval (Clopper-Pearson)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images projected together."),
-    lpips_net: str = typer.Option("vgg", "--lpips-net", help=LPIPS_NET_HELP),
-    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
-    lr: Optional[float] = typer.Option(None, help=LR_HELP),
-    alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
-    alpha_min_resolution: Optional[int] = typer.Option(None, help=ALPHA_MIN_RESOLUTION_HELP),
-    pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
-    lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
-    clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
-    store: bool = typer.Option(True, "--store/--no-store", help="Keep the record with the model: inside our .pt "
-                                                               "(rewritten, weights unchanged), else MODEL.calibration.json beside it."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the record as JSON here."),
-    progress_file: Optional[Path] = typer.Option(None, "--progress-file", help="Where finished projections are "
-                                                 "kept while calibrating (default: MODEL.calibrating.jsonl); an "
-                                                 "interrupted run started again continues from it. Removed at the end."),
-    record_file: Optional[Path] = typer.Option(None, "--record", help="Store a record made earlier (an --out "
-                                               "JSON or a sidecar file, e.g. from a GPU machine or a copy of the "
-                                               "same weights) with this model instead of projecting; refused if "
-                                               "it was made on other weights."),
-    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON instead of a summary."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
+    model: ModelOption,
+    real: Annotated[Optional[List[Path]], typer.Option(
+        "--real", metavar="PATH", help="Real images (files or folders, searched recursively); repeat the option "
+                                       "for several.")] = None,
+    n_generated: Annotated[int, typer.Option(
+        "--n-generated", metavar="N", help="Fresh images the network generates and projects.")] = 200,
+    fpr: Annotated[float, typer.Option("--fpr", metavar="X", help="Target false-positive rate on the real "
+                                                                  "images.")] = 0.01,
+    confidence: Annotated[float, typer.Option(
+        "--confidence", metavar="X", help="Confidence level of the achieved-FPR interval "
+                                          "(Clopper-Pearson).")] = 0.95,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Seed of the generated images (z and noise) and of the projections.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Images projected together.")] = 16,
+    device: DeviceOption = None,
+    store: Annotated[bool, typer.Option(
+        "--store/--no-store", rich_help_panel=OUTPUT,
+        help="Keep the record with the model: inside our .pt (rewritten, weights unchanged), else "
+             "MODEL.calibration.json beside it.")] = True,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", metavar="FILE", rich_help_panel=OUTPUT, help="Also write the record as JSON here.")] = None,
+    progress_file: Annotated[Optional[Path], typer.Option(
+        "--progress-file", metavar="FILE", rich_help_panel=OUTPUT,
+        help="Where finished projections are kept while calibrating (default: MODEL.calibrating.jsonl); an "
+             "interrupted run started again continues from it. Removed at the end.")] = None,
+    record_file: Annotated[Optional[Path], typer.Option(
+        "--record", metavar="FILE", rich_help_panel=OUTPUT,
+        help="Store a record made earlier (an --out JSON or a sidecar file, e.g. from a GPU machine or a copy of "
+             "the same weights) with this model instead of projecting; refused if made on other weights.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT,
+                                          help="Print the record as JSON instead of a summary.")] = False,
+    steps: StepsOption = 1000,
+    lr: LrOption = None,
+    alpha: AlphaOption = None,
+    alpha_min_resolution: AlphaMinResolutionOption = None,
+    pyramid: PyramidOption = None,
+    lpips_resolution: LpipsResolutionOption = None,
+    clamp_output: ClampOutputOption = None,
+    lpips_net: LpipsNetOption = LpipsNet.vgg,
+    lpips_weights: LpipsWeightsOption = None,
 ) -> None:
-    """Project fresh generated images and the given real ones, pick the threshold at the target false-positive
-    rate on the reals (with a confidence interval), compute ROC AUC and store the calibration record that
-    `detect check` and `detect batch` then use (with --record: store a record made earlier)."""
+    """Find a network's threshold at a target false-positive rate.
+
+    Projects fresh generated images and the given real ones, picks the threshold at the target false-positive
+    rate on the reals (with a confidence interval), computes ROC AUC and stores the calibration record that
+    `detect check` and `detect batch` then use. With --record: store a record made earlier.
+    """
     setup_torch()
     from detector.calibration import CalibrationError
 
-    with user_errors(_detector_errors() + (CalibrationError,)):
+    with user_errors(detector_errors() + (CalibrationError,)):
         from stylegan.formats import load_model
 
         from detector.calibration_run import calibrate as run_calibration
@@ -96,14 +107,15 @@ def calibrate(
         paths = iter_image_files(real)
         if not paths:
             raise CalibrationError(f"no image files found in {', '.join(map(str, real))}")
-        distance = load_lpips(lpips_net, lpips_weights, device=device)
+        distance = load_lpips(lpips_net.value, lpips_weights, device=device)
         progress_file = progress_file or model.with_name(model.name + ".calibrating.jsonl")
         if progress_file.exists():
             typer.echo(f"continuing the calibration recorded in {progress_file}", err=True)
-        with _ImageStepProgress(steps, not as_json) as progress:
+        with Progress("calibrating", unit="images") as bar:  # the library counts image-steps
             record = run_calibration(m, paths, n_generated=n_generated, target_fpr=fpr, settings=settings,
                                      distance=distance, seed=seed, batch_size=batch_size, confidence=confidence,
-                                     progress=progress, progress_file=progress_file,
+                                     progress=lambda done, total: bar.update(done / steps, total / steps),
+                                     progress_file=progress_file,
                                      on_skip=lambda msg: typer.echo(f"warning: {msg}", err=True))
         record = dataclasses.replace(record, hashes={**record.hashes, "model_file": str(model)})
         _finish(record, model, store, out, as_json)

@@ -1,81 +1,69 @@
 """`detect batch` and `detect report`: resumable cases (:mod:`cases.batch`) and their reports (:mod:`cases.report`).
 
-Registered on :data:`detector.cli.app` when imported (``detector/cli.py`` imports this module).
+Registered on :data:`detector.cli.app` when imported.
 Under torchrun (WORLD_SIZE > 1) `detect batch` joins the process group (gloo on CPU, NCCL on GPU) and each
 rank projects its share of the inputs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from stylegan.util.cli_support import UsageError, default_device, setup_torch, user_errors
+from stylegan.util.cli_support import (DeviceOption, UsageError, command, default_device, setup_torch,
+                                       user_errors)
 from stylegan.util.distributed import init_distributed
+from stylegan.util.progress import Progress
 
-from . import (ALPHA_HELP, ALPHA_MIN_RESOLUTION_HELP, CLAMP_HELP, EARLY_STOP_HELP, LPIPS_NET_HELP,
-                  LPIPS_RESOLUTION_HELP, LPIPS_WEIGHTS_HELP, LR_HELP, PYRAMID_HELP, _detector_errors, app,
-                  projector_settings)
+from . import app
+from .options import (AlphaMinResolutionOption, AlphaOption, ClampOutputOption, EarlyStopOption, LpipsNet,
+                      LpipsNetOption, LpipsResolutionOption, LpipsWeightsOption, LrOption, PyramidOption, StepsOption,
+                      case_errors, projector_settings)
 
-
-def _case_errors() -> tuple:
-    from cases.store import CaseError
-    from stylegan.formats import ModelFormatError
-
-    return _detector_errors() + (CaseError, ModelFormatError)
+CaseArgument = Annotated[Path, typer.Argument(metavar="CASE", help="Case folder written by `detect batch`.")]
 
 
-class _ImageProgress:
-    """A rich progress bar over images (stderr, only on a terminal)."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-
-    def __enter__(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        console = Console(stderr=True)
-        self.p = Progress(TextColumn("images"), BarColumn(), TextColumn("{task.fields[count]}"), TimeElapsedColumn(),
-                          TimeRemainingColumn(), console=console, disable=not (self.enabled and console.is_terminal))
-        self.p.__enter__()
-        self.task = self.p.add_task("batch", total=1, count="")
-        return self
-
-    def __call__(self, done: float, total: int) -> None:
-        self.p.update(self.task, completed=done, total=max(total, 1), count=f"{int(done)}/{total}")
-
-    def __exit__(self, *exc) -> None:
-        self.p.__exit__(*exc)
-
-
-@app.command()
+@command(app)
 def batch(
-    inputs: List[Path] = typer.Argument(..., help="Suspect images and folders of images (searched recursively)."),
-    model: List[Path] = typer.Option(..., "--model", "-m", help="Model file; repeat for several networks."),
-    case: Path = typer.Option(..., "--case", help="Case folder (created, or resumed when it exists)."),
-    steps: int = typer.Option(1000, help="Optimisation steps (App. D uses 1000)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (a crash loses at most one batch)."),
-    seed: int = typer.Option(0, help="Seed of the projection's random draws (per image: from this and its hash)."),
-    threshold: Optional[float] = typer.Option(None, help="Decision threshold for every network (default: each network's calibration, else the documented default)."),
-    early_stop: bool = typer.Option(False, "--early-stop/--no-early-stop", help=EARLY_STOP_HELP),
-    lr: Optional[float] = typer.Option(None, help=LR_HELP),
-    alpha: Optional[float] = typer.Option(None, help=ALPHA_HELP),
-    alpha_min_resolution: Optional[int] = typer.Option(None, help=ALPHA_MIN_RESOLUTION_HELP),
-    pyramid: Optional[str] = typer.Option(None, help=PYRAMID_HELP),
-    lpips_resolution: Optional[int] = typer.Option(None, "--lpips-resolution", help=LPIPS_RESOLUTION_HELP),
-    clamp_output: Optional[bool] = typer.Option(None, "--clamp-output/--no-clamp-output", help=CLAMP_HELP),
-    lpips_net: str = typer.Option("vgg", "--lpips-net", help=LPIPS_NET_HELP),
-    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help=LPIPS_WEIGHTS_HELP),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: cuda if available)."),
+    inputs: Annotated[List[Path], typer.Argument(
+        metavar="PATH", help="Suspect images and folders of images (searched recursively).")],
+    model: Annotated[List[Path], typer.Option(
+        "--model", "-m", metavar="FILE", help="Model file; repeat for several networks.")],
+    case: Annotated[Path, typer.Option("--case", metavar="DIR", help="Case folder (created, or resumed when it "
+                                                                     "exists).")],
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", metavar="N", help="Images per batch (a crash loses at most one batch).")] = 16,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Seed of the projection's random draws (per image: from this and its "
+                                    "hash).")] = 0,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", metavar="X", help="Decision threshold for every network (default: each network's "
+                                         "calibration, else the documented default).")] = None,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what this run did as JSON instead of a "
+                                                         "line.")] = False,
+    steps: StepsOption = 1000,
+    lr: LrOption = None,
+    alpha: AlphaOption = None,
+    alpha_min_resolution: AlphaMinResolutionOption = None,
+    pyramid: PyramidOption = None,
+    lpips_resolution: LpipsResolutionOption = None,
+    clamp_output: ClampOutputOption = None,
+    early_stop: EarlyStopOption = False,
+    lpips_net: LpipsNetOption = LpipsNet.vgg,
+    lpips_weights: LpipsWeightsOption = None,
 ) -> None:
-    """Project many images into one or several networks as a resumable case folder: finished images are
-    skipped on a re-run, changed inputs are reported, bad inputs recorded. Works under torchrun."""
+    """Project many images into networks as a resumable case.
+
+    Finished images are skipped on a re-run, changed inputs are reported, bad inputs recorded. Runs under
+    torchrun: each rank projects its share of the inputs.
+    """
     setup_torch()
-    with user_errors(_case_errors()):
+    with user_errors(case_errors()):
         from cases.batch import run_batch
         from cases.store import CaseError
 
@@ -92,8 +80,8 @@ def batch(
             device = default_device()
             if device == "cuda" and "LOCAL_RANK" in os.environ:
                 device = f"cuda:{os.environ['LOCAL_RANK']}"
-        distance = load_lpips(lpips_net, lpips_weights, device=device)
-        with _ImageProgress(rank == 0) as progress:
+        distance = load_lpips(lpips_net.value, lpips_weights, device=device)
+        with Progress("projecting", unit="images", enabled=rank == 0) as progress:
             try:
                 summary = run_batch(inputs, model, case, settings, distance, batch_size=batch_size, seed=seed,
                                     threshold=threshold, early_stop=early_stop, progress=progress, rank=rank,
@@ -109,21 +97,34 @@ def batch(
             typer.echo(f"changed: {p} was rewritten during the run; it will be projected at the next run", err=True)
         for e in summary.errors + summary.unreadable:
             typer.echo(f"error: {e['error']}", err=True)
+        if as_json:
+            typer.echo(json.dumps(summary.to_dict(), indent=2))
+            return
         prefix = f"rank {rank}: " if world_size > 1 else ""
         typer.echo(f"{prefix}{case}: {summary.processed} projected now, {summary.already_done} already done, "
                    f"{len(summary.errors)} bad, {len(summary.unreadable)} unreadable "
                    f"({summary.assigned} of {summary.distinct} distinct inputs on this rank)")
 
 
-@app.command()
+@command(app)
 def report(
-    case: Path = typer.Argument(..., help="Case folder written by `detect batch`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.html and report.json (default: CASE/report)."),
+    case: CaseArgument,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", metavar="DIR", help="Folder for report.html and report.json (default: CASE/report).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report's summary and file names as "
+                                                         "JSON.")] = False,
 ) -> None:
-    """Write a self-contained HTML report (images embedded) and a JSON report of a case."""
-    with user_errors(_case_errors()):
+    """Write a case's HTML and JSON reports.
+
+    The HTML report is self-contained (images embedded).
+    """
+    with user_errors(case_errors()):
         from cases.report import write_report
 
         html_path, json_path = write_report(case, out)
+        if as_json:
+            summary = json.loads(Path(json_path).read_text(encoding="utf-8")).get("summary")
+            typer.echo(json.dumps({"html": str(html_path), "json": str(json_path), "summary": summary}, indent=2))
+            return
         typer.echo(f"wrote {html_path}")
         typer.echo(f"wrote {json_path}")

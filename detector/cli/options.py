@@ -1,0 +1,112 @@
+"""What the `detect` commands share: their error types, the projector options (one declaration each, shown in
+the "Projector" help panel; StyleGAN2 App. D) and :func:`projector_settings`, which turns them into
+:class:`detector.projector.ProjectorSettings`."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from stylegan.util.cli_support import UsageError
+
+PROJECTOR = "Projector"
+LPIPS = "LPIPS"
+OUTPUT = "Output"
+
+
+def detector_errors() -> tuple:
+    """Error types that are the user's input, for every `detect` command."""
+    from detector.images import ImageInputError
+    from stylegan.config import ConfigError
+    from stylegan.dataset import DatasetError
+    from stylegan.formats import ModelFormatError
+    from stylegan.perceptual import LPIPSWeightsError
+
+    return (ImageInputError, LPIPSWeightsError, ConfigError, DatasetError, ModelFormatError)
+
+
+def case_errors() -> tuple:
+    """:func:`detector_errors` and the case store's."""
+    from cases.store import CaseError
+
+    return detector_errors() + (CaseError,)
+
+
+class LpipsNet(str, enum.Enum):
+    """LPIPS backbones (stylegan.perceptual)."""
+
+    vgg = "vgg"
+    alex = "alex"
+    squeeze = "squeeze"
+
+
+class Pyramid(str, enum.Enum):
+    """Noise-regulariser pyramids (detector.projector.PYRAMIDS)."""
+
+    paper = "paper"
+    official = "official"
+
+
+LpipsNetOption = Annotated[LpipsNet, typer.Option(
+    "--lpips-net", metavar="NET", rich_help_panel=LPIPS, case_sensitive=False,
+    help="LPIPS backbone: vgg (the paper's), alex or squeeze.")]
+LpipsWeightsOption = Annotated[Optional[Path], typer.Option(
+    "--lpips-weights", metavar="FILE", rich_help_panel=LPIPS,
+    help="Backbone weights (torchvision checkpoint or features-only state dict); default: $DETECT_LPIPS_WEIGHTS, "
+         "torchvision's cache or download, or `detect fetch-weights`.")]
+StepsOption = Annotated[int, typer.Option(
+    "--steps", metavar="N", rich_help_panel=PROJECTOR, help="Optimisation steps per image (App. D: 1000).")]
+LrOption = Annotated[Optional[float], typer.Option(
+    "--lr", metavar="X", rich_help_panel=PROJECTOR, help="Maximum learning rate (App. D: 0.1).")]
+AlphaOption = Annotated[Optional[float], typer.Option(
+    "--alpha", metavar="X", rich_help_panel=PROJECTOR, help="Weight of the noise regulariser (App. D: 1e5).")]
+AlphaMinResolutionOption = Annotated[Optional[int], typer.Option(
+    "--alpha-min-resolution", metavar="RES", rich_help_panel=PROJECTOR,
+    help="Smallest network resolution the noise regulariser is applied at; smaller networks are projected "
+         "without it, as measured best at 32 px (default 256; 0: every resolution, as App. D).")]
+PyramidOption = Annotated[Optional[Pyramid], typer.Option(
+    "--pyramid", metavar="KIND", rich_help_panel=PROJECTOR,
+    help="Noise-regulariser pyramid: paper (x2 per level) or official (plain averaging).")]
+LpipsResolutionOption = Annotated[Optional[int], typer.Option(
+    "--lpips-resolution", metavar="RES", rich_help_panel=PROJECTOR,
+    help="Resolution LPIPS is evaluated at (default: the network's, down-sampled to 256 above 256 px).")]
+ClampOutputOption = Annotated[Optional[bool], typer.Option(
+    "--clamp-output/--no-clamp-output", rich_help_panel=PROJECTOR, show_default=False,
+    help="Clamp the re-synthesis to [-1, 1] before LPIPS, as an image file would (default: the projector's; "
+         "see README, Measured accuracy).")]
+EarlyStopOption = Annotated[bool, typer.Option(
+    "--early-stop/--no-early-stop", rich_help_panel=PROJECTOR,
+    help="Stop projecting an image once its distance has settled clearly on one side of the threshold (checked "
+         "every 50 steps from step 500; same verdict, the distance is the one at that point). App. D runs all "
+         "1000 steps.")]
+ThresholdOption = Annotated[Optional[float], typer.Option(
+    "--threshold", metavar="X",
+    help="Decision threshold on the LPIPS distance (default: the model's calibration, else the documented "
+         "default).")]
+
+
+def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optional[float] = None,
+                       alpha_min_resolution: Optional[int] = None,
+                       pyramid: Optional[str] = None, lpips_resolution: Optional[int] = None,
+                       clamp_output: Optional[bool] = None, wplus: bool = False):
+    """ProjectorSettings from the shared command-line options (None: the projector's default); a bad value is a
+    usage error."""
+    from detector.settings import ProjectorSettings
+
+    if steps < 1:
+        raise UsageError("--steps must be at least 1")
+    if isinstance(pyramid, enum.Enum):
+        pyramid = pyramid.value
+    given: dict = {"lr": lr, "alpha": alpha, "pyramid": pyramid, "lpips_resolution": lpips_resolution,
+                   "clamp_output": clamp_output}
+    if alpha_min_resolution is not None:
+        if alpha_min_resolution < 0:
+            raise UsageError("--alpha-min-resolution must be a resolution, or 0 for every resolution")
+        given["alpha_min_resolution"] = alpha_min_resolution or None
+    try:
+        return ProjectorSettings(steps=steps, wplus=wplus, **{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
