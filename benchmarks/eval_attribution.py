@@ -46,7 +46,7 @@ from stylegan.perceptual import load_lpips  # noqa: E402
 from detector.calibration import generate_images, load_calibration, roc_auc, threshold_at_fpr  # noqa: E402
 from detector.projector import (Projector, ProjectorSettings, noise_structure_correlation,  # noqa: E402
                                 simulate_early_stop)
-from stylegan.dataset import iter_source_images, prepare_image  # noqa: E402
+from stylegan.data import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 
 

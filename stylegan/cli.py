@@ -20,7 +20,7 @@ from .util.distributed import init_distributed
 
 def _stylegan_errors() -> tuple:
     from .config import ConfigError
-    from .dataset import DatasetError
+    from .data import DatasetError
     from .formats import ModelFormatError
     from .training import TrainingError
 
@@ -153,7 +153,7 @@ def init(
 
         from .formats import save_network
         from .formats.ours import get_arch
-        from .training import training_config_for
+        from .training_config import training_config_for
 
         net = training_config_for(preset, res)
         spec = get_arch(net.arch)
@@ -180,7 +180,7 @@ def dataset(
     """Build an HDF5 training set (uint8 NCHW), or a folder of PNGs cropped and resized the same way, listing
     every file that could not be read and why."""
     with user_errors():
-        from .dataset import build_dataset, export_images
+        from .data import build_dataset, export_images
 
         as_h5 = out.suffix.lower() in (".h5", ".hdf5")
         build = build_dataset if as_h5 else export_images
@@ -255,7 +255,8 @@ def train(
         import os
         import time
 
-        from .training import Trainer, TrainingError, training_config_for
+        from .training import Trainer, TrainingError
+        from .training_config import training_config_for
 
         rank = init_distributed()
         if device is None:
@@ -270,7 +271,7 @@ def train(
             else:
                 if data is None:
                     raise UsageError("--data is required (or --resume RUN_DIR)")
-                from .dataset import open_dataset
+                from .data import open_dataset
 
                 with open_dataset(data) as ds:
                     data_res = ds.resolution

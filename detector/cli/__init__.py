@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _detector_errors() -> tuple:
     from detector.images import ImageInputError
     from stylegan.config import ConfigError
-    from stylegan.dataset import DatasetError
+    from stylegan.data import DatasetError
     from stylegan.formats import ModelFormatError
     from stylegan.perceptual import LPIPSWeightsError
 
