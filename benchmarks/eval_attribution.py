@@ -49,7 +49,7 @@ from detector.calibration_store import load_calibration  # noqa: E402
 from detector.projector import Projector  # noqa: E402
 from detector.settings import ProjectorSettings  # noqa: E402
 from detector.statistics import roc_auc, threshold_at_fpr  # noqa: E402
-from stylegan.dataset import iter_source_images, prepare_image  # noqa: E402
+from stylegan.data import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 
 

@@ -10,25 +10,16 @@ Pipeline of :func:`load_image`:
    cameras write), WebP, TIFF and BMP decoders are tried, whatever the file's extension - and refuse images above
    :data:`MAX_PIXELS` from their header, before any pixel is decoded (decompression bombs), and images smaller
    than :data:`MIN_SIDE` pixels on a side.
-2. Take the first frame of animated / multi-page files; decode it completely (``Image.load()``; Pillow's
-   ``LOAD_TRUNCATED_IMAGES`` is left False, so truncated or corrupt data is an error, never silently grey).
-3. Apply the EXIF orientation, then convert to 8-bit RGB (or L for ``channels=1``): 16-bit greyscale is scaled
-   (``round(v * 255 / 65535)``), not clipped; alpha (RGBA, LA, PA, P with a transparent colour) is composited on
-   black; CMYK, YCbCr, LAB, HSV, bilevel and palette images are converted by Pillow. Embedded ICC profiles are not
-   applied (noted).
-4. Centre-crop to a square (the shorter side; odd remainders lose the extra pixel at the right / bottom), then
-   resize to ``resolution`` with Pillow's Lanczos filter (a = 3). Pillow widens the kernel by the reduction factor
-   when down-sampling, so the filter is properly antialiased - effectively area-weighted - at any factor, and its
-   result is deterministic for given input bytes and Pillow version; the same filter up-samples. This matches the
-   ``PIL.Image.LANCZOS`` resize of NVIDIA's dataset_tool.
-5. ``[1, C, R, R]`` float32 in [-1, 1]: ``v / 127.5 - 1`` for 8-bit ``v``; :func:`save_image` / :func:`to_uint8` invert
+2. Decode, orient, convert, centre-crop and resize exactly as training images are prepared (the rules of
+   :mod:`stylegan.images`: first frame, EXIF orientation, alpha composited on white, 16-bit scaled by 255/65535,
+   Lanczos). Embedded ICC profiles are not applied (noted).
+3. ``[1, C, R, R]`` float32 in [-1, 1]: ``v / 127.5 - 1`` for 8-bit ``v``; :func:`save_image` / :func:`to_uint8` invert
    it exactly (``x * 127.5 + 128``, clamped, truncated, as in NVIDIA's tools).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import struct
 import warnings
@@ -37,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from stylegan.images import ImageRejected, load_first_frame, open_image, prepare
 from stylegan.util.files import atomic_write
 
 PathLike = Union[str, os.PathLike]
@@ -120,7 +111,7 @@ def _open(path: Path, data: bytes, max_pixels: int) -> Image.Image:
         # Pillow's own bomb check uses the global Image.MAX_IMAGE_PIXELS; ours follows right after.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=list(FORMATS))
+            img = open_image(data, FORMATS)
         except Image.DecompressionBombError as exc:
             raise _err(path, f"refused as a possible decompression bomb ({_one_line(exc)})") from None
         except UnidentifiedImageError:
@@ -141,103 +132,13 @@ def _open(path: Path, data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _tile_rawmode(img: Image.Image) -> str:
-    try:
-        args = img.tile[0][3]
-    except (IndexError, TypeError, AttributeError):
-        return ""
-    if isinstance(args, str):
-        return args
-    if isinstance(args, tuple) and args and isinstance(args[0], str):
-        return args[0]
-    return ""
-
-
 def _decode(path: Path, img: Image.Image, notes: List[str]) -> Image.Image:
-    n_frames = getattr(img, "n_frames", 1) or 1
-    if n_frames > 1:
-        img.seek(0)
-        what = "multi-page" if img.format == "TIFF" else "animated/multi-frame"
-        if img.format == "MPO":
-            what = "multi-picture (MPO) JPEG"
-        notes.append(f"{what} file with {n_frames} frames: first frame used")
-    rawmode = _tile_rawmode(img)
-    # Truncated data must be an error, never padded with grey: force Pillow's process-wide switch off while decoding.
-    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        img.load()
+        return load_first_frame(img, notes)
     except Image.DecompressionBombError as exc:
         raise _err(path, f"refused as a possible decompression bomb ({_one_line(exc)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, MemoryError) as exc:
         raise _err(path, f"corrupt or truncated image data ({_one_line(exc)})") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    if ";16" in rawmode and img.mode in ("RGB", "RGBA", "LA"):
-        notes.append(f"16 bits per channel ({img.mode}) reduced to 8 bits by Pillow (high byte kept)")
-    return img
-
-
-def _to_8bit(path: Path, img: Image.Image, notes: List[str]) -> Image.Image:
-    """Any decoded mode -> 'RGB' or 'L' (8-bit), alpha composited on black."""
-    mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(img)
-        if a.ndim != 2:
-            raise _err(path, f"unsupported {mode} image layout")
-        lo, hi = int(a.min()), int(a.max())
-        if lo < 0 or hi > 65535:
-            raise _err(path, f"32-bit integer image with values {lo}..{hi} outside 0..65535 is not supported")
-        bits = "16-bit" if mode.startswith("I;16") else f"32-bit integer ({mode}, values {lo}..{hi})"
-        a8 = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-        notes.append(f"{bits} greyscale scaled to 8 bits (v * 255 / 65535, rounded)")
-        if "transparency" in img.info:
-            notes.append("transparent grey level ignored")
-        return Image.fromarray(a8, mode="L")
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float32)
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise _err(path, "floating-point image with values outside [0, 1] (or NaN) is not supported")
-        notes.append("32-bit float greyscale scaled from [0, 1] to 8 bits (rounded)")
-        return Image.fromarray(np.round(a * 255).astype(np.uint8), mode="L")
-    if mode == "1":
-        notes.append("bilevel (1-bit) image converted to 8-bit greyscale")
-        return img.convert("L")
-    if mode in ("RGB", "L"):
-        return img
-    if mode == "P":
-        if "transparency" in img.info:
-            return _composite(img.convert("RGBA"), notes, "palette image (P) with a transparent colour")
-        notes.append("palette image (P) converted to RGB")
-        return img.convert("RGB")
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        return _composite(img, notes, f"{mode} image")
-    if mode == "CMYK":
-        notes.append("converted from CMYK to RGB (Pillow's naive conversion; no colour management)")
-        return img.convert("RGB")
-    if mode in ("YCbCr", "LAB", "HSV", "RGBX"):
-        notes.append(f"converted from {mode} to RGB")
-        return img.convert("RGB")
-    try:
-        converted = img.convert("RGB")
-    except (ValueError, OSError) as exc:
-        raise _err(path, f"unsupported pixel mode {mode} ({_one_line(exc)})") from None
-    notes.append(f"converted from {mode} to RGB")
-    return converted
-
-
-def _composite(img: Image.Image, notes: List[str], what: str) -> Image.Image:
-    grey = img.mode in ("LA", "La")
-    rgba = img.convert("RGBA")
-    alpha = rgba.getchannel("A")
-    lo, _ = alpha.getextrema()
-    if lo == 255:
-        notes.append(f"{what}: alpha channel dropped (fully opaque)")
-        out = rgba.convert("RGB")
-    else:
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        out = Image.alpha_composite(black, rgba).convert("RGB")
-        notes.append(f"{what}: alpha channel dropped (composited on black)")
-    return out.convert("L") if grey else out
 
 
 def load_image(path: PathLike, resolution: int, channels: int = 3, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
@@ -271,40 +172,11 @@ def load_image(path: PathLike, resolution: int, channels: int = 3, *, max_pixels
         notes.append("embedded ICC colour profile not applied (pixel values used as stored)")
 
     try:
-        orientation = int(img.getexif().get(0x0112, 1))
-    except Exception as exc:  # malformed EXIF: analyse the pixels as stored, and say so
-        orientation = 1
-        notes.append(f"unreadable EXIF block ignored ({_one_line(exc, 60)})")
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception as exc:  # a broken EXIF block must not stop the analysis; say so
-            notes.append(f"EXIF orientation {orientation} not applied ({_one_line(exc)})")
-        else:
-            notes.append(f"rotated/flipped according to EXIF orientation {orientation}")
-
-    img = _to_8bit(path, img, notes)
-    if channels == 3 and img.mode == "L":
-        notes.append("converted from L to RGB (grey replicated to 3 channels)")
-        img = img.convert("RGB")
-    elif channels == 1 and img.mode == "RGB":
-        notes.append("converted from RGB to L (ITU-R 601-2 luma)")
-        img = img.convert("L")
-
-    w, h = img.size
-    side = min(w, h)
-    if w != h:
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
-        notes.append(f"centre-cropped {w}x{h} to {side}x{side}")
-    if side != resolution:
-        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        notes.append(f"resized {side} -> {resolution} (Lanczos, antialiased)")
-
-    a = np.asarray(img, dtype=np.uint8)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    t = torch.from_numpy(a.copy()).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 127.5 - 1.0
+        prepared = prepare(img, resolution, "center", channels)
+    except ImageRejected as exc:
+        raise _err(path, str(exc)) from None
+    notes.extend(prepared.notes)
+    t = torch.from_numpy(prepared.array).unsqueeze(0).to(torch.float32) / 127.5 - 1.0
     return LoadedImage(tensor=t.contiguous(), original_size=(int(original_size[0]), int(original_size[1])),
                        original_mode=original_mode, format=fmt, notes=notes, path=path, sha256=sha)
 

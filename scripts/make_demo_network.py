@@ -5,7 +5,7 @@ Data: the MNIST test set (LeCun, Cortes, Burges; CC BY-SA 3.0, redistributable w
 IDX.gz files in ``--mnist`` (default ``/work/shared/data/mnist_test``; any copy of ``t10k-images-idx3-ubyte.gz``
 works, MD5 ``9fb629c4189551a2d022fa330f9573f3``). Each 28x28 digit is padded with 2 px of black to 32x32 grey.
 
-* Digits 0 .. 8,999 are the training set (PNGs -> ``stylegan.dataset.build_dataset(..., channels=1)``).
+* Digits 0 .. 8,999 are the training set (PNGs -> ``stylegan.data.build_dataset(..., channels=1)``).
 * Digits 9,000 .. 9,023 (``--n-calib``) are the held-out reals of the calibration.
 * Digits 9,500 .. 9,505 are copied to ``detector/assets/demo_real/`` as the demo's bundled real images.
 
@@ -79,7 +79,7 @@ def write_pngs(digits: np.ndarray, indices, folder: Path, prefix: str = "mnist_t
 
 def training_config(data: Path, args):
     from stylegan.config import DiscriminatorConfig, GeneratorConfig
-    from stylegan.training import training_config_for
+    from stylegan.training_config import training_config_for
 
     G = GeneratorConfig(img_resolution=32, img_channels=1, z_dim=128, w_dim=128, mapping_layers=4,
                         channel_base=2048, channel_max=64)
@@ -207,7 +207,7 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from stylegan.dataset import build_dataset, open_dataset
+    from stylegan.data import build_dataset, open_dataset
 
     digits = load_mnist(args.mnist)
     args.work.mkdir(parents=True, exist_ok=True)

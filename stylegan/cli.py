@@ -24,7 +24,7 @@ from .util.progress import Progress
 
 def _stylegan_errors() -> tuple:
     from .config import ConfigError
-    from .dataset import DatasetError
+    from .data import DatasetError
     from .formats import ModelFormatError
     from .training import TrainingError
 
@@ -74,7 +74,7 @@ class Arch(str, enum.Enum):
 
 
 class Crop(str, enum.Enum):
-    """stylegan.dataset.CROPS."""
+    """stylegan.images.CROPS."""
 
     center = "center"
     celeba = "celeba"
@@ -242,7 +242,7 @@ def init(
 
         from .formats import save_network
         from .formats.ours import get_arch
-        from .training import training_config_for
+        from .training_config import training_config_for
 
         net = training_config_for(preset.value, res)
         spec = get_arch(net.arch)
@@ -280,7 +280,7 @@ def dataset(
     The training set holds uint8 NCHW images; every file that could not be read is listed with the reason.
     """
     with user_errors():
-        from .dataset import build_dataset, export_images
+        from .data import build_dataset, export_images
 
         as_h5 = out.suffix.lower() in (".h5", ".hdf5")
         build = build_dataset if as_h5 else export_images
@@ -374,7 +374,8 @@ def train(
         import os
         import time
 
-        from .training import Trainer, TrainingError, training_config_for
+        from .training import Trainer, TrainingError
+        from .training_config import training_config_for
 
         out = deprecated_alias("--outdir", "--out", outdir, out, Path("runs"))
         batch_size = deprecated_alias("--batch", "--batch-size", batch, batch_size)
@@ -391,7 +392,7 @@ def train(
             else:
                 if data is None:
                     raise UsageError("--data is required (or --resume RUN_DIR)")
-                from .dataset import open_dataset
+                from .data import open_dataset
 
                 with open_dataset(data) as ds:
                     data_res = ds.resolution

@@ -1,4 +1,4 @@
-"""Typed network configurations and named presets.
+"""Typed network configurations (the named presets built from them are in :mod:`stylegan.presets`).
 
 Every network in this package is built from one of these dataclasses, never from loose dicts. The field names
 follow the vocabulary of the StyleGAN2 paper and of NVIDIA's reference implementation (``z_dim``, ``w_dim``,
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 GENERATOR_ARCHITECTURES = ("skip", "orig", "resnet")
@@ -148,56 +148,3 @@ def _from_dict(cls, d: Dict[str, Any]):
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
     return cls(**d)
-
-
-@dataclass(frozen=True)
-class NetworkPreset:
-    """A named pair of generator and discriminator configs."""
-
-    name: str
-    description: str
-    G: GeneratorConfig
-    D: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-
-
-def _preset(name, description, res, *, z_dim=512, w_dim=512, mapping_layers=8, channel_base=32768, channel_max=512,
-            mbstd_group_size=4) -> NetworkPreset:
-    return NetworkPreset(
-        name=name,
-        description=description,
-        G=GeneratorConfig(z_dim=z_dim, w_dim=w_dim, img_resolution=res, mapping_layers=mapping_layers,
-                          channel_base=channel_base, channel_max=channel_max),
-        D=DiscriminatorConfig(img_resolution=res, channel_base=channel_base, channel_max=channel_max,
-                              mbstd_group_size=mbstd_group_size),
-    )
-
-
-PRESETS: Dict[str, NetworkPreset] = {
-    p.name: p
-    for p in (
-        _preset("paper-f", "StyleGAN2 config F (1024 px, 512 channels max, channel_base 32768)", 1024),
-        _preset("paper-e", "StyleGAN2 config E / ADA 'paper256' (256 px, channel_base 16384)", 256,
-                channel_base=16384),
-        _preset("cifar", "ADA 'cifar' (32 px, channel_base 16384, mapping depth 2)", 32, channel_base=16384,
-                mapping_layers=2, mbstd_group_size=32),
-        _preset("celeba32", "32 px faces on CPU (channel_max 128, mapping depth 8)", 32, channel_base=16384,
-                channel_max=128),
-        _preset("cpu-tiny", "16 px, 32 channels, z/w 64, mapping depth 2: unit tests and quick demos", 16,
-                z_dim=64, w_dim=64, mapping_layers=2, channel_base=256, channel_max=32),
-    )
-}
-
-
-def get_preset(name: str, img_resolution: Optional[int] = None) -> NetworkPreset:
-    """Look up a preset; ``img_resolution`` overrides the preset's resolution in both networks."""
-    try:
-        preset = PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
-    if img_resolution is not None:
-        preset = dataclasses.replace(
-            preset,
-            G=dataclasses.replace(preset.G, img_resolution=img_resolution),
-            D=dataclasses.replace(preset.D, img_resolution=img_resolution),
-        )
-    return preset

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError, DiscriminatorConfig, GeneratorShape, _check_resolution
 from .discriminator import Discriminator
+from .formats.ours import ArchSpec, register_arch
 from .generator import NOISE_MODES, BlockwiseSynthesis, Generator
 from .ops import SQRT2, Conv2dLayer, FullyConnectedLayer, bias_act, setup_filter, upfirdn2d
 
@@ -478,8 +479,6 @@ class StyleGAN1Discriminator(Discriminator):
 
 
 def _register() -> None:
-    from .formats.ours import ArchSpec, register_arch
-
     register_arch(ArchSpec(name="stylegan1", generator_config=StyleGAN1Config, generator=StyleGAN1Generator,
                            discriminator_config=DiscriminatorConfig, discriminator=StyleGAN1Discriminator))
 

@@ -105,9 +105,10 @@ def test_choice_enums_match_the_library():
     from detector.cli.options import LpipsNet, Pyramid
     from detector.settings import PYRAMIDS
     from stylegan.cli import Arch, Crop, NoiseMode, Preset
-    from stylegan.dataset import CROPS
+    from stylegan.images import CROPS
     from stylegan.generator import NOISE_MODES
-    from stylegan.training import STYLEGAN1_PRESETS, TRAINABLE_ARCHS, TRAINING_PRESETS
+    from stylegan.presets import STYLEGAN1_PRESETS, TRAINING_PRESETS
+    from stylegan.training_config import TRAINABLE_ARCHS
 
     assert {m.value for m in NoiseMode} == set(NOISE_MODES)
     assert {m.value for m in Crop} == set(CROPS)

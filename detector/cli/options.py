@@ -21,7 +21,7 @@ def detector_errors() -> tuple:
     """Error types that are the user's input, for every `detect` command."""
     from detector.images import ImageInputError
     from stylegan.config import ConfigError
-    from stylegan.dataset import DatasetError
+    from stylegan.data import DatasetError
     from stylegan.formats import ModelFormatError
     from stylegan.perceptual import LPIPSWeightsError
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from collections import OrderedDict
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, DiscriminatorConfig, GeneratorConfig
+from ..discriminator import Discriminator
+from ..generator import Generator
 from ..util.files import atomic_torch_save
 from .base import (ModelFormatError, check_plain, check_readable_file, construct, container_kind, one_line,
                    require_tensor_dict, safe_torch_load)
@@ -72,12 +75,9 @@ def known_archs() -> tuple:
 
 def _ensure_builtin_archs() -> None:
     if "stylegan2" not in _ARCHS:
-        from ..config import DiscriminatorConfig, GeneratorConfig
-        from ..discriminator import Discriminator
-        from ..generator import Generator
-
         register_arch(ArchSpec("stylegan2", GeneratorConfig, Generator, DiscriminatorConfig, Discriminator))
     if "stylegan1" not in _ARCHS:
+        # Imported here, not at the top: stylegan1 imports this module to register itself (a cycle otherwise).
         from .. import stylegan1  # noqa: F401  (registers ArchSpec 'stylegan1' on import)
 
 
@@ -127,10 +127,6 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def tool_version() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover
-        return "unknown"
     try:
         return version("stylegan-forensics")
     except PackageNotFoundError:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Iterator, List, Optional
 
@@ -34,13 +36,13 @@ def user_errors(extra: tuple = ()) -> Iterator[None]:
 
 
 def setup_torch() -> None:
-    import torch
+    import torch  # lazy: the front doors import this module at start-up; torch costs a second, --help needs none
 
-    torch.set_flush_denormal(True)  # VGG/LPIPS and the generator are up to 20x slower on CPU without it
+    torch.set_flush_denormal(True)  # denormals make VGG/LPIPS and the generator much slower on CPU
 
 
 def default_device() -> str:
-    import torch
+    import torch  # lazy: see setup_torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -50,9 +52,6 @@ def interrupt_on_termination() -> Iterator[None]:
     """Turn SIGTERM (kill, schedulers, container stops) into KeyboardInterrupt, so that long jobs write their
     snapshot and stop as they do on Ctrl-C; and take SIGINT back when the shell started us with it ignored (a
     background job of a non-interactive shell), so `kill -INT` works there too. Main thread only."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

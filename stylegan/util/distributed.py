@@ -1,13 +1,22 @@
-"""torch.distributed set-up shared by training and batch projection (torchrun: gloo on CPU, NCCL on GPU)."""
+"""torch.distributed helpers shared by training and batch projection (torchrun: gloo on CPU, NCCL on GPU).
+
+Every helper is a no-op on a single process (no initialised process group). torch is imported inside the
+functions on purpose: the command-line front doors import this module at start-up, and importing torch there would
+add about a second to every command, ``--help`` included.
+"""
 
 from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, List, Tuple
+
+if TYPE_CHECKING:
+    import torch
 
 
 def init_distributed() -> int:
     """Join the torchrun process group when launched under torchrun (gloo on CPU, NCCL on GPU)."""
-    import os
-
-    import torch
+    import torch  # lazy: see the module docstring
 
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return 0
@@ -19,3 +28,57 @@ def init_distributed() -> int:
     return torch.distributed.get_rank()
 
 
+def _dist():
+    import torch  # lazy: see the module docstring
+
+    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+
+
+def _world() -> Tuple[int, int]:
+    d = _dist()
+    return (d.get_rank(), d.get_world_size()) if d else (0, 1)
+
+
+def _sync_params(module: "torch.nn.Module") -> None:
+    """Start every rank from rank 0's weights and buffers."""
+    d = _dist()
+    if d:
+        for t in list(module.parameters()) + list(module.buffers()):
+            d.broadcast(t.data, src=0)
+
+
+def _average_grads(params: List["torch.nn.Parameter"]) -> None:
+    """All-reduce the gradients (mean over ranks) in one flat buffer."""
+    d = _dist()
+    if not d:
+        return
+    import torch  # lazy: see the module docstring
+
+    world = d.get_world_size()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    d.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def _mean_over_ranks(x: "torch.Tensor") -> "torch.Tensor":
+    d = _dist()
+    if not d:
+        return x
+    x = x.detach().clone()
+    d.all_reduce(x)
+    return x / d.get_world_size()
+
+
+def _gather(obj: Any) -> List[Any]:
+    d = _dist()
+    if not d:
+        return [obj]
+    out: List[Any] = [None] * d.get_world_size()
+    d.all_gather_object(out, obj)
+    return out

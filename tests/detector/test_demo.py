@@ -78,7 +78,7 @@ def _no_weights_anywhere(tmp_path, monkeypatch):
     monkeypatch.delenv(lpips.ENV_WEIGHTS, raising=False)
     monkeypatch.setenv(lpips.ENV_OFFLINE, "1")
     ckpt = tmp_path / "hub" / "checkpoints"
-    monkeypatch.setattr(lpips, "_checkpoint_dir", lambda: ckpt)
+    monkeypatch.setattr(lpips.weights, "_checkpoint_dir", lambda: ckpt)
     return ckpt
 
 
@@ -91,7 +91,7 @@ def test_fallback_fetches_weights_when_none_resolve(tmp_path, monkeypatch):
 
     def fake_fetch(net="vgg", cache_dir=None, *, archive=None):  # what fetch_weights leaves behind, offline
         calls.append(net)
-        dest = ckpt / lpips._trunk(net).fetch_file
+        dest = ckpt / lpips.weights._trunk(net).fetch_file
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(vgg, dest)
         return dest

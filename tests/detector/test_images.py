@@ -6,12 +6,14 @@ import stat
 import struct
 import zlib
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
 
 from detector.images import MIN_SIDE, ImageInputError, LoadedImage, iter_image_files, load_image, save_image, to_uint8
+from stylegan.data import build_dataset
 
 RNG = np.random.default_rng(1234)
 
@@ -110,16 +112,18 @@ def test_16bit_rgb_png_is_noted(tmp_path):
     assert np.abs(v - a / 257.0).max() <= 1.0
 
 
-def test_alpha_is_composited_on_black(tmp_path):
+def test_alpha_is_composited_on_white(tmp_path):
+    """As training images are (stylegan.images): a suspect image reaches the networks as the training data did."""
     a = np.zeros((16, 16, 4), np.uint8)
     a[..., :3] = 200
     a[..., 3] = 128
     a[0, 0, 3] = 0
     Image.fromarray(a, "RGBA").save(tmp_path / "rgba.png")
     li = load_image(tmp_path / "rgba.png", 16)
-    assert li.original_mode == "RGBA" and _has(li.notes, "alpha channel dropped (composited on black)")
+    assert li.original_mode == "RGBA" and _has(li.notes, "alpha channel dropped (composited on white)")
     v = ((li.tensor[0] + 1) * 127.5).round()
-    assert v[:, 0, 0].tolist() == [0, 0, 0] and v[:, 5, 5].tolist() == [100, 100, 100]
+    # (200 * 128 + 255 * 127) / 255 = 227.4
+    assert v[:, 0, 0].tolist() == [255, 255, 255] and v[:, 5, 5].tolist() == [227, 227, 227]
 
     a[..., 3] = 255
     Image.fromarray(a, "RGBA").save(tmp_path / "opaque.png")
@@ -138,10 +142,10 @@ def test_palette_with_and_without_transparency(tmp_path):
     li = load_image(tmp_path / "p.png", 16)
     assert li.original_mode == "P" and li.notes == ["palette image (P) converted to RGB"]
     li = load_image(tmp_path / "pt.png", 16)
-    assert _has(li.notes, "transparent colour: alpha channel dropped (composited on black)")
+    assert _has(li.notes, "transparent colour: alpha channel dropped (composited on white)")
     idx = np.asarray(p)
     v = ((li.tensor[0] + 1) * 127.5).round()
-    assert torch.all(v[:, torch.from_numpy(idx == 0)] == 0)
+    assert torch.all(v[:, torch.from_numpy(idx == 0)] == 255)
 
 
 def test_cmyk_jpeg(tmp_path):
@@ -294,3 +298,19 @@ def test_iter_image_files(tmp_path):
     assert iter_image_files(extra) == [extra]
     with pytest.raises(ImageInputError, match="no such file"):
         iter_image_files([tmp_path / "missing"])
+
+
+def test_suspect_images_are_prepared_like_training_images(tmp_path):
+    """load_image and build_dataset share stylegan.images: the same file gives the same pixels (alpha on white,
+    16-bit scaled, centre crop, the same Lanczos resize, here a 7x shrink that uses the box pre-reduction)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(RNG.integers(0, 256, (120, 150, 4), dtype=np.uint8), "RGBA").save(src / "a.png")
+    Image.fromarray(RNG.integers(0, 65536, (112, 112)).astype(np.uint16)).save(src / "b.png")
+    Image.fromarray(_rgb(40, 60)).save(src / "c.png")
+    build_dataset(src, tmp_path / "d.h5", 16)
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        stored = f["images"][()]
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        t = load_image(src / name, 16).tensor[0]
+        assert np.array_equal(((t + 1) * 127.5).round().to(torch.uint8).numpy(), stored[i]), name

