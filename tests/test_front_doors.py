@@ -115,10 +115,10 @@ def test_choice_enums_match_the_library():
     assert {m.value for m in Arch} == set(TRAINABLE_ARCHS)
     assert {m.value for m in Pyramid} == set(PYRAMIDS)
     assert {m.value for m in Preset} == set(TRAINING_PRESETS) | set(STYLEGAN1_PRESETS)
-    from stylegan import perceptual
+    from stylegan.perceptual import weights
 
     for net in LpipsNet:
-        perceptual._trunk(net.value)  # every choice is a backbone the library knows
+        weights._trunk(net.value)  # every choice is a backbone the library knows
 
 
 def test_front_doors_do_not_import_each_other():
