@@ -43,13 +43,13 @@ def main() -> None:
         for batch in (1, 8):
             ws = G.mapping(torch.randn(batch, 512, device=args.device)).detach()
             for fused in (False, True):
-                def fwd():
+                def fwd(G=G, ws=ws, fused=fused):
                     with torch.no_grad():
                         G.synthesis(ws, noise_mode="const", fused_modconv=fused)
 
                 ws_g = ws.clone().requires_grad_(True)
 
-                def fwd_bwd():
+                def fwd_bwd(G=G, ws_g=ws_g, fused=fused):
                     img = G.synthesis(ws_g, noise_mode="const", fused_modconv=fused)
                     img.square().sum().backward()
 

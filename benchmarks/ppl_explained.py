@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
 from detector.images import iter_image_files, load_image  # noqa: E402
-from stylegan.perceptual import load_lpips  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 from stylegan.loss import path_lengths  # noqa: E402
 from stylegan.metrics import perceptual_path_length  # noqa: E402
+from stylegan.perceptual import load_lpips  # noqa: E402
 
 
 def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
 from detector.calibration_run import generate_images  # noqa: E402
-from stylegan.perceptual import load_lpips  # noqa: E402
 from detector.projector import Projector  # noqa: E402
 from detector.settings import ProjectorSettings  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
+from stylegan.perceptual import load_lpips  # noqa: E402
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def main() -> None:
         with torch.no_grad():
             return G.synthesis(w[None, None].expand(1, G.num_ws, -1), noise=noise)
 
-    def at(img):
+    def at(img, k):
         with torch.no_grad():
             return float(distance(img, targets[k:k + 1]))
 
@@ -89,12 +89,12 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     for k, (w, noise) in enumerate(truth):
         img = synth(w, noise)
-        rows["true_w_true_noise"].append(at(img))
-        rows["true_w_true_noise_clamped"].append(at(img.clamp(-1, 1)))
+        rows["true_w_true_noise"].append(at(img, k))
+        rows["true_w_true_noise_clamped"].append(at(img.clamp(-1, 1), k))
         rows["overshoot_fraction"].append(float((img.abs() > 1).float().mean()))
         rows["true_w_from_mean_over_sigma_w"].append(float((w - w_avg).norm()) / sigma_w)
         fresh = synth(w, [torch.randn(n.shape, generator=gen).to(n.device) for n in noise])
-        rows["true_w_fresh_noise"].append(at(fresh.clamp(-1, 1) if args.clamp_output else fresh))
+        rows["true_w_fresh_noise"].append(at(fresh.clamp(-1, 1) if args.clamp_output else fresh, k))
     seconds = {}
     for name, w_init in (("from_mu_w", None), ("from_true_w", w_true)):
         t0 = time.perf_counter()

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
 from detector.images import iter_image_files, load_image  # noqa: E402
-from stylegan.perceptual import load_lpips  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
+from stylegan.perceptual import load_lpips  # noqa: E402
 
 
 def stats(d: np.ndarray) -> dict:

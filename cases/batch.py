@@ -16,7 +16,7 @@ in flight, and re-running the same command resumes.
   A file that cannot be read at all (no hash) is listed under ``unreadable`` and tried again at the next run.
 * Several networks: every image is projected under every network; the case's verdict for an image is the
   network with the lowest distance among those within their own threshold, or none
-  (:func:`cases.store.attribute_records`).
+  (:func:`cases.records.attribute_records`).
 * Scale-out: with ``world_size`` > 1 (torchrun), the distinct inputs, ordered by their first path, are split by
   position, rank r taking every world_size-th one; the split depends only on the inputs, not on what is done,
   so ranks never overlap even when resuming with other ranks done at different points. Each rank writes only
@@ -27,11 +27,22 @@ in flight, and re-running the same command resumes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .store import CaseError, CaseStore, InputFile, ResultRecord, describe_input, now_iso
+from detector.calibration import calibration_mismatch, calibration_weakness
+from detector.calibration_store import load_calibration
+from detector.check import check_images
+from detector.images import iter_image_files
+from detector.settings import ProjectorSettings
+from stylegan.formats import load_model
+from stylegan.util.distributed import barrier, broadcast_object
+
+from .inputs import InputFile, describe_input
+from .provenance import now_iso
+from .records import ResultRecord
+from .store import CaseError, CaseStore
 
 PathLike = Union[str, "os.PathLike[str]"]
 BatchProgress = Callable[[float, int], None]
@@ -57,8 +68,6 @@ class BatchSummary:
     warnings: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -111,39 +120,21 @@ def _unique_names(paths: Sequence[PathLike], shas: Sequence[str]) -> List[str]:
     return [f"{n}-{s[:8]}" if names.count(n) > 1 else n for n, s in zip(names, shas)]
 
 
-def _dist_ready() -> bool:
-    try:
-        import torch.distributed as dist
-
-        return dist.is_available() and dist.is_initialized()
-    except Exception:
-        return False
-
-
 def _broadcast_error(msg: Optional[str], world_size: int) -> Optional[str]:
     """Rank 0's setup outcome to every rank (None = fine)."""
-    if world_size <= 1 or not _dist_ready():
-        return msg
-    import torch.distributed as dist
-
-    box = [msg]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return msg if world_size <= 1 else broadcast_object(msg, src=0)
 
 
 def _barrier(world_size: int) -> None:
-    if world_size > 1 and _dist_ready():
-        import torch.distributed as dist
-
-        dist.barrier()
+    if world_size > 1:
+        barrier()
 
 
 def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, settings, seed: int,
-                   threshold: Optional[float], early_stop: bool, progress: Optional[Callable[[float], None]]) -> Tuple[List[ResultRecord], List[str]]:
+                   threshold: Optional[float], early_stop: bool,
+                   progress: Optional[Callable[[float], None]]) -> Tuple[List[ResultRecord], List[str]]:
     """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`.
     Returns (records, paths whose content changed since they were hashed)."""
-    from detector.check import check_images
-
     paths = [Path(p) for _, p in batch]
     records: List[ResultRecord] = []
     moved: List[str] = []
@@ -170,7 +161,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
               case_dir: PathLike, settings=None, distance=None, *, batch_size: int = 16, seed: int = 0,
               threshold: Optional[float] = None, early_stop: bool = False,
               progress: Optional[BatchProgress] = None, rank: int = 0,
-              world_size: int = 1, device: Optional[str] = None, models: Optional[Sequence[Any]] = None) -> BatchSummary:
+              world_size: int = 1, device: Optional[str] = None,
+              models: Optional[Sequence[Any]] = None) -> BatchSummary:
     """Project every input not yet in the case ``case_dir`` (created on the first call) under every model.
 
     ``inputs``: files and folders. ``model_paths``: one or several model files (any supported format).
@@ -182,8 +174,6 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     threshold); recorded with the settings, so a case is resumed with the same choice. See the module
     docstring for resuming, changed and bad inputs, and ranks.
     """
-    from detector.images import iter_image_files
-    from detector.settings import ProjectorSettings
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -202,11 +192,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     case_dir = Path(case_dir)
 
     if models is None:
-        from stylegan.formats import load_model
-
         models = [load_model(p, device=device or "cpu") for p in model_paths]
-    from detector.calibration import calibration_mismatch, calibration_weakness
-    from detector.calibration_store import load_calibration
 
     warnings = []
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too

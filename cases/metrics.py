@@ -155,7 +155,7 @@ def format_case_metrics(metrics: dict) -> str:
 def scatter(report: dict, truth: Dict[str, str], path: Union[str, Path]) -> None:
     """Distance under the case's first network against its second, one colour per true source, with both
     thresholds (two-network cases)."""
-    import matplotlib
+    import matplotlib  # lazy: only --scatter draws, and matplotlib costs ~0.5 s to import
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

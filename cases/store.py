@@ -34,21 +34,21 @@ manifest; the case then reads as one.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import re
-import sys
 import tempfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-import numpy as np
+import h5py
 
-from stylegan.util.files import _fsync_dir, atomic_write_text, sha256_file
+from stylegan.util.files import _fsync_dir, atomic_write_text
+
+from .inputs import InputFile
+from .provenance import library_versions, now_iso, tool_info
+from .records import Key, ResultRecord, _read_record, _write_record
 
 CASE_FORMAT = "stylegan-forensics-case"
 BATCH_FORMAT = "stylegan-forensics-case-batch"
@@ -60,153 +60,8 @@ _BATCH_RE = re.compile(r"^batch-r(\d{3,})-(\d{6,})\.h5$")
 # Settings that change speed, memory or placement but not results: a case may be resumed with other values.
 NON_RESULT_SETTINGS = ("device", "chunk_size")
 
-Key = Tuple[str, str]  # (input sha256, model file sha256)
-
-
 class CaseError(RuntimeError):
     """A case folder cannot be used as asked (missing, not a case, created with other settings ...)."""
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def library_versions() -> Dict[str, Optional[str]]:
-    """Versions of the libraries that shape the results (recorded in the manifest and the report)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: Dict[str, Optional[str]] = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "h5py", "lpips", "pillow", "stylegan-forensics"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def tool_info() -> Dict[str, Optional[str]]:
-    vers = library_versions()
-    return {"name": "stylegan-forensics", "version": vers.get("stylegan-forensics"),
-            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else None}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Inputs
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One input as hashed now: path (as given), sha256 of its bytes, size, format (Pillow's, from the header;
-    None when Pillow does not recognise it). ``error`` when it could not be read at all."""
-
-    path: str
-    sha256: Optional[str]
-    size: Optional[int]
-    format: Optional[str]
-    error: Optional[str] = None
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = {"path": self.path, "sha256": self.sha256, "size": self.size, "format": self.format}
-        if self.error is not None:
-            d["error"] = self.error
-        return d
-
-
-def describe_input(path: Path) -> InputFile:
-    """Hash one input file (streamed) and sniff its format; an unreadable file gives an ``error``."""
-    try:
-        size = os.stat(path).st_size
-        sha = sha256_file(path)
-    except OSError as exc:
-        return InputFile(str(path), None, None, None, f"{path}: cannot read ({exc.strerror or exc})")
-    fmt = None
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            fmt = im.format
-    except Exception:
-        fmt = None
-    return InputFile(str(path), sha, size, fmt)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Records
-
-
-@dataclass
-class ResultRecord:
-    """The outcome of one input under one model.
-
-    ``error`` set: the input could not be used (then no distance). Otherwise distance, threshold, its source,
-    the verdict, the preprocessed ``target`` [C, R, R] and the :class:`ProjectionResult`. ``notes``: what loading
-    did to the image. ``batch_file`` is filled in when read back. ``current`` (read against the manifest): False
-    when the recorded path now has other content.
-    """
-
-    input_sha256: str
-    model_sha256: str
-    path: str
-    error: Optional[str] = None
-    distance: Optional[float] = None
-    threshold: Optional[float] = None
-    threshold_source: Optional[str] = None
-    verdict: Optional[str] = None
-    notes: List[str] = field(default_factory=list)
-    result: Any = None  # detector.results.ProjectionResult
-    target: Any = None  # torch.Tensor [C, R, R]
-    batch_file: Optional[str] = None
-    current: bool = True
-
-    @property
-    def key(self) -> Key:
-        return (self.input_sha256, self.model_sha256)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = {"path": self.path, "sha256": self.input_sha256, "model_sha256": self.model_sha256,
-             "error": self.error, "distance": self.distance, "threshold": self.threshold,
-             "threshold_source": self.threshold_source, "verdict": self.verdict, "notes": list(self.notes),
-             "batch_file": self.batch_file, "current": self.current}
-        if self.result is not None:
-            d["steps_run"] = int(self.result.steps_run)
-            d["seed"] = self.result.settings.get("seed")
-        return d
-
-
-def _write_record(root, rec: ResultRecord) -> None:
-    g = root.require_group(rec.input_sha256).create_group(rec.model_sha256)
-    g.attrs["path"] = rec.path
-    g.attrs["notes"] = json.dumps(list(rec.notes))
-    if rec.error is not None:
-        g.attrs["error"] = rec.error
-        return
-    g.attrs["distance"] = float(rec.distance)
-    g.attrs["threshold"] = float(rec.threshold)
-    g.attrs["threshold_source"] = str(rec.threshold_source)
-    g.attrs["verdict"] = str(rec.verdict)
-    rec.result.save_hdf5(g.create_group("projection"))
-    g.create_dataset("target", data=np.asarray(rec.target.detach().cpu().numpy(), dtype=np.float32))
-
-
-def _read_record(g, input_sha: str, model_sha: str, load: bool) -> ResultRecord:
-    a = g.attrs
-    rec = ResultRecord(input_sha256=input_sha, model_sha256=model_sha, path=str(a["path"]),
-                       notes=json.loads(a.get("notes", "[]")))
-    if "error" in a:
-        rec.error = str(a["error"])
-        return rec
-    rec.distance = float(a["distance"])
-    rec.threshold = float(a["threshold"])
-    rec.threshold_source = str(a["threshold_source"])
-    rec.verdict = str(a["verdict"])
-    if load:
-        import torch
-
-        from detector.results import ProjectionResult
-
-        rec.result = ProjectionResult.load_hdf5(g["projection"])
-        rec.target = torch.from_numpy(np.array(g["target"]))
-    return rec
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,7 +186,8 @@ class CaseStore:
         """path -> sha256 as last recorded in the manifest."""
         return {e["path"]: e["sha256"] for e in self.manifest.get("inputs", []) if e.get("sha256")}
 
-    def check_inputs(self, inputs: Iterable[InputFile]) -> Tuple[List[InputFile], List[InputFile], List[Tuple[InputFile, str]]]:
+    def check_inputs(self, inputs: Iterable[InputFile]
+                     ) -> Tuple[List[InputFile], List[InputFile], List[Tuple[InputFile, str]]]:
         """Sort hashed inputs into (new, done, changed). ``done``: every model has a result (or a recorded
         error) for its sha256. ``changed``: (input, old sha256) for a path recorded with other content; a changed
         input is not done (unless its new content was done under another path) and is also in ``new``.
@@ -377,8 +233,6 @@ class CaseStore:
 
     def done_keys(self) -> Set[Key]:
         """Every (input sha256, model sha256) with a result or a recorded error."""
-        import h5py
-
         cache = self.__dict__.setdefault("_scanned", {})  # batch files never change once written
         keys: Set[Key] = set()
         for f in self.batch_files():
@@ -412,8 +266,6 @@ class CaseStore:
     def write_batch(self, records: Sequence[ResultRecord], rank: int = 0) -> Optional[Path]:
         """Write one batch of records as a new result file, atomically; returns its path (None if empty).
         Keys already in the case are dropped (never duplicated)."""
-        import h5py
-
         done = self.done_keys()
         seen: Set[Key] = set()
         todo = []
@@ -468,8 +320,6 @@ class CaseStore:
     def results(self, load: bool = True, include_stale: bool = True) -> Iterator[ResultRecord]:
         """Every record of the case, once per key (first file in sorted order wins), with ``current`` set from
         the manifest's inputs. ``load=False`` skips the arrays (fast summaries)."""
-        import h5py
-
         recorded = self.recorded_inputs()
         current_shas = set(recorded.values())
         seen: Set[Key] = set()
@@ -486,30 +336,3 @@ class CaseStore:
                         rec.current = isha in current_shas or not recorded
                         if rec.current or include_stale:
                             yield rec
-
-
-def attribute_records(records: Sequence[ResultRecord], model_names: Dict[str, str]) -> Dict[str, Any]:
-    """The verdict for one input from its records under several networks (issue 6): the network with the lowest
-    distance among those whose distance is within *their own* threshold, or none.
-
-    Returns ``{"verdict", "model_sha256" (or None), "model" (its name or None)}``. With one network the verdict
-    is that network's own ('generated by this network' / 'not attributed'); an input whose every record is an
-    error has verdict 'error'.
-    """
-    from detector.attribution import GENERATED, NOT_ATTRIBUTED, Threshold, attribute
-
-    ok = [r for r in records if r.error is None and r.distance is not None]
-    if not ok:
-        return {"verdict": "error", "model_sha256": None, "model": None}
-    name_of = {r.model_sha256: model_names.get(r.model_sha256, r.model_sha256[:12]) for r in ok}
-    mv = attribute({name_of[r.model_sha256]: r.distance for r in ok},
-                   {name_of[r.model_sha256]: Threshold(float(r.threshold), str(r.threshold_source)) for r in ok})
-    if mv.network is None:
-        return {"verdict": NOT_ATTRIBUTED, "model_sha256": None, "model": None}
-    sha = next(k for k, v in name_of.items() if v == mv.network)
-    verdict = GENERATED if len(model_names) <= 1 else mv.verdict
-    return {"verdict": verdict, "model_sha256": sha, "model": mv.network}
-
-
-__all__ = ["CaseStore", "attribute_records", "CaseError", "InputFile", "ResultRecord", "describe_input", "library_versions",
-           "tool_info", "now_iso", "CASE_FORMAT", "MANIFEST"]

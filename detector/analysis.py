@@ -14,7 +14,6 @@ from .projector import _settled
 from .results import ProjectionResult
 from .settings import ProjectorSettings
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Early stopping, simulated on a full run
 

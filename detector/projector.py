@@ -47,8 +47,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batching import (DistanceFn, _chunks, _Distance, _Frozen, _RowAdam, _rows, auto_chunk_size,
-                       distance_resolution, image_seeds)
+from .batching import (
+    DistanceFn,
+    _chunks,
+    _Distance,
+    _Frozen,
+    _RowAdam,
+    _rows,
+    auto_chunk_size,
+    distance_resolution,
+    image_seeds,
+)
 from .results import TRACE_DTYPE, ProjectionResult
 from .settings import DEFAULT_PYRAMID, PYRAMIDS, ProjectorSettings
 from .w_stats import WStats, cached_w_stats

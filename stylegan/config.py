@@ -88,7 +88,8 @@ class GeneratorConfig(GeneratorShape):
     def __post_init__(self) -> None:
         _check_resolution(self.img_resolution)
         if self.architecture not in GENERATOR_ARCHITECTURES:
-            raise ConfigError(f"generator architecture must be one of {GENERATOR_ARCHITECTURES}, got {self.architecture!r}")
+            raise ConfigError(f"generator architecture must be one of {GENERATOR_ARCHITECTURES}, "
+                              f"got {self.architecture!r}")
         if self.c_dim != 0:
             raise ConfigError("conditional generators (c_dim > 0) are not supported")
         for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "img_channels"):

@@ -38,7 +38,8 @@ class DiscriminatorBlock(torch.nn.Module):
         if architecture == "resnet":
             self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2)
 
-    def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, x: Optional[torch.Tensor],
+                img: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.in_channels == 0 or self.architecture == "skip":
             assert img is not None and img.shape[1:] == (self.img_channels, self.resolution, self.resolution), (
                 f"expected images [N, {self.img_channels}, {self.resolution}, {self.resolution}], "

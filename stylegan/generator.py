@@ -18,8 +18,16 @@ import numpy as np
 import torch
 
 from .config import GeneratorConfig
-from .ops import (SQRT2, Conv2dLayer, FullyConnectedLayer, bias_act, conv2d_resample, normalize_2nd_moment,
-                  setup_filter, upsample2d)
+from .ops import (
+    SQRT2,
+    Conv2dLayer,
+    FullyConnectedLayer,
+    bias_act,
+    conv2d_resample,
+    normalize_2nd_moment,
+    setup_filter,
+    upsample2d,
+)
 
 NOISE_MODES = ("random", "const", "none")
 

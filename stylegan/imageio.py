@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .util.files import atomic_write_bytes
 from .generator import to_uint8
+from .util.files import atomic_write_bytes
 
 
 def png_bytes(arr: np.ndarray) -> bytes:

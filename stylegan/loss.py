@@ -58,7 +58,8 @@ def path_length_penalty(lengths: torch.Tensor, pl_mean: torch.Tensor) -> torch.T
     return (lengths - pl_mean.to(lengths.dtype)).square()
 
 
-def lazy_adam_hyperparameters(lr: float, betas: Tuple[float, float], interval: int) -> Tuple[float, Tuple[float, float]]:
+def lazy_adam_hyperparameters(lr: float, betas: Tuple[float, float],
+                              interval: int) -> Tuple[float, Tuple[float, float]]:
     """Lazy regularisation (StyleGAN2 §3.1): with the regulariser run every ``interval`` steps, Adam's lr and betas
     become lr * c and beta ** c, c = interval / (interval + 1), so the optimiser sees the same effective schedule."""
     if not interval:
@@ -67,7 +68,8 @@ def lazy_adam_hyperparameters(lr: float, betas: Tuple[float, float], interval: i
     return lr * c, (betas[0] ** c, betas[1] ** c)
 
 
-def style_mix(ws: torch.Tensor, ws2: torch.Tensor, prob: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def style_mix(ws: torch.Tensor, ws2: torch.Tensor, prob: float,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Style-mixing regularisation (StyleGAN §3.1): with probability ``prob`` switch from ws to ws2 at one random
     crossover layer in [1, num_ws) (one crossover for the whole batch, as in NVIDIA's implementation)."""
     num_ws = ws.shape[1]

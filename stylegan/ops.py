@@ -235,7 +235,8 @@ class Conv2dLayer(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros([out_channels])) if bias else None
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        assert x.ndim == 4 and x.shape[1] == self.in_channels, f"expected [N, {self.in_channels}, H, W], got {list(x.shape)}"
+        assert x.ndim == 4 and x.shape[1] == self.in_channels, (
+            f"expected [N, {self.in_channels}, H, W], got {list(x.shape)}")
         w = self.weight.to(x.dtype) * self.weight_gain
         x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None

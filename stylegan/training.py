@@ -45,11 +45,21 @@ from .data import BatchStream, DatasetError, InfiniteSampler, open_dataset
 from .formats.ours import build_networks, get_arch, read_network_file, save_network
 from .generator import seed_to_z
 from .imageio import save_grid as write_grid_png
-from .loss import (d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_hyperparameters, path_length_penalty,
-                   path_lengths, r1_penalty, style_mix, update_ema, update_pl_mean)
-from .stylegan1 import pg_process_reals, pg_schedule
+from .loss import (
+    d_logistic_loss,
+    ema_beta,
+    g_nonsaturating_loss,
+    lazy_adam_hyperparameters,
+    path_length_penalty,
+    path_lengths,
+    r1_penalty,
+    style_mix,
+    update_ema,
+    update_pl_mean,
+)
+from .progressive import pg_process_reals, pg_schedule
 from .training_config import TrainingConfig
-from .util.distributed import _average_grads, _dist, _gather, _mean_over_ranks, _sync_params, _world
+from .util.distributed import average_grads, gather, mean_over_ranks, process_group, rank_and_world_size, sync_params
 from .util.files import atomic_write_text
 
 __all__ = ["Trainer", "TrainingError", "TickStats", "latest_snapshot"]
@@ -89,7 +99,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.progress = progress
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = rank_and_world_size()
         if config.batch_size % self.world_size:
             raise TrainingError(f"batch_size {config.batch_size} is not divisible by {self.world_size} ranks")
         self.batch_gpu = config.batch_size // self.world_size
@@ -114,15 +124,17 @@ class Trainer:
         spec = get_arch(config.arch)
         self.G = spec.generator(config.G).to(self.device).train()
         self.D = spec.discriminator(config.D).to(self.device).train()
-        _sync_params(self.G)
-        _sync_params(self.D)
+        sync_params(self.G)
+        sync_params(self.D)
         self.G_ema = spec.generator(config.G).to(self.device).eval()
         self.G_ema.load_state_dict(self.G.state_dict())
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
 
-        g_lr, g_betas = lazy_adam_hyperparameters(config.g_lr, config.betas, config.pl_interval if config.pl_weight > 0 else 0)
-        d_lr, d_betas = lazy_adam_hyperparameters(config.d_lr, config.betas, config.r1_interval if config.r1_gamma > 0 else 0)
+        g_interval = config.pl_interval if config.pl_weight > 0 else 0
+        d_interval = config.r1_interval if config.r1_gamma > 0 else 0
+        g_lr, g_betas = lazy_adam_hyperparameters(config.g_lr, config.betas, g_interval)
+        d_lr, d_betas = lazy_adam_hyperparameters(config.d_lr, config.betas, d_interval)
         self.G_opt = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=config.adam_eps)
         self.D_opt = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=config.adam_eps)
         self.pl_mean = torch.zeros([], device=self.device)
@@ -204,8 +216,8 @@ class Trainer:
     # -- snapshots ----------------------------------------------------------------------------------------------
 
     def _training_state(self) -> Dict[str, Any]:
-        rng = _gather(torch.get_rng_state())
-        streams = _gather(self.stream.state_dict())
+        rng = gather(torch.get_rng_state())
+        streams = gather(self.stream.state_dict())
         return {
             "G_opt": self.G_opt.state_dict(),
             "D_opt": self.D_opt.state_dict(),
@@ -217,7 +229,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "world_size": self.world_size,
             "rng_states": rng,
-            "cuda_rng_states": _gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None,
+            "cuda_rng_states": gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None,
             "data_states": streams,
             "config": self.config.to_dict(),
         }
@@ -252,7 +264,8 @@ class Trainer:
             raise TrainingError(f"{path} holds a {obj.get('arch')!r} network, the run is {self.config.arch!r}")
         if state.get("world_size", 1) != self.world_size:
             raise TrainingError(f"{path} was written by {state.get('world_size')} ranks; resume with the same number")
-        if self.dataset.fingerprint and obj["metadata"].get("dataset_fingerprint") not in (None, self.dataset.fingerprint):
+        if (self.dataset.fingerprint
+                and obj["metadata"].get("dataset_fingerprint") not in (None, self.dataset.fingerprint)):
             raise TrainingError(f"{path} was trained on another dataset (fingerprint differs)")
         G_ema, G, D = build_networks(obj, with_training=True, what=str(path))
         self.G.load_state_dict(G.state_dict())
@@ -290,7 +303,7 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in module.parameters() if p.requires_grad]
-        _average_grads(params)
+        average_grads(params)
         for p in params:
             if p.grad is not None:
                 torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
@@ -322,7 +335,7 @@ class Trainer:
         if cfg.pl_weight > 0 and it % cfg.pl_interval == 0:
             img, ws = self._generate(max(self.batch_gpu // cfg.pl_batch_shrink, 1))
             lengths = path_lengths(img, ws)
-            self.pl_mean = update_pl_mean(self.pl_mean, _mean_over_ranks(lengths.detach().mean()), cfg.pl_decay)
+            self.pl_mean = update_pl_mean(self.pl_mean, mean_over_ranks(lengths.detach().mean()), cfg.pl_decay)
             penalty = path_length_penalty(lengths, self.pl_mean)
             self.stats.add("pl/lengths", lengths)
             self.stats.add("pl/mean", self.pl_mean)
@@ -335,7 +348,7 @@ class Trainer:
             fake, _ = self._generate(self.batch_gpu, update_emas=True)
             # w_avg moved by lerp towards this rank's batch mean; the mean over ranks is the lerp towards the
             # global batch mean, so every rank keeps the same w_avg.
-            self.G.mapping.w_avg.copy_(_mean_over_ranks(self.G.mapping.w_avg))
+            self.G.mapping.w_avg.copy_(mean_over_ranks(self.G.mapping.w_avg))
         fake_logits = self.D(fake)
         real_logits = self.D(real)
         loss_d = d_logistic_loss(real_logits, fake_logits)
@@ -437,7 +450,7 @@ class Trainer:
     def _past_deadline(self) -> bool:
         """Whether the deadline has passed, agreed by every rank (checked at tick boundaries only)."""
         flag = torch.tensor(float(self.deadline is not None and time.time() >= self.deadline))
-        d = _dist()
+        d = process_group()
         if d:
             d.all_reduce(flag, op=d.ReduceOp.MAX)
         return bool(flag.item())

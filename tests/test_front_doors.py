@@ -105,8 +105,8 @@ def test_choice_enums_match_the_library():
     from detector.cli.options import LpipsNet, Pyramid
     from detector.settings import PYRAMIDS
     from stylegan.cli import Arch, Crop, NoiseMode, Preset
-    from stylegan.images import CROPS
     from stylegan.generator import NOISE_MODES
+    from stylegan.images import CROPS
     from stylegan.presets import STYLEGAN1_PRESETS, TRAINING_PRESETS
     from stylegan.training_config import TRAINABLE_ARCHS
 
@@ -119,17 +119,6 @@ def test_choice_enums_match_the_library():
 
     for net in LpipsNet:
         weights._trunk(net.value)  # every choice is a backbone the library knows
-
-
-def test_front_doors_do_not_import_each_other():
-    root = Path(__file__).resolve().parents[1]
-    for path in (root / "detector" / "cli").glob("*.py"):
-        assert "stylegan.cli" not in path.read_text(), path
-    text = (root / "stylegan" / "cli.py").read_text() + (root / "stylegan" / "util" / "cli_support.py").read_text()
-    assert "detector.cli" not in text
-    for lib in ("cases/metrics.py", "stylegan/util/progress.py"):
-        src = (root / lib).read_text()
-        assert "detector.cli" not in src and "stylegan.cli" not in src, lib
 
 
 # ----------------------------------------------------------------------------------------------------------------

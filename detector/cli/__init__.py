@@ -12,14 +12,12 @@ from stylegan.util.cli_support import new_app
 app = new_app("Tell whether images were made by a given StyleGAN network (StyleGAN2 §5: project, re-synthesise, "
               "measure LPIPS).", prog="detect")
 
-# The commands register themselves on `app`, in the order `detect --help` lists them.
-from . import check  # noqa: E402,F401
-from . import calibrate  # noqa: E402,F401
-from . import cases  # noqa: E402,F401
-from . import score  # noqa: E402,F401
-from . import demo_cmd  # noqa: E402,F401
-from . import fetch_weights  # noqa: E402,F401
-from .options import projector_settings  # noqa: E402,F401  (re-exported: the lead's scripts may use it)
+# Imported after `app` exists: the command modules register their commands on it.
+from . import calibrate, cases, check, demo_cmd, fetch_weights, score  # noqa: E402,F401
+
+#: The order `detect --help` lists the commands in: the everyday ones first.
+COMMAND_ORDER = ("check", "calibrate", "batch", "report", "score", "demo", "fetch-weights")
+app.registered_commands.sort(key=lambda c: COMMAND_ORDER.index(c.name or c.callback.__name__))
 
 
 def main() -> None:

@@ -10,14 +10,33 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from stylegan.util.cli_support import (DeviceOption, ModelOption, UsageError, command, default_device, setup_torch,
-                                       user_errors)
+from stylegan.util.cli_support import (
+    DeviceOption,
+    ModelOption,
+    UsageError,
+    command,
+    default_device,
+    setup_torch,
+    user_errors,
+)
 from stylegan.util.progress import Progress
 
 from . import app
-from .options import (OUTPUT, AlphaMinResolutionOption, AlphaOption, ClampOutputOption, LpipsNet, LpipsNetOption,
-                      LpipsResolutionOption, LpipsWeightsOption, LrOption, PyramidOption, StepsOption, detector_errors,
-                      projector_settings)
+from .options import (
+    OUTPUT,
+    AlphaMinResolutionOption,
+    AlphaOption,
+    ClampOutputOption,
+    LpipsNet,
+    LpipsNetOption,
+    LpipsResolutionOption,
+    LpipsWeightsOption,
+    LrOption,
+    PyramidOption,
+    StepsOption,
+    detector_errors,
+    projector_settings,
+)
 
 
 @command(app)
@@ -73,10 +92,9 @@ def calibrate(
     from detector.calibration import CalibrationError
 
     with user_errors(detector_errors() + (CalibrationError,)):
-        from stylegan.formats import load_model
-
         from detector.calibration_run import calibrate as run_calibration
         from detector.images import iter_image_files
+        from stylegan.formats import load_model
         from stylegan.perceptual import load_lpips
         settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
@@ -143,9 +161,8 @@ def _read_record(path: Path):
 def _finish(record, model: Path, store: bool, out: Optional[Path], as_json: bool) -> None:
     """Store the record with the model (unless --no-store), write --out, and print the record or its summary
     with any weakness warning and a note when too few reals bound the achieved FPR."""
-    from stylegan.util.files import atomic_write_text
-
     from detector.calibration_store import store_calibration
+    from stylegan.util.files import atomic_write_text
 
     stored = store_calibration(record, model) if store else None
     if out is not None:

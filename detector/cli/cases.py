@@ -14,15 +14,26 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from stylegan.util.cli_support import (DeviceOption, UsageError, command, default_device, setup_torch,
-                                       user_errors)
+from stylegan.util.cli_support import DeviceOption, UsageError, command, default_device, setup_torch, user_errors
 from stylegan.util.distributed import init_distributed
 from stylegan.util.progress import Progress
 
 from . import app
-from .options import (AlphaMinResolutionOption, AlphaOption, ClampOutputOption, EarlyStopOption, LpipsNet,
-                      LpipsNetOption, LpipsResolutionOption, LpipsWeightsOption, LrOption, PyramidOption, StepsOption,
-                      case_errors, projector_settings)
+from .options import (
+    AlphaMinResolutionOption,
+    AlphaOption,
+    ClampOutputOption,
+    EarlyStopOption,
+    LpipsNet,
+    LpipsNetOption,
+    LpipsResolutionOption,
+    LpipsWeightsOption,
+    LrOption,
+    PyramidOption,
+    StepsOption,
+    case_errors,
+    projector_settings,
+)
 
 CaseArgument = Annotated[Path, typer.Argument(metavar="CASE", help="Case folder written by `detect batch`.")]
 
@@ -66,7 +77,6 @@ def batch(
     with user_errors(case_errors()):
         from cases.batch import run_batch
         from cases.store import CaseError
-
         from stylegan.perceptual import load_lpips
 
         settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,

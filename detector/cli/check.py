@@ -9,14 +9,35 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from stylegan.util.cli_support import (DeviceOption, JsonOption, ModelOption, command, default_device, setup_torch,
-                                       user_errors)
+from stylegan.util.cli_support import (
+    DeviceOption,
+    JsonOption,
+    ModelOption,
+    command,
+    default_device,
+    setup_torch,
+    user_errors,
+)
 from stylegan.util.progress import Progress
 
 from . import app
-from .options import (PROJECTOR, AlphaMinResolutionOption, AlphaOption, ClampOutputOption, EarlyStopOption,
-                      LpipsNet, LpipsNetOption, LpipsResolutionOption, LpipsWeightsOption, LrOption, PyramidOption,
-                      StepsOption, ThresholdOption, detector_errors, projector_settings)
+from .options import (
+    PROJECTOR,
+    AlphaMinResolutionOption,
+    AlphaOption,
+    ClampOutputOption,
+    EarlyStopOption,
+    LpipsNet,
+    LpipsNetOption,
+    LpipsResolutionOption,
+    LpipsWeightsOption,
+    LrOption,
+    PyramidOption,
+    StepsOption,
+    ThresholdOption,
+    detector_errors,
+    projector_settings,
+)
 
 
 @command(app)

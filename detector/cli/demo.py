@@ -134,10 +134,9 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     """Run the demo into ``out_dir`` (see the module docstring) and return what it found."""
     from cases.batch import run_batch
     from cases.report import write_report
-    from stylegan.formats import load_model
-
     from detector.calibration import calibrated_settings
     from detector.settings import ProjectorSettings
+    from stylegan.formats import load_model
 
     if steps < 1:
         raise ValueError("steps must be at least 1")

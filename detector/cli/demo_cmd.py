@@ -11,8 +11,15 @@ from typing import Annotated
 
 import typer
 
-from stylegan.util.cli_support import DeviceOption, JsonOption, UsageError, command, default_device, setup_torch, \
-    user_errors
+from stylegan.util.cli_support import (
+    DeviceOption,
+    JsonOption,
+    UsageError,
+    command,
+    default_device,
+    setup_torch,
+    user_errors,
+)
 from stylegan.util.progress import Progress
 
 from . import app

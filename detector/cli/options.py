@@ -76,7 +76,7 @@ LpipsResolutionOption = Annotated[Optional[int], typer.Option(
 ClampOutputOption = Annotated[Optional[bool], typer.Option(
     "--clamp-output/--no-clamp-output", rich_help_panel=PROJECTOR, show_default=False,
     help="Clamp the re-synthesis to [-1, 1] before LPIPS, as an image file would (default: the projector's; "
-         "see README, Measured accuracy).")]
+         "see docs/measurements.md).")]
 EarlyStopOption = Annotated[bool, typer.Option(
     "--early-stop/--no-early-stop", rich_help_panel=PROJECTOR,
     help="Stop projecting an image once its distance has settled clearly on one side of the threshold (checked "

@@ -36,8 +36,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from ..images import CROPS, RESIZE_FILTER, ImageRejected, prepare
 from ..imageio import png_bytes
+from ..images import CROPS, RESIZE_FILTER, ImageRejected, prepare
 from ..util.files import atomic_write_bytes, sha256_bytes
 from .sources import IMAGE_EXTENSIONS, DatasetError, PathLike, _reason, _Source
 
@@ -70,7 +70,8 @@ class BuildReport:
         return d
 
     def summary(self) -> str:
-        s = f"wrote {self.count} images ({self.channels}x{self.resolution}x{self.resolution}, crop={self.crop}) to {self.out_path}"
+        s = (f"wrote {self.count} images ({self.channels}x{self.resolution}x{self.resolution}, crop={self.crop}) "
+             f"to {self.out_path}")
         if self.failed:
             s += f"; {len(self.failed)} file(s) could not be read"
         if self.ignored:
@@ -83,7 +84,8 @@ class BuildReport:
 
 
 def _check_settings(resolution: int, crop: str, channels: int) -> None:
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 4 or resolution & (resolution - 1):
+    if (isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 4
+            or resolution & (resolution - 1)):
         raise DatasetError(f"resolution must be a power of two >= 4, got {resolution!r}")
     if crop not in CROPS:
         raise DatasetError(f"crop must be one of {', '.join(CROPS)}; got {crop!r}")
@@ -115,7 +117,8 @@ def _checked_source(src: PathLike, resolution: int, crop: str, channels: int, ma
         raise DatasetError(f"skip_images must be an integer >= 0, got {skip_images!r}")
     source = _Source(src)
     if not source.names:
-        raise DatasetError(f"no images in {source.path} (no files with extension {'/'.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})")
+        extensions = "/".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
+        raise DatasetError(f"no images in {source.path} (no files with extension {extensions})")
     if skip_images >= len(source.names):
         raise DatasetError(f"skip_images={skip_images} leaves nothing: {source.path} has {len(source.names)} images")
     source.names = source.names[int(skip_images):]

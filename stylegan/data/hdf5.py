@@ -48,7 +48,8 @@ class HDF5ImageDataset(torch.utils.data.Dataset):
             with h5py.File(self.path, "r") as f:
                 images = f.get("images")
                 if not isinstance(images, h5py.Dataset):
-                    raise DatasetError(f"{self.path} has no 'images' dataset; build it with `stylegan dataset SRC OUT.h5 --res R`")
+                    raise DatasetError(f"{self.path} has no 'images' dataset; "
+                                       "build it with `stylegan dataset SRC OUT.h5 --res R`")
                 shape = images.shape
                 dtype = images.dtype
                 self._attrs = {k: _attr_value(v) for k, v in f.attrs.items()}

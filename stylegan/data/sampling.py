@@ -89,7 +89,8 @@ class InfiniteSampler(torch.utils.data.Sampler):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         for key in ("size", "rank", "world_size", "shuffle"):
             if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"sampler state is for {key}={state[key]!r}, this sampler has {key}={getattr(self, key)!r}")
+                raise ValueError(f"sampler state is for {key}={state[key]!r}, "
+                                 f"this sampler has {key}={getattr(self, key)!r}")
         epoch, pos = int(state["epoch"]), int(state["pos"])
         self.seed = int(state["seed"])
         self._shard = None
@@ -151,8 +152,10 @@ class BatchStream:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         fp, mine = state.get("fingerprint"), getattr(self.dataset, "fingerprint", None)
         if fp is not None and mine is not None and fp != mine:
-            raise DatasetError(f"cannot resume: the saved stream is for dataset {fp[:12]}..., this dataset is {mine[:12]}...")
+            raise DatasetError(f"cannot resume: the saved stream is for dataset {fp[:12]}..., "
+                               f"this dataset is {mine[:12]}...")
         if int(state.get("batch_size", self.batch_size)) != self.batch_size:
-            raise ValueError(f"cannot resume: saved batch_size={state['batch_size']}, this stream has {self.batch_size}")
+            raise ValueError(f"cannot resume: saved batch_size={state['batch_size']}, "
+                             f"this stream has {self.batch_size}")
         self.sampler.load_state_dict(state["sampler"])
         self.batches = int(state.get("batches", 0))

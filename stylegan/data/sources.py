@@ -68,7 +68,7 @@ class _Source:
         self.ignored: List[str] = []
         if self.kind == "folder":
             names = []
-            for root, dirs, files in os.walk(self.path):
+            for root, _dirs, files in os.walk(self.path):
                 for fn in files:
                     rel = Path(root, fn).relative_to(self.path).as_posix()
                     (names if _is_image_name(fn) else self.ignored).append(rel)
@@ -83,7 +83,8 @@ class _Source:
             with h5py.File(self.path, "r") as f:
                 images = f.get("images")
                 if not isinstance(images, h5py.Dataset) or images.ndim != 4 or images.shape[1] not in (1, 3):
-                    raise DatasetError(f"HDF5 source {self.path} has no 'images' dataset of shape [N, C, H, W], C in (1, 3)")
+                    raise DatasetError(f"HDF5 source {self.path} has no 'images' dataset of shape [N, C, H, W], "
+                                       "C in (1, 3)")
                 n = images.shape[0]
                 names = f.get("names")
                 if isinstance(names, h5py.Dataset) and names.shape == (n,):
@@ -118,7 +119,8 @@ class _Source:
                     for j, a in enumerate(arr):
                         name = self.names[start + j]
                         try:
-                            item = Image.fromarray(np.ascontiguousarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)))
+                            hwc = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+                            item = Image.fromarray(np.ascontiguousarray(hwc))
                         except Exception as e:  # noqa: BLE001
                             item = e
                         yield name, item

@@ -20,12 +20,11 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..discriminator import Discriminator
-from ..util.files import sha256_file
 from ..generator import Generator
+from ..util.files import sha256_file
 from .base import ModelFormatError, check_readable_file, construct, container_kind, one_line, safe_torch_load
 from .nvidia import load_nvidia_pickle
-from .ours import (FORMAT_NAME, build_networks, read_network_file, save_network, validate_network_dict,
-                   weights_sha256)
+from .ours import FORMAT_NAME, build_networks, read_network_file, save_network, validate_network_dict, weights_sha256
 from .rosinality import networks_from_checkpoint
 
 __all__ = ["ModelFormatError", "FORMATS", "detect_format", "LoadedModel", "load_model", "load_generator", "convert",

@@ -37,8 +37,15 @@ from ..config import ConfigError, DiscriminatorConfig, GeneratorConfig
 from ..discriminator import Discriminator
 from ..generator import Generator
 from .base import ModelFormatError, check_fir_kernel, check_readable_file, state_shapes, to_plain, unmapped_message
-from .nvidia_pickle import (ALLOWED_GLOBALS, EasyDict, PersistentObject, SafeUnpickler, _iter_modules,
-                            flatten_module, unpickle_nvidia)
+from .nvidia_pickle import (
+    ALLOWED_GLOBALS,
+    EasyDict,
+    PersistentObject,
+    SafeUnpickler,
+    _iter_modules,
+    flatten_module,
+    unpickle_nvidia,
+)
 
 __all__ = ["SafeUnpickler", "PersistentObject", "EasyDict", "NvidiaNetworks", "unpickle_nvidia", "flatten_module",
            "generator_config_from_kwargs", "discriminator_config_from_kwargs", "generator_name_map",

@@ -22,8 +22,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from collections import OrderedDict
-from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -33,8 +33,16 @@ from ..config import ConfigError, DiscriminatorConfig, GeneratorConfig
 from ..discriminator import Discriminator
 from ..generator import Generator
 from ..util.files import atomic_torch_save
-from .base import (ModelFormatError, check_plain, check_readable_file, construct, container_kind, one_line,
-                   require_tensor_dict, safe_torch_load)
+from .base import (
+    ModelFormatError,
+    check_plain,
+    check_readable_file,
+    construct,
+    container_kind,
+    one_line,
+    require_tensor_dict,
+    safe_torch_load,
+)
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ArchSpec", "register_arch", "get_arch", "arch_of", "known_archs",
            "save_network", "read_network_file", "validate_network_dict", "weights_sha256", "tool_version",

@@ -32,8 +32,19 @@ import torch
 
 from ..config import ConfigError, GeneratorConfig
 from ..generator import Generator
-from .base import (ModelFormatError, check_fir_kernel, check_readable_file, construct, container_kind, fir_kernel,
-                   state_shapes, require_tensor_dict, safe_torch_load, to_plain, unmapped_message)
+from .base import (
+    ModelFormatError,
+    check_fir_kernel,
+    check_readable_file,
+    construct,
+    container_kind,
+    fir_kernel,
+    require_tensor_dict,
+    safe_torch_load,
+    state_shapes,
+    to_plain,
+    unmapped_message,
+)
 
 __all__ = ["RosinalityNetworks", "rosinality_to_ours", "ours_to_rosinality", "load_rosinality_checkpoint",
            "networks_from_checkpoint", "find_channel_params", "is_rosinality_checkpoint", "key_table"]

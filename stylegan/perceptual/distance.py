@@ -29,8 +29,19 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from .weights import (FIX_HINT, KNOWN_TRUNK_SHA256, LPIPSWeightsError, PathLike, _one_line, _resolve, _Trunk, _trunk,
-                      file_sha256, read_trunk_weights, trunk_sha256)
+from .weights import (
+    FIX_HINT,
+    KNOWN_TRUNK_SHA256,
+    LPIPSWeightsError,
+    PathLike,
+    _one_line,
+    _resolve,
+    _Trunk,
+    _trunk,
+    file_sha256,
+    read_trunk_weights,
+    trunk_sha256,
+)
 
 __all__ = ["PerceptualDistance", "load_lpips"]
 

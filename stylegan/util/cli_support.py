@@ -32,7 +32,7 @@ def user_errors(extra: tuple = ()) -> Iterator[None]:
     except BASE_USER_ERRORS + tuple(extra) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         typer.echo(f"error: {msg}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def setup_torch() -> None:

@@ -28,28 +28,29 @@ def init_distributed() -> int:
     return torch.distributed.get_rank()
 
 
-def _dist():
+def process_group():
+    """``torch.distributed`` when a process group is initialised, else None."""
     import torch  # lazy: see the module docstring
 
     return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
 
 
-def _world() -> Tuple[int, int]:
-    d = _dist()
+def rank_and_world_size() -> Tuple[int, int]:
+    d = process_group()
     return (d.get_rank(), d.get_world_size()) if d else (0, 1)
 
 
-def _sync_params(module: "torch.nn.Module") -> None:
+def sync_params(module: "torch.nn.Module") -> None:
     """Start every rank from rank 0's weights and buffers."""
-    d = _dist()
+    d = process_group()
     if d:
         for t in list(module.parameters()) + list(module.buffers()):
             d.broadcast(t.data, src=0)
 
 
-def _average_grads(params: List["torch.nn.Parameter"]) -> None:
+def average_grads(params: List["torch.nn.Parameter"]) -> None:
     """All-reduce the gradients (mean over ranks) in one flat buffer."""
-    d = _dist()
+    d = process_group()
     if not d:
         return
     import torch  # lazy: see the module docstring
@@ -66,8 +67,8 @@ def _average_grads(params: List["torch.nn.Parameter"]) -> None:
         offset += n
 
 
-def _mean_over_ranks(x: "torch.Tensor") -> "torch.Tensor":
-    d = _dist()
+def mean_over_ranks(x: "torch.Tensor") -> "torch.Tensor":
+    d = process_group()
     if not d:
         return x
     x = x.detach().clone()
@@ -75,10 +76,27 @@ def _mean_over_ranks(x: "torch.Tensor") -> "torch.Tensor":
     return x / d.get_world_size()
 
 
-def _gather(obj: Any) -> List[Any]:
-    d = _dist()
+def gather(obj: Any) -> List[Any]:
+    d = process_group()
     if not d:
         return [obj]
     out: List[Any] = [None] * d.get_world_size()
     d.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself on a single process)."""
+    d = process_group()
+    if not d:
+        return obj
+    box = [obj]
+    d.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing on a single process)."""
+    d = process_group()
+    if d:
+        d.barrier()

@@ -79,8 +79,8 @@ class Progress:
     def __enter__(self) -> "Progress":
         if self.enabled and self._is_terminal():
             from rich.console import Console
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             console = Console(file=self.stream)
             self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),

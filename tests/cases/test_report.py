@@ -19,7 +19,8 @@ from tests.conftest import shared_file
 runner = CliRunner()
 
 # A real calibration record: 5 generated and 5 real distances, target FPR 0.2 (one real may fall below).
-CALIBRATION = record_from_distances([0.05, 0.08, 0.1, 0.12, 0.15], [0.25, 0.3, 0.33, 0.4, 0.5], target_fpr=0.2).to_dict()
+CALIBRATION = record_from_distances([0.05, 0.08, 0.1, 0.12, 0.15], [0.25, 0.3, 0.33, 0.4, 0.5],
+                                   target_fpr=0.2).to_dict()
 
 
 @pytest.fixture(scope="module")

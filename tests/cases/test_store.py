@@ -12,7 +12,8 @@ from PIL import Image
 
 import cases.batch as batch_mod
 from cases.batch import run_batch
-from cases.store import CaseError, CaseStore, describe_input
+from cases.inputs import describe_input
+from cases.store import CaseError, CaseStore
 from detector.settings import ProjectorSettings
 from stylegan.config import GeneratorConfig
 from stylegan.formats import save_network
@@ -220,7 +221,7 @@ def test_two_networks(env):
     assert [m["name"] for m in store.manifest["models"]] == ["g", "g2"]
     recs = list(store.results(load=False))
     assert len(recs) == 12
-    from cases.store import attribute_records
+    from cases.records import attribute_records
 
     names = {m["file_sha256"]: m["name"] for m in store.manifest["models"]}
     by_input = {}

@@ -12,8 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import detector.cli.calibrate  # noqa: F401  (registers `detect calibrate`)
-from detector.attribution import (NONE_LABEL, NOT_ATTRIBUTED, Threshold, attribute, confusion_table,
-                                  threshold_for)
+from detector.attribution import NONE_LABEL, NOT_ATTRIBUTED, Threshold, attribute, confusion_table, threshold_for
 from detector.calibration import CalibrationError, CalibrationRecord, calibration_weakness, record_from_distances
 from detector.calibration_run import calibrate, generate_images, generation_seeds
 from detector.calibration_store import load_calibration, sidecar_path, store_calibration
@@ -21,9 +20,9 @@ from detector.cli import app
 from detector.settings import ProjectorSettings
 from detector.statistics import clopper_pearson, reals_needed, roc_auc, roc_curve, threshold_at_fpr
 from stylegan.config import GeneratorConfig
-from stylegan.util.files import sha256_file
 from stylegan.formats import load_model, read_network_file, save_network
 from stylegan.generator import Generator
+from stylegan.util.files import sha256_file
 from tests.conftest import shared_file
 
 runner = CliRunner()

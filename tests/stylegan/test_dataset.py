@@ -1,5 +1,6 @@
 """Dataset building (folder / zip / HDF5 sources), HDF5 streaming, and the resumable sampler / batch stream."""
 
+import dataclasses
 import json
 import pickle
 import zipfile
@@ -12,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from stylegan.data import sources as dsmod
 from stylegan.data import (
     BatchStream,
     BuildReport,
@@ -26,6 +26,7 @@ from stylegan.data import (
     open_dataset,
     prepare_image,
 )
+from stylegan.data import sources as dsmod
 
 
 def _rand_rgb(rng, w, h):
@@ -79,7 +80,8 @@ def test_folder_and_zip_build_identical(folder, tmp_path):
     assert r1.ignored == r2.ignored == ("notes.txt",)
     assert attrs_a["source_type"] == "folder" and attrs_b["source_type"] == "zip"
     items = dict(iter_source_images(folder))
-    assert sorted(items) == ["corrupt.png", "img0.png", "img1.png", "img3.png", "img4.png", "img5.png", "sub/img2.png", "text.jpg"]
+    assert sorted(items) == ["corrupt.png", "img0.png", "img1.png", "img3.png", "img4.png", "img5.png",
+                             "sub/img2.png", "text.jpg"]
     assert isinstance(items["text.jpg"], Exception) and isinstance(items["img0.png"], Image.Image)
 
 
@@ -97,7 +99,7 @@ def test_failed_files_listed_with_reasons(folder, tmp_path):
     d = rep.to_dict()
     assert d["count"] == 6 and d["failed"][0]["file"] == "corrupt.png" and d["out_path"] == str(tmp_path / "d.h5")
     json.dumps(d)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         rep.count = 3  # frozen
 
 
@@ -107,7 +109,8 @@ def test_attributes_and_fingerprint(folder, tmp_path):
     assert r1.count == 4 and r1.fingerprint == r2.fingerprint and len(r1.fingerprint) == 64
     with h5py.File(tmp_path / "a.h5", "r") as f:
         at = f.attrs
-        for key in ("source", "count", "resolution", "channels", "crop", "created", "fingerprint", "format_version", "failed"):
+        for key in ("source", "count", "resolution", "channels", "crop", "created", "fingerprint", "format_version",
+                    "failed"):
             assert key in at, key
         assert at["source"] == str(folder) and at["resolution"] == 8 and at["channels"] == 3 and at["crop"] == "center"
         assert datetime.fromisoformat(at["created"]).utcoffset().total_seconds() == 0
@@ -335,7 +338,8 @@ def test_xflip(h5):
         assert torch.equal(ds[i + 10], torch.flip(ds[i], dims=[2]))
     assert ds[13][2, 0, 0] == 7 * 30
     b = ds.get_batch([13, 3, 3, 19])
-    assert torch.equal(b[0], ds[13]) and torch.equal(b[1], ds[3]) and torch.equal(b[2], ds[3]) and torch.equal(b[3], ds[19])
+    assert (torch.equal(b[0], ds[13]) and torch.equal(b[1], ds[3]) and torch.equal(b[2], ds[3])
+            and torch.equal(b[3], ds[19]))
     assert ds.name(13) == "03.png [xflip]" and ds.name(3) == "03.png"
 
 

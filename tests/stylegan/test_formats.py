@@ -23,14 +23,28 @@ import torch
 
 from stylegan.config import DiscriminatorConfig, GeneratorConfig
 from stylegan.discriminator import Discriminator
-from stylegan.util.files import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
-from stylegan.formats import (LoadedModel, ModelFormatError, convert, detect_format, load_generator, load_model,
-                              read_network_file, save_network, weights_sha256)
+from stylegan.formats import (
+    LoadedModel,
+    ModelFormatError,
+    convert,
+    detect_format,
+    load_generator,
+    load_model,
+    read_network_file,
+    save_network,
+    weights_sha256,
+)
 from stylegan.formats.base import fir_kernel
-from stylegan.formats.nvidia import (discriminator_name_map, flatten_module, generator_name_map, load_nvidia_pickle,
-                                     unpickle_nvidia)
+from stylegan.formats.nvidia import (
+    discriminator_name_map,
+    flatten_module,
+    generator_name_map,
+    load_nvidia_pickle,
+    unpickle_nvidia,
+)
 from stylegan.formats.rosinality import find_channel_params, ours_to_rosinality
 from stylegan.generator import Generator
+from stylegan.util.files import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
 from tests.conftest import shared_file
 
 TINY = GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=128, channel_max=16)

@@ -8,8 +8,16 @@ import pytest
 from PIL import Image
 
 from stylegan.data import build_dataset, prepare_image
-from stylegan.images import (ALPHA_BACKGROUND, RESIZE_FILTER, ImageRejected, crop_box, decode_image, prepare, resize,
-                             to_mode)
+from stylegan.images import (
+    ALPHA_BACKGROUND,
+    RESIZE_FILTER,
+    ImageRejected,
+    crop_box,
+    decode_image,
+    prepare,
+    resize,
+    to_mode,
+)
 
 RNG = np.random.default_rng(7)
 

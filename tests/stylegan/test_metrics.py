@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylegan.metrics import (face_crop, perceptual_path_length, percentile_filter, ppl_latents, slerp)
+from stylegan.metrics import face_crop, percentile_filter, perceptual_path_length, ppl_latents, slerp
 
 
 class ToyMapping(torch.nn.Module):
@@ -182,8 +182,8 @@ def test_bad_arguments():
 @pytest.mark.parametrize("space", ["w", "z"])
 @pytest.mark.parametrize("sampling", ["full", "end"])
 def test_ppl_runs_on_stylegan1_and_stylegan2(space, sampling):
-    from stylegan.presets import get_preset
     from stylegan.generator import Generator
+    from stylegan.presets import get_preset
     from stylegan.stylegan1 import StyleGAN1Config, StyleGAN1Generator
 
     def mse(a, b):

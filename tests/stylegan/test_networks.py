@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from stylegan.config import ConfigError, DiscriminatorConfig, GeneratorConfig
-from stylegan.presets import PRESETS, get_preset
 from stylegan.discriminator import Discriminator, MinibatchStdLayer
 from stylegan.generator import Generator, modulated_conv2d
 from stylegan.ops import conv2d_resample, setup_filter, upfirdn2d
+from stylegan.presets import PRESETS, get_preset
 
 TINY = dict(z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=16)
 
@@ -107,7 +107,8 @@ def test_noise_modes():
         n1 = G.synthesis(ws, noise_mode="none")
         zeros = [torch.zeros(1, *s) for s in G.synthesis.noise_shapes]
         n2 = G.synthesis(ws, noise=zeros)
-        consts = [layer.noise_const.reshape(1, *s) for layer, s in zip(G.synthesis.noise_layers(), G.synthesis.noise_shapes)]
+        consts = [layer.noise_const.reshape(1, *s)
+                  for layer, s in zip(G.synthesis.noise_layers(), G.synthesis.noise_shapes)]
         c3 = G.synthesis(ws, noise=consts)
     assert torch.equal(c1, c2)
     assert not torch.allclose(c1, r1)
@@ -152,7 +153,8 @@ def test_minibatch_std_groups_are_strided():
 
 def test_fir_resampling_shapes_and_dc_gain():
     f = setup_filter()
-    torch.testing.assert_close(torch.outer(f, f), torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
+    torch.testing.assert_close(torch.outer(f, f),
+                               torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
     x = torch.ones(1, 2, 8, 8)
     up = upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4)
     assert up.shape == (1, 2, 16, 16)
@@ -164,7 +166,7 @@ def test_fir_resampling_shapes_and_dc_gain():
 
 
 def test_presets_build():
-    for name, preset in PRESETS.items():
+    for _name, preset in PRESETS.items():
         assert preset.G.img_resolution == preset.D.img_resolution
     tiny = get_preset("cpu-tiny")
     G = Generator(tiny.G)

@@ -8,10 +8,18 @@ import torch
 from stylegan.config import ConfigError
 from stylegan.formats import load_model
 from stylegan.formats.ours import arch_of, get_arch, save_network
-from stylegan.stylegan1 import (AdaIN, NoiseInput, StyleGAN1Config, StyleGAN1Discriminator, StyleGAN1Generator,
-                                instance_norm, lod_to_stage, pg_process_reals, pg_schedule, stage_to_lod,
-                                stylegan1_discriminator_config, upsample_bilinear2x)
 from stylegan.ops import setup_filter
+from stylegan.progressive import lod_to_stage, pg_process_reals, pg_schedule, stage_to_lod
+from stylegan.stylegan1 import (
+    AdaIN,
+    NoiseInput,
+    StyleGAN1Config,
+    StyleGAN1Discriminator,
+    StyleGAN1Generator,
+    instance_norm,
+    stylegan1_discriminator_config,
+    upsample_bilinear2x,
+)
 
 CFG = StyleGAN1Config(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channel_base=128, channel_max=16)
 

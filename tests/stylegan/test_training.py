@@ -21,7 +21,6 @@ from stylegan.training import Trainer, TrainingError, latest_snapshot
 from stylegan.training_config import TrainingConfig, training_config_for
 from tests.conftest import shared_file
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Loss terms against hand-computed values
 
@@ -364,7 +363,8 @@ def test_config_a_refuses_path_length_and_growing_needs_config_a():
 
 def test_config_a_trains_with_progressive_growing(tmp_path, monkeypatch):
     import stylegan.training as T
-    from stylegan.stylegan1 import StyleGAN1Discriminator, StyleGAN1Generator, pg_schedule
+    from stylegan.progressive import pg_schedule
+    from stylegan.stylegan1 import StyleGAN1Discriminator, StyleGAN1Generator
 
     data = _dataset(tmp_path)
     cfg = _config_a(data)

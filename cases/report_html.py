@@ -1,0 +1,185 @@
+"""The HTML page of a case report: self-contained (PNG images as base64 data URIs, inline CSS, no scripts, no
+external resources). Stable hooks for automated checks: ``#summary``, ``#histogram`` (an ``<img>`` inside),
+``#images`` holding one ``.panel`` per input, ``#errors``, ``#changed``, ``#provenance``.
+
+Per image: the target, the re-synthesis, the amplified difference (StyleGAN2 Fig. 10) and the two largest
+optimised noise maps, min-max normalised to grey (Fig. 18); the distance histogram is drawn over the
+calibration's generated and real distances (Fig. 9).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import Any, Dict, List, Optional
+
+import matplotlib
+import numpy as np
+from PIL import Image
+
+from detector.check import difference_image
+from detector.images import to_uint8
+
+from .records import ResultRecord
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images and figures
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _tensor_png(t) -> str:
+    """[C, H, W] in [-1, 1] -> data URI of an 8-bit PNG."""
+    a = to_uint8(t.clamp(-1, 1)).permute(1, 2, 0).cpu().numpy()
+    img = Image.fromarray(a[:, :, 0], mode="L") if a.shape[2] == 1 else Image.fromarray(a, mode="RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return _png_uri(buf.getvalue())
+
+
+def _noise_png(n) -> str:
+    """A noise map [1, H, W], min-max normalised to [0, 1] grey."""
+    x = n.detach().float()
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / (hi - lo) if hi > lo else x * 0
+    return _tensor_png(x * 2 - 1)
+
+
+def _histogram_png(doc: Dict[str, Any]) -> str:
+    hist = doc["histogram"]
+    bins = np.asarray(hist["bins"])
+    n = max(1, len(hist["models"]))
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 3.6), squeeze=False)
+    centers = (bins[:-1] + bins[1:]) / 2
+    width = bins[1] - bins[0]
+    for ax, mh in zip(axes[0], hist["models"]):
+        if mh["generated"] is not None:
+            ax.bar(centers, mh["generated"], width=width, color="tab:blue", alpha=0.45,
+                   label="calibration: generated")
+        if mh["real"] is not None:
+            ax.bar(centers, mh["real"], width=width, color="tab:orange", alpha=0.45, label="calibration: real")
+        ax.step(bins, list(mh["case"]) + [mh["case"][-1] if mh["case"] else 0], where="post", color="black",
+                linewidth=1.8, label="this case")
+        th = next((m["threshold"] for m in doc["summary"]["models"] if m["name"] == mh["name"]), None)
+        if th is not None:
+            ax.axvline(th, color="tab:red", linestyle="--", linewidth=1.2, label=f"threshold {th:.3f}")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("LPIPS distance")
+        ax.set_ylabel("count")
+        ax.set_title(mh["name"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return _png_uri(buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HTML
+
+# A trailing backslash continues a rule on the next line (the string has no newline there).
+_CSS = """
+body{font-family:sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
+.panel{display:inline-block;vertical-align:top;border:1px solid #bbb;border-radius:4px;margin:6px;padding:8px;\
+width:720px}
+.panel.generated{border-color:#c0392b} .panel .verdict{font-weight:bold}
+.panel figure{display:inline-block;margin:4px;text-align:center}
+.panel figure img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ddd}
+.panel figcaption{font-size:11px}
+.mono{font-family:monospace;font-size:12px;word-break:break-all}
+#histogram img{max-width:100%}
+pre{background:#f6f6f6;padding:8px;font-size:11px;overflow-x:auto}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _fmt(d: Optional[float]) -> str:
+    return "–" if d is None else f"{d:.4f}"
+
+
+def _panel(img: Dict[str, Any], recs: List[ResultRecord], idx: int) -> str:
+    generated = img["verdict"].startswith("generated")
+    parts = [f'<div class="panel{" generated" if generated else ""}" id="panel-{idx}" '
+             f'data-sha256="{_e(img["sha256"])}">',
+             f'<div class="paths mono">{"<br>".join(_e(p) for p in img["paths"])}</div>',
+             f'<div>verdict: <span class="verdict">{_e(img["verdict"])}</span></div>']
+    ok = [r for r in recs if r.result is not None]
+    if ok:
+        # Images of the attributed network, else of the closest one.
+        best = next((r for r in ok if img["attributed_to"] and r.model_sha256 ==
+                     next(p["model_sha256"] for p in img["per_model"] if p["model"] == img["attributed_to"])),
+                    min(ok, key=lambda r: r.distance))
+        res = best.result
+        figs = [("target", _tensor_png(best.target)), ("re-synthesis", _tensor_png(res.image)),
+                ("difference ×4", _tensor_png(difference_image(best.target, res.image)))]
+        maps = sorted(range(len(res.noise)), key=lambda i: -res.noise[i].shape[-1])[:2]
+        for i in maps:
+            r = res.noise[i].shape[-1]
+            figs.append((f"noise {i} ({r}×{r})", _noise_png(res.noise[i])))
+        parts.append('<div class="figures">' + "".join(
+            f'<figure class="{_e(cap.split()[0])}"><img alt="{_e(cap)}" src="{uri}"><figcaption>{_e(cap)}'
+            f'</figcaption></figure>' for cap, uri in figs) + "</div>")
+    rows = "".join(f"<tr><td>{_e(p['model'])}</td><td>{_fmt(p['distance'])}</td><td>{_fmt(p['threshold'])}"
+                   f" ({_e(p['threshold_source'])})</td><td>{_e(p['verdict'] or p['error'])}</td></tr>"
+                   for p in img["per_model"])
+    parts.append(f'<table class="distances"><tr><th>network</th><th>LPIPS distance</th><th>threshold</th>'
+                 f'<th>verdict</th></tr>{rows}</table>')
+    if img["notes"]:
+        parts.append(f'<div class="notes">{"; ".join(_e(n) for n in img["notes"])}</div>')
+    parts.append(f'<div class="mono">sha256 {_e(img["sha256"])}</div></div>')
+    return "".join(parts)
+
+
+def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> str:
+    s = doc["summary"]
+    model_rows = "".join(
+        f"<tr><td>{_e(m['name'])}</td><td>{m['threshold']:.4f}</td><td>{_e(m['threshold_source'])}</td>"
+        f"<td>{_e(m['target_fpr'])}</td><td>{_e(m['achieved_fpr'])}</td><td>{_e(m['auc'])}</td>"
+        f"<td class='mono'>{_e(m['file_sha256'])}</td></tr>" for m in s["models"])
+    verdict_rows = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in s["verdicts"].items())
+    counts = ", ".join(f"{k} {s[k]}" for k in ("inputs", "distinct", "processed", "pending", "errors",
+                                                 "unreadable", "changed", "stale_results"))
+    warn = ""
+    if any(m["threshold_source"] == "default" for m in s["models"]):
+        warn = ("<p class='warning'><b>Warning:</b> at least one network has no calibration; its threshold is the "
+                "uncalibrated default and has no stated error rate.</p>")
+    panels = "".join(_panel(img, records.get(img["sha256"], []), i) for i, img in enumerate(doc["images"]))
+    errors = "".join(f"<tr><td class='mono'>{_e(e['path'])}</td><td>{_e(e['error'])}</td></tr>"
+                     for e in doc["errors"])
+    changed = "".join(f"<tr><td class='mono'>{_e(c['path'])}</td><td class='mono'>{_e(c['old_sha256'][:16])}…</td>"
+                      f"<td class='mono'>{_e(c['new_sha256'][:16])}…</td><td>{_e(c['detected'])}</td></tr>"
+                      for c in doc["changed"])
+    prov = json.dumps(doc["provenance"], indent=2, default=str)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Case {_e(doc['case']['case_id'])}</title>
+<style>{_CSS}</style></head><body>
+<h1>Attribution report — case {_e(doc['case']['case_id'])}</h1>
+<section id="summary"><h2>Summary</h2>
+<p>{_e(counts)}</p>{warn}
+<table class="verdicts"><tr><th>verdict</th><th>images</th></tr>{verdict_rows}</table>
+<table class="models"><tr><th>network</th><th>threshold</th><th>source</th><th>target FPR</th>
+<th>calibration FPR</th><th>calibration AUC</th><th>file sha256</th></tr>{model_rows}</table></section>
+<section id="histogram"><h2>LPIPS distances</h2>
+<img alt="LPIPS distance histogram of this case over the calibration's generated and real images"
+ src="{_histogram_png(doc)}"></section>
+<section id="images"><h2>Images</h2>{panels or '<p>No results yet.</p>'}</section>
+<section id="errors"><h2>Errors</h2><table><tr><th>path</th><th>error</th></tr>{errors}</table></section>
+<section id="changed"><h2>Inputs changed since recorded</h2>
+<table><tr><th>path</th><th>old sha256</th><th>new sha256</th><th>detected</th></tr>{changed}</table></section>
+<section id="provenance"><h2>Provenance</h2><pre>{_e(prov)}</pre></section>
+</body></html>
+"""
