@@ -88,7 +88,7 @@ def _read_record(g, input_sha: str, model_sha: str, load: bool) -> ResultRecord:
 
 
 def attribute_records(records: Sequence[ResultRecord], model_names: Dict[str, str]) -> Dict[str, Any]:
-    """The verdict for one input from its records under several networks (issue 6): the network with the lowest
+    """The verdict for one input from its records under several networks: the network with the lowest
     distance among those whose distance is within *their own* threshold, or none.
 
     Returns ``{"verdict", "model_sha256" (or None), "model" (its name or None)}``. With one network the verdict

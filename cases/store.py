@@ -9,8 +9,7 @@ Layout::
                                     size, format), changed inputs, unreadable inputs, the runs
       results/batch-r<rank>-<n>.h5  one HDF5 file per completed batch (rank = torchrun rank, n = 1, 2, ...)
 
-Crash safety (issue 6: "a kill -9 at any moment loses at most the batch in flight and never duplicates a
-result"):
+Crash safety (a kill -9 at any moment loses at most the batch in flight and never duplicates a result):
 
 * A batch file is written under a temporary name in ``results/``, fsync'ed and ``os.replace``'d onto its final
   name, so it is complete or absent (HDF5 files are not crash-safe when modified in place, so nothing is ever

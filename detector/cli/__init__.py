@@ -3,6 +3,8 @@
 Thin: each command parses its options, calls the library and prints. Bad input ends in a one-line error on
 stderr and exit code 2; a verdict, whichever it is, exits 0. Shared options live in :mod:`detector.cli.options`;
 each command module registers its commands on :data:`app`.
+The library is imported inside each command, not at the top of the modules: `--help` and `--version` then
+answer in ~0.2 s instead of the ~2 s that importing torch takes.
 """
 
 from __future__ import annotations

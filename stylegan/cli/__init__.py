@@ -2,6 +2,8 @@
 
 A thin layer: each command parses its options, calls one library function and prints. Bad input ends in a
 one-line error on stderr and exit code 2; progress goes to stderr, results (text, or JSON with --json) to stdout.
+The library is imported inside each command, not at the top of the modules: `--help` and `--version` then
+answer in ~0.2 s instead of the ~2 s that importing torch takes.
 """
 
 from __future__ import annotations

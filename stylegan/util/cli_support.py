@@ -261,34 +261,27 @@ def _is_plain_usage_error(exc: BaseException) -> bool:
     return isinstance(exc, exceptions.UsageError) and not isinstance(exc, exceptions.NoArgsIsHelpError)
 
 
-class Command(TyperCommand):
+class _OurHelp:
+    """Our help page and one-line usage errors, for commands and groups alike."""
+
+    def format_help(self, ctx, formatter) -> None:
+        render_help(self, ctx)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except Exception as exc:
+            if _is_plain_usage_error(exc):
+                raise _one_line_usage_error(exc) from None
+            raise
+
+
+class Command(_OurHelp, TyperCommand):
     """A command with our help page and one-line usage errors (``app.command(cls=Command)``)."""
 
-    def format_help(self, ctx, formatter) -> None:
-        render_help(self, ctx)
 
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except Exception as exc:
-            if _is_plain_usage_error(exc):
-                raise _one_line_usage_error(exc) from None
-            raise
-
-
-class Group(TyperGroup):
+class Group(_OurHelp, TyperGroup):
     """A group of commands with our help page and one-line usage errors (``typer.Typer(cls=Group)``)."""
-
-    def format_help(self, ctx, formatter) -> None:
-        render_help(self, ctx)
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except Exception as exc:
-            if _is_plain_usage_error(exc):
-                raise _one_line_usage_error(exc) from None
-            raise
 
     def resolve_command(self, ctx, args):
         try:
