@@ -1,0 +1,213 @@
+"""Scoring an image's distance under each candidate network against that network's own calibrated distances, and
+the attribution rule built on the scores (StyleGAN2 §5, turned into a decision among several networks).
+
+The raw distance is not comparable across networks: a network that reconstructs *every* image closely (a sibling
+trained on the same data) gives lower distances to images it never made than their own network does. So each
+distance is scored against the network's own calibration (:class:`Reference`):
+
+* ``ratio = distance / threshold``: the distance in units of the network's own threshold. A full calibration's
+  threshold is the target-FPR point of its real images; a self-calibration (generated images only) uses the
+  :data:`SELF_QUANTILE` point of the network's own generated distances; a user's ``--threshold`` is taken as given.
+* ``own_quantile``: the fraction of the network's own generated distances at or above the distance (1: closer than
+  every image the network was calibrated with; small: rarely seen among its own images).
+* ``real_rate``: the fraction of its calibration's real images at or below the distance (the false-positive rate
+  a threshold at this distance would have had); None without real images.
+
+:func:`decide` attributes an image to the candidate with the smallest ratio when that ratio is at most 1 (under
+its own threshold) and the runner-up's ratio is at least ``margin`` times larger; with a smaller margin the
+verdict is "ambiguous" and names both. A candidate without any calibration is not compared (and listed as such):
+its distance alone cannot say whether it is close.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: Self-calibration (no real images): "consistent with the network's own images" up to this quantile of its own
+#: generated distances. The false-positive rate of such a verdict is unknown.
+SELF_QUANTILE = 0.99
+
+#: Runner-up over best ratio needed to attribute (below it the verdict is ambiguous). Provisional: to be set from
+#: measured cases of sibling networks.
+DEFAULT_MARGIN = 1.5
+
+NOT_ATTRIBUTED = "not attributed"
+NO_VERDICT = "no verdict"
+
+# Kinds of reference a network can have.
+CALIBRATED, SELF, USER, NONE = "calibrated", "self", "user", "none"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a network's distances are judged against.
+
+    kind        'calibrated' (generated and real images measured), 'self' (its own generated images only),
+                'user' (a threshold given by the user) or 'none'
+    threshold   the distance at ratio 1, None for kind 'none'
+    generated   its calibration's generated distances (sorted); real: its real distances (sorted)
+    """
+
+    name: str
+    kind: str
+    threshold: Optional[float] = None
+    generated: Tuple[float, ...] = ()
+    real: Tuple[float, ...] = ()
+    target_fpr: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (CALIBRATED, SELF, USER, NONE):
+            raise ValueError(f"unknown reference kind {self.kind!r}")
+        if (self.kind == NONE) != (self.threshold is None):
+            raise ValueError("a reference has a threshold exactly when its kind is not 'none'")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"{self.name}: threshold must be > 0, got {self.threshold}")
+        object.__setattr__(self, "generated", tuple(sorted(float(v) for v in self.generated)))
+        object.__setattr__(self, "real", tuple(sorted(float(v) for v in self.real)))
+
+    @classmethod
+    def from_calibration(cls, name: str, calibration: Optional[Mapping[str, Any]],
+                         override: Optional[float] = None) -> "Reference":
+        """The reference of a network from its calibration record (a dict as stored) and the user's threshold
+        override: the override wins; a record with real distances is a full calibration; one with generated
+        distances only a self-calibration; nothing at all is kind 'none'."""
+        cal = calibration or {}
+        gen = tuple(cal.get("generated_distances") or ())
+        real = tuple(cal.get("real_distances") or ())
+        if override is not None:
+            return cls(name, USER, float(override), gen, real, None)
+        if real and cal.get("threshold") is not None:
+            return cls(name, CALIBRATED, float(cal["threshold"]), gen, real, cal.get("target_fpr"))
+        if gen:
+            return cls(name, SELF, self_threshold(gen), gen, (), None)
+        return cls(name, NONE)
+
+
+def self_threshold(generated: Sequence[float], quantile: float = SELF_QUANTILE) -> float:
+    """The :data:`SELF_QUANTILE` point of a network's own generated distances (linear interpolation)."""
+    g = np.asarray(generated, dtype=np.float64)
+    if g.size == 0 or not np.all(np.isfinite(g)):
+        raise ValueError("a self-calibration needs finite generated distances")
+    return float(np.quantile(g, quantile))
+
+
+@dataclass(frozen=True)
+class Score:
+    """One distance judged against one network's reference (see the module docstring)."""
+
+    name: str
+    distance: float
+    kind: str
+    threshold: Optional[float]
+    ratio: Optional[float]
+    own_quantile: Optional[float]
+    real_rate: Optional[float]
+
+    @property
+    def under(self) -> bool:
+        """Within the network's own threshold (ratio <= 1)."""
+        return self.ratio is not None and self.ratio <= 1.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"distance": self.distance, "reference": self.kind, "threshold": self.threshold,
+                "ratio": self.ratio, "own_quantile": self.own_quantile, "real_rate": self.real_rate}
+
+
+def score(distance: float, ref: Reference) -> Score:
+    """Judge one distance against one reference. A NaN distance gets no ratio (it can never be attributed)."""
+    d = float(distance)
+    finite = math.isfinite(d)
+    ratio = d / ref.threshold if ref.threshold is not None and finite else None
+    own = (sum(1 for g in ref.generated if g >= d) / len(ref.generated)) if ref.generated and finite else None
+    real = (sum(1 for r in ref.real if r <= d) / len(ref.real)) if ref.real and finite else None
+    return Score(ref.name, d, ref.kind, ref.threshold, ratio, own, real)
+
+
+def generated_by(name: str) -> str:
+    return f"generated by {name}"
+
+
+def consistent_with(name: str) -> str:
+    return f"consistent with {name}'s own images"
+
+
+def ambiguous(a: str, b: str) -> str:
+    return f"ambiguous: {a} or {b}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one image among its candidate networks.
+
+    verdict      'generated by N', "consistent with N's own images" (N self-calibrated: false-positive rate
+                 unknown), 'ambiguous: N or M', 'not attributed', or 'no verdict' (no candidate has a reference)
+    network      the attributed network (None unless the verdict names one network)
+    runner_up    the compared network with the next-smallest ratio, and ``margin`` = its ratio / the best ratio
+    scores       every candidate's :class:`Score`
+    uncompared   candidates without any reference (their distance is reported, not judged)
+    """
+
+    verdict: str
+    network: Optional[str]
+    best: Optional[str]
+    runner_up: Optional[str]
+    margin: Optional[float]
+    scores: Dict[str, Score]
+    uncompared: Tuple[str, ...] = ()
+    notes: Tuple[str, ...] = field(default=())
+
+    @property
+    def is_ambiguous(self) -> bool:
+        return self.verdict.startswith("ambiguous")
+
+    def to_dict(self) -> Dict[str, Any]:
+        margin = self.margin if self.margin is None or math.isfinite(self.margin) else None
+        return {"verdict": self.verdict, "network": self.network, "best": self.best, "runner_up": self.runner_up,
+                "margin": margin, "uncompared": list(self.uncompared), "notes": list(self.notes),
+                "scores": {name: s.to_dict() for name, s in self.scores.items()}}
+
+
+def decide(distances: Mapping[str, float], references: Mapping[str, Reference],
+           margin: float = DEFAULT_MARGIN) -> Decision:
+    """Attribute one image among candidate networks (``distances``: name -> distance; ``references``: name ->
+    :class:`Reference`). The rule is the module docstring's; equal ratios count as margin 1 (ambiguous), and
+    names break ties in the ordering only, so the result does not depend on the order the networks came in."""
+    if not distances:
+        raise ValueError("decide needs at least one network's distance")
+    if not margin >= 1:
+        raise ValueError(f"margin must be >= 1, got {margin}")
+    missing = [name for name in distances if name not in references]
+    if missing:
+        raise ValueError(f"no reference for network(s) {missing}")
+    scores = {name: score(d, references[name]) for name, d in distances.items()}
+    uncompared = tuple(sorted(name for name, s in scores.items() if s.kind == NONE))
+    notes = []
+    if uncompared:
+        notes.append(f"not compared, no calibration: {', '.join(uncompared)} (run `detect calibrate`)")
+    ranked = sorted((s for s in scores.values() if s.ratio is not None), key=lambda s: (s.ratio, s.name))
+    if not ranked:
+        return Decision(NO_VERDICT, None, None, None, None, scores, uncompared, tuple(notes))
+    best = ranked[0]
+    runner = ranked[1] if len(ranked) > 1 else None
+    m = None
+    if runner is not None:
+        m = math.inf if best.ratio == 0 else runner.ratio / best.ratio
+    if not best.under:
+        verdict, network = NOT_ATTRIBUTED, None
+    elif m is not None and m < margin:
+        verdict, network = ambiguous(best.name, runner.name), None
+    else:
+        network = best.name
+        verdict = consistent_with(network) if best.kind == SELF else generated_by(network)
+    if best.under and best.kind == SELF:
+        notes.append(f"{best.name} has no real-image calibration: the false-positive rate is unknown")
+    return Decision(verdict, network, best.name, runner.name if runner else None, m, scores, uncompared,
+                    tuple(notes))
+
+
+__all__ = ["Reference", "Score", "Decision", "score", "decide", "self_threshold", "SELF_QUANTILE", "DEFAULT_MARGIN",
+           "NOT_ATTRIBUTED", "NO_VERDICT", "CALIBRATED", "SELF", "USER", "NONE"]
