@@ -23,12 +23,13 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                  stale_results: int     results of content that no recorded path has any more
                  verdicts: {verdict (str): count (int)}   over processed + errors
                  models: [{name: str, path: str, file_sha256: str, weights_sha256: str|None,
-                           threshold: float, threshold_source: str ('calibration'|'user'|'default'),
+                           threshold: float|None, threshold_source: str ('calibration'|'self'|'user'|'none'),
                            target_fpr: float|None, calibrated: bool, auc: float|None,
                            achieved_fpr: float|None}]}
     histogram   {bins: [float], models: [{name: str, case: [int], generated: [int]|None, real: [int]|None}]}
                 counts per bin (len(bins) - 1 each); generated/real from the calibration record
-    images      [{paths: [str], sha256: str, verdict: str, attributed_to: str|None,
+    images      [{paths: [str], sha256: str, verdict: str, attributed_to: str|None, runner_up: str|None,
+                  margin: float|None   runner-up's threshold ratio over the best's (detector.scoring.decide)
                   distances: {model name: float|None},
                   per_model: [{model: str, model_sha256: str, distance: float|None, threshold: float|None,
                                threshold_source: str|None, verdict: str|None, steps_run: int|None,
@@ -64,13 +65,14 @@ REPORT_VERSION = 1
 _S, _I, _F, _B, _L, _D = str, int, float, bool, list, dict
 _N = type(None)
 
-MODEL_SCHEMA = {"name": _S, "path": _S, "file_sha256": _S, "weights_sha256": (_S, _N), "threshold": _F,
+MODEL_SCHEMA = {"name": _S, "path": _S, "file_sha256": _S, "weights_sha256": (_S, _N), "threshold": (_F, _N),
                 "threshold_source": _S, "target_fpr": (_F, _N), "calibrated": _B, "auc": (_F, _N),
                 "achieved_fpr": (_F, _N)}
 PER_MODEL_SCHEMA = {"model": _S, "model_sha256": _S, "distance": (_F, _N), "threshold": (_F, _N),
                     "threshold_source": (_S, _N), "verdict": (_S, _N), "steps_run": (_I, _N), "seed": (_I, _N),
                     "error": (_S, _N), "batch_file": _S}
-IMAGE_SCHEMA = {"paths": [_S], "sha256": _S, "verdict": _S, "attributed_to": (_S, _N), "distances": _D,
+IMAGE_SCHEMA = {"paths": [_S], "sha256": _S, "verdict": _S, "attributed_to": (_S, _N), "runner_up": (_S, _N),
+                "margin": (_F, _N), "distances": _D,
                 "per_model": [PER_MODEL_SCHEMA], "notes": [_S], "error": (_S, _N)}
 REPORT_SCHEMA = {
     "format": _S, "version": _I, "generated": _S,
@@ -145,8 +147,9 @@ def _model_summary(entry: Dict[str, Any], override: Optional[float]) -> Dict[str
     th = threshold_for(cal, override)
     cal = cal or {}
     return {"name": entry["name"], "path": entry["path"], "file_sha256": entry["file_sha256"],
-            "weights_sha256": entry.get("weights_sha256"), "threshold": float(th.value),
-            "threshold_source": th.source, "target_fpr": th.target_fpr, "calibrated": bool(entry.get("calibration")),
+            "weights_sha256": entry.get("weights_sha256"), "threshold": None if th is None else float(th.value),
+            "threshold_source": "none" if th is None else th.source,
+            "target_fpr": None if th is None else th.target_fpr, "calibrated": bool(entry.get("calibration")),
             "auc": cal.get("auc"), "achieved_fpr": cal.get("achieved_fpr")}
 
 
@@ -217,8 +220,9 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                 "seed": None if r.result is None else r.result.settings.get("seed"), "error": r.error,
                 "batch_file": r.batch_file or ""})
         notes = recs[0].notes if recs else []
+        dec = att["decision"] or {}
         images.append({"paths": sorted(paths_of[sha]), "sha256": sha, "verdict": att["verdict"],
-                       "attributed_to": att["model"],
+                       "attributed_to": att["model"], "runner_up": dec.get("runner_up"), "margin": dec.get("margin"),
                        "distances": {p["model"]: p["distance"] for p in per_model},
                        "per_model": per_model, "notes": list(notes), "error": err})
     distinct = len(paths_of)

@@ -116,7 +116,9 @@ def _panel(img: Dict[str, Any], recs: List[ResultRecord], idx: int) -> str:
     parts = [f'<div class="panel{" generated" if generated else ""}" id="panel-{idx}" '
              f'data-sha256="{_e(img["sha256"])}">',
              f'<div class="paths mono">{"<br>".join(_e(p) for p in img["paths"])}</div>',
-             f'<div>verdict: <span class="verdict">{_e(img["verdict"])}</span></div>']
+             f'<div>verdict: <span class="verdict">{_e(img["verdict"])}</span>'
+             + (f' (runner-up {_e(img["runner_up"])}, margin {img["margin"]:.2f}×)'
+                if img.get("runner_up") and img.get("margin") is not None else "") + '</div>']
     ok = [r for r in recs if r.result is not None]
     if ok:
         # Images of the attributed network, else of the closest one.
@@ -147,16 +149,19 @@ def _panel(img: Dict[str, Any], recs: List[ResultRecord], idx: int) -> str:
 def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> str:
     s = doc["summary"]
     model_rows = "".join(
-        f"<tr><td>{_e(m['name'])}</td><td>{m['threshold']:.4f}</td><td>{_e(m['threshold_source'])}</td>"
+        f"<tr><td>{_e(m['name'])}</td><td>{_fmt(m['threshold'])}</td><td>{_e(m['threshold_source'])}</td>"
         f"<td>{_e(m['target_fpr'])}</td><td>{_e(m['achieved_fpr'])}</td><td>{_e(m['auc'])}</td>"
         f"<td class='mono'>{_e(m['file_sha256'])}</td></tr>" for m in s["models"])
     verdict_rows = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in s["verdicts"].items())
     counts = ", ".join(f"{k} {s[k]}" for k in ("inputs", "distinct", "processed", "pending", "errors",
                                                  "unreadable", "changed", "stale_results"))
     warn = ""
-    if any(m["threshold_source"] == "default" for m in s["models"]):
-        warn = ("<p class='warning'><b>Warning:</b> at least one network has no calibration; its threshold is the "
-                "uncalibrated default and has no stated error rate.</p>")
+    if any(m["threshold_source"] == "none" for m in s["models"]):
+        warn = ("<p class='warning'><b>Warning:</b> at least one network has no calibration: its distances are "
+                "shown without a verdict (run <code>detect calibrate</code> on it).</p>")
+    if any(m["threshold_source"] == "self" for m in s["models"]):
+        warn += ("<p class='warning'><b>Note:</b> at least one network is calibrated on its own images only: the "
+                 "false-positive rate of its verdicts is unknown.</p>")
     panels = "".join(_panel(img, records.get(img["sha256"], []), i) for i, img in enumerate(doc["images"]))
     errors = "".join(f"<tr><td class='mono'>{_e(e['path'])}</td><td>{_e(e['error'])}</td></tr>"
                      for e in doc["errors"])

@@ -2,7 +2,8 @@
 
 Pipeline: file -> :func:`detector.images.load_image` (validation, RGB, centre crop, resize; every step noted) ->
 :class:`detector.projector.Projector` (all good images in one batch; per-image results independent) ->
-:func:`detector.attribution.verdict`. Bad files are reported and the rest processed.
+:func:`detector.attribution.verdict` per network, and :func:`detector.scoring.decide` among every candidate
+network (:func:`check_networks`). Bad files are reported and the rest processed.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from stylegan.formats import load_model
 from stylegan.util.files import atomic_write_text
 
 from .attribution import Threshold, threshold_for, verdict
+from .calibration import calibration_mismatch, calibration_weakness
+from .calibration_store import load_calibration
 from .images import ImageInputError, LoadedImage, load_image, save_image
 from .projector import Projector
 from .results import ProjectionResult
+from .scoring import DEFAULT_MARGIN, Decision, Reference, decide
 from .settings import ProjectorSettings
 
 
@@ -82,12 +87,12 @@ def image_seed(seed: int, sha256: str) -> int:
     return (seed * 1_000_003 + int(sha256[:8], 16)) % 2**32
 
 
-def effective_settings(settings: Optional[ProjectorSettings], threshold: Threshold,
+def effective_settings(settings: Optional[ProjectorSettings], threshold: Optional[Threshold],
                        early_stop: bool) -> ProjectorSettings:
     """The projector settings a check runs with: ``settings`` (default App. D), with the early-stopping band at
-    the decision threshold when ``early_stop``."""
+    the decision threshold when ``early_stop`` (no threshold: no early stopping)."""
     settings = settings or ProjectorSettings()
-    if early_stop:
+    if early_stop and threshold is not None:
         settings = dataclasses.replace(settings, early_stop=(threshold.value, threshold.value))
     return settings
 
@@ -101,7 +106,7 @@ def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, 
     ``early_stop``: freeze an image once its verdict is settled, with the band of undecided distances at the
     decision threshold (:class:`detector.settings.ProjectorSettings` ``early_stop``, margin and patience as
     set there); it changes how long an image runs, never which side of the threshold it ends on."""
-    th: Threshold = threshold_for(calibration, threshold)
+    th: Optional[Threshold] = threshold_for(calibration, threshold)
     settings = effective_settings(settings, th, early_stop)
     records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels)
     if not loaded:
@@ -115,11 +120,154 @@ def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, 
         rec.result = res
         rec.target = targets[j].detach().cpu()
         rec.distance = float(res.distance)
-        rec.threshold = th.value
-        rec.threshold_source = th.source
-        rec.verdict = verdict(rec.distance, th.value)
+        rec.threshold = None if th is None else th.value
+        rec.threshold_source = "none" if th is None else th.source
+        rec.verdict = verdict(rec.distance, th)
         rec.steps_run = res.steps_run
     return records
+
+
+def unique_names(paths: Sequence[Any], shas: Sequence[str]) -> List[str]:
+    """Network names from file stems; two files of the same stem get their sha256's first 8 hex digits added."""
+    names = [Path(p).stem for p in paths]
+    return [f"{n}-{s[:8]}" if names.count(n) > 1 else n for n, s in zip(names, shas)]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One network an image is checked against: its name, generator and calibration record (or None)."""
+
+    name: str
+    G: torch.nn.Module
+    calibration: Optional[dict] = None
+
+
+@dataclass
+class ImageCheck:
+    """One input checked against every candidate: the per-network records and the decision among them
+    (``decision`` is None for an input that could not be used; ``error`` says why)."""
+
+    path: str
+    records: Dict[str, CheckRecord]
+    decision: Optional[Decision] = None
+    error: Optional[str] = None
+
+    @property
+    def sha256(self) -> Optional[str]:
+        return next((r.sha256 for r in self.records.values() if r.sha256), None)
+
+    @property
+    def notes(self) -> List[str]:
+        return next((r.notes for r in self.records.values() if r.sha256), [])
+
+    def to_dict(self) -> Dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        decision = self.decision.to_dict()
+        d = {"path": self.path, "sha256": self.sha256, **decision, "notes": list(self.notes),
+             "decision_notes": decision["notes"]}
+        for name, rec in self.records.items():
+            entry = d["scores"][name]
+            entry.update({"threshold_source": rec.threshold_source, "verdict": rec.verdict,
+                          "steps_run": rec.steps_run})
+            if rec.result is not None:
+                entry["projection"] = rec.result.to_dict()
+        d["candidates"] = d.pop("scores")
+        return d
+
+
+def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], distance: Callable, *,
+                   settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
+                   early_stop: bool = False, margin: float = DEFAULT_MARGIN,
+                   progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> List[ImageCheck]:
+    """Check every image against every candidate network (:func:`check_images` per network, same per-image seeds)
+    and decide among them with :func:`detector.scoring.decide`: each distance is judged against its own network's
+    calibration (``threshold``, when given, replaces every network's). ``progress(k, step, steps, losses)``
+    reports the k-th network's projection."""
+    if not candidates:
+        raise ValueError("check_networks needs at least one network")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"network names must be distinct: {names}")
+    per_network: Dict[str, List[CheckRecord]] = {}
+    for k, c in enumerate(candidates):
+        step_progress = None
+        if progress is not None:
+            def step_progress(step, total, losses, k=k):
+                progress(k, step, total, losses)
+        per_network[c.name] = check_images(c.G, paths, distance, settings=settings, calibration=c.calibration,
+                                           threshold=threshold, seed=seed, early_stop=early_stop,
+                                           progress=step_progress)
+    refs = {c.name: Reference.from_calibration(c.name, c.calibration, threshold) for c in candidates}
+    out = []
+    for i, p in enumerate(paths):
+        records = {name: recs[i] for name, recs in per_network.items()}
+        error = next((r.error for r in records.values() if r.error), None)
+        if error is not None:
+            out.append(ImageCheck(str(p), records, None, error))
+            continue
+        decision = decide({name: r.distance for name, r in records.items()}, refs, margin)
+        out.append(ImageCheck(str(p), records, decision))
+    return out
+
+
+@dataclass
+class CheckRun:
+    """What :func:`check_files` did: the networks (name, path, sha256, threshold or None), the settings, the LPIPS
+    provenance, warnings about the networks, and one :class:`ImageCheck` per input."""
+
+    models: List[Dict[str, Any]]
+    images: List[ImageCheck]
+    settings: ProjectorSettings
+    lpips: Dict[str, Any]
+    margin: float
+    warnings: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"models": self.models, "lpips": self.lpips, "settings": self.settings.to_dict(),
+                "margin": self.margin, "warnings": list(self.warnings), "results": [i.to_dict() for i in self.images]}
+
+
+def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Callable, *,
+                settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
+                early_stop: bool = False, margin: float = DEFAULT_MARGIN, device: str = "cpu",
+                progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> CheckRun:
+    """`detect check`: load each model file and its calibration, warn about networks whose calibration is missing,
+    weak or made with other projector settings, and check every image against all of them
+    (:func:`check_networks`)."""
+    settings = settings or ProjectorSettings()
+    loaded = [load_model(p, device=device) for p in model_paths]
+    names = unique_names(model_paths, [m.file_sha256 for m in loaded])
+    calibrations = [load_calibration(p, m) for p, m in zip(model_paths, loaded)]
+    models, warnings = [], []
+    for name, path, m, cal in zip(names, model_paths, loaded, calibrations):
+        th = threshold_for(cal, threshold)
+        models.append({"name": name, "path": str(path), "sha256": m.file_sha256,
+                       "threshold": None if th is None else th.to_dict()})
+        if th is None:
+            warnings.append(f"{name} has no calibration: its distances are given without a verdict; "
+                            f"`detect calibrate --model {path} --real DIR` measures a threshold (it projects 200 "
+                            f"of its images and the real ones, about 400 times one image's check)")
+            continue
+        if th.source == "self":
+            warnings.append(f"{name} is calibrated on its own images only: the false-positive rate of its "
+                            f"verdicts is unknown")
+        mismatch = calibration_mismatch(name, cal, settings, threshold)
+        if mismatch:
+            warnings.append(mismatch)
+        weak = th.source == "calibration" and calibration_weakness(cal.get("auc"), cal.get("tpr"))
+        if weak:
+            warnings.append(f"{name}: {weak}")
+    if early_stop and len(loaded) > 1:
+        warnings.append("early stopping is for one network (its band is that network's threshold); with several "
+                        "networks every image runs all steps")
+        early_stop = False
+    candidates = [Candidate(n, m.G_ema, cal) for n, m, cal in zip(names, loaded, calibrations)]
+    images = check_networks(candidates, paths, distance, settings=settings, threshold=threshold, seed=seed,
+                            early_stop=early_stop, margin=margin, progress=progress)
+    th0 = threshold_for(calibrations[0], threshold) if len(candidates) == 1 else None
+    return CheckRun(models, images, effective_settings(settings, th0, early_stop), distance.provenance(), margin,
+                    warnings)
 
 
 def difference_image(target: torch.Tensor, resynth: torch.Tensor, gain: float = 4.0) -> torch.Tensor:

@@ -39,14 +39,14 @@ NOT_ATTRIBUTED = "not attributed"
 NO_VERDICT = "no verdict"
 
 # Kinds of reference a network can have.
-CALIBRATED, SELF, USER, NONE = "calibrated", "self", "user", "none"
+CALIBRATION, SELF, USER, NONE = "calibration", "self", "user", "none"
 
 
 @dataclass(frozen=True)
 class Reference:
     """What a network's distances are judged against.
 
-    kind        'calibrated' (generated and real images measured), 'self' (its own generated images only),
+    kind        'calibration' (generated and real images measured), 'self' (its own generated images only),
                 'user' (a threshold given by the user) or 'none'
     threshold   the distance at ratio 1, None for kind 'none'
     generated   its calibration's generated distances (sorted); real: its real distances (sorted)
@@ -60,7 +60,7 @@ class Reference:
     target_fpr: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.kind not in (CALIBRATED, SELF, USER, NONE):
+        if self.kind not in (CALIBRATION, SELF, USER, NONE):
             raise ValueError(f"unknown reference kind {self.kind!r}")
         if (self.kind == NONE) != (self.threshold is None):
             raise ValueError("a reference has a threshold exactly when its kind is not 'none'")
@@ -81,7 +81,7 @@ class Reference:
         if override is not None:
             return cls(name, USER, float(override), gen, real, None)
         if real and cal.get("threshold") is not None:
-            return cls(name, CALIBRATED, float(cal["threshold"]), gen, real, cal.get("target_fpr"))
+            return cls(name, CALIBRATION, float(cal["threshold"]), gen, real, cal.get("target_fpr"))
         if gen:
             return cls(name, SELF, self_threshold(gen), gen, (), None)
         return cls(name, NONE)
@@ -210,4 +210,4 @@ def decide(distances: Mapping[str, float], references: Mapping[str, Reference],
 
 
 __all__ = ["Reference", "Score", "Decision", "score", "decide", "self_threshold", "SELF_QUANTILE", "DEFAULT_MARGIN",
-           "NOT_ATTRIBUTED", "NO_VERDICT", "CALIBRATED", "SELF", "USER", "NONE"]
+           "NOT_ATTRIBUTED", "NO_VERDICT", "CALIBRATION", "SELF", "USER", "NONE"]

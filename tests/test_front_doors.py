@@ -263,7 +263,7 @@ def test_check_json_has_no_progress_on_stdout(case):
     t, _ = case
     doc = _json(detect_app, ["check", str(t / "imgs" / "gen" / "fake0.png"), "-m", str(t / "g.pt"), "--steps", "2",
                              "--device", "cpu"])
-    assert doc["results"][0]["steps_run"] == 2
+    assert doc["results"][0]["candidates"]["g"]["steps_run"] == 2
 
 
 def test_calibrate_record_json(case, tmp_path):

@@ -84,8 +84,8 @@ EarlyStopOption = Annotated[bool, typer.Option(
          "1000 steps.")]
 ThresholdOption = Annotated[Optional[float], typer.Option(
     "--threshold", metavar="X",
-    help="Decision threshold on the LPIPS distance (default: the model's calibration, else the documented "
-         "default).")]
+    help="Decision threshold on the LPIPS distance, for every network (default: each network's calibration; "
+         "without one, no verdict).")]
 
 
 def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optional[float] = None,

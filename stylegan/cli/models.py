@@ -133,6 +133,9 @@ def _calibration_summary(cal: Optional[dict]) -> Optional[dict]:
 def convert(
     src: Annotated[Path, typer.Argument(metavar="SRC", help="Any supported model file.")],
     dst: Annotated[Path, typer.Argument(metavar="DST", help="Output .pt in our format.")],
+    g_ema_only: Annotated[bool, typer.Option(
+        "--g-ema-only", help="Keep only G_ema (and the calibration): no training networks or state, a file to "
+                             "share or archive.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Convert an NVIDIA .pkl or rosinality .pt file to our .pt.
@@ -142,7 +145,7 @@ def convert(
     with user_errors():
         from ..formats import convert as convert_file
 
-        path = convert_file(src, dst)
+        path = convert_file(src, dst, g_ema_only=g_ema_only)
         if as_json:
             typer.echo(json.dumps({"source": str(src), "written": str(path)}, indent=2))
         else:

@@ -174,11 +174,12 @@ def load_generator(path: Any, device: Any = "cpu") -> torch.nn.Module:
     return load_model(path, device=device).G_ema
 
 
-def convert(in_path: Any, out_path: Any) -> Path:
+def convert(in_path: Any, out_path: Any, g_ema_only: bool = False) -> Path:
     """Rewrite any supported model file in our format (atomically). ``metadata.source`` records the original
-    file's name, format and SHA-256; G and D are kept when the source has them (rosinality: G only)."""
+    file's name, format and SHA-256; G and D (and our training state) are kept when the source has them
+    (rosinality: G only), unless ``g_ema_only``."""
     in_path = Path(in_path)
-    model = load_model(in_path, with_training=True)
+    model = load_model(in_path, with_training=not g_ema_only)
     source: Dict[str, Any] = {"file_name": in_path.name, "format": model.source_format,
                               "sha256": model.file_sha256}
     meta: Dict[str, Any] = {"source": source,
@@ -190,6 +191,8 @@ def convert(in_path: Any, out_path: Any) -> Path:
         key = "nvidia" if model.source_format == "nvidia-pkl" else "rosinality"
         if key in model.metadata:
             meta[key] = model.metadata[key]
+    if g_ema_only:
+        return save_network(out_path, model.G_ema, metadata=meta, calibration=model.calibration, arch=model.arch)
     return save_network(out_path, model.G_ema, G=model.G, D=model.D, training_state=model.training_state,
                         metadata=meta, calibration=model.calibration, arch=model.arch)
 

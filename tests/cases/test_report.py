@@ -67,16 +67,18 @@ def test_json_report_schema(case):
     assert (g["name"], g["threshold"], g["threshold_source"], g["target_fpr"], g["calibrated"]) == \
         ("g", CALIBRATION["threshold"], "calibration", 0.2, True)
     assert 0.25 <= CALIBRATION["threshold"] < 0.3
-    assert (g2["threshold_source"], g2["calibrated"]) == ("default", False)
+    assert (g2["threshold"], g2["threshold_source"], g2["calibrated"]) == (None, "none", False)
     hist = doc["histogram"]["models"]
     assert sum(hist[0]["generated"]) == 5 and sum(hist[0]["real"]) == 5 and hist[1]["generated"] is None
     assert sum(hist[0]["case"]) == 4 and len(hist[0]["case"]) == len(doc["histogram"]["bins"]) - 1
     good = [i for i in doc["images"] if i["error"] is None]
     assert len(good) == 4 and all(set(i["distances"]) == {"g", "g2"} for i in good)
-    for img in good:
-        within = [p for p in img["per_model"] if p["distance"] <= p["threshold"]]
-        expected = min(within, key=lambda p: p["distance"])["model"] if within else None
-        assert img["attributed_to"] == expected
+    for img in good:  # g2 has no calibration: never attributed, never a runner-up; g decides alone
+        g_dist = img["distances"]["g"]
+        assert img["attributed_to"] == ("g" if g_dist <= CALIBRATION["threshold"] else None)
+        assert img["runner_up"] is None and img["margin"] is None
+        g2_rec = next(p for p in img["per_model"] if p["model"] == "g2")
+        assert (g2_rec["threshold"], g2_rec["threshold_source"], g2_rec["verdict"]) == (None, "none", "no verdict")
     assert doc["provenance"]["distance"]["net"] == "vgg" and doc["provenance"]["seed"] == 0
     assert doc["provenance"]["settings"]["steps"] == 3
     assert any(e["path"].endswith("broken.png") for e in doc["errors"])

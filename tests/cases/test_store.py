@@ -87,7 +87,7 @@ def test_fresh_run_and_rerun_skips(env):
     assert sorted(m["batches"]) == [p.name for p in store.batch_files()]
     recs = list(store.results())
     assert len(recs) == 6 and all(r.result is not None and r.target.shape == (3, 16, 16) for r in recs)
-    assert all(r.threshold_source == "default" for r in recs)
+    assert all((r.threshold_source, r.threshold, r.verdict) == ("none", None, "no verdict") for r in recs)
     s2 = run(env, "case")
     assert (s2.processed, s2.already_done, s2.batch_files) == (0, 6, [])
 

@@ -8,7 +8,7 @@ import pytest
 from detector.attribution import attribute
 from detector.calibration import record_from_distances
 from detector.scoring import (
-    CALIBRATED,
+    CALIBRATION,
     NO_VERDICT,
     NONE,
     NOT_ATTRIBUTED,
@@ -34,7 +34,7 @@ def _calibrated(name, gen_median, real_median, seed):
 def test_reference_kinds_from_records():
     rec = record_from_distances([0.01, 0.02, 0.03], [0.2, 0.3, 0.4], target_fpr=0.34).to_dict()
     full = Reference.from_calibration("a", rec)
-    assert full.kind == CALIBRATED and full.threshold == rec["threshold"] and full.real == (0.2, 0.3, 0.4)
+    assert full.kind == CALIBRATION and full.threshold == rec["threshold"] and full.real == (0.2, 0.3, 0.4)
     own = Reference.from_calibration("a", {"generated_distances": [0.03, 0.01, 0.02], "real_distances": []})
     assert own.kind == SELF and own.real == () and own.threshold == pytest.approx(0.0298)  # 99th pct, interpolated
     assert Reference.from_calibration("a", rec, override=0.05) == Reference("a", USER, 0.05, full.generated,
@@ -44,7 +44,7 @@ def test_reference_kinds_from_records():
 
 
 def test_score_quantiles():
-    ref = Reference("a", CALIBRATED, 0.1, generated=[0.01, 0.02, 0.03, 0.04], real=[0.1, 0.2, 0.3, 0.4, 0.5])
+    ref = Reference("a", CALIBRATION, 0.1, generated=[0.01, 0.02, 0.03, 0.04], real=[0.1, 0.2, 0.3, 0.4, 0.5])
     s = score(0.025, ref)
     assert s.ratio == pytest.approx(0.25) and s.own_quantile == 0.5 and s.real_rate == 0.0 and s.under
     s = score(0.3, ref)

@@ -680,6 +680,11 @@ def test_convert_records_the_source(fake_nvidia, tmp_path):
     m = load_model(out, with_training=True)
     assert m.metadata["source"] == {"file_name": "snap.pkl", "format": "nvidia-pkl", "sha256": sha256_file(src)}
     assert torch.equal(_synth(m.G_ema), _synth(G_ema)) and m.D is not None
+    # G_ema only: the same generator, no training networks, a smaller file
+    small = convert(src, tmp_path / "snap-g.pt", g_ema_only=True)
+    m_small = load_model(small, with_training=True)
+    assert torch.equal(_synth(m_small.G_ema), _synth(G_ema)) and m_small.D is None and m_small.G is None
+    assert m_small.training_state is None and small.stat().st_size < out.stat().st_size
     # rosinality -> ours -> ours
     sd, latent_avg = ours_to_rosinality(G_ema)
     torch.save({"g_ema": sd, "latent_avg": latent_avg}, tmp_path / "r.pt")
