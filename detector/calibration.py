@@ -21,6 +21,7 @@ import numpy as np
 
 from stylegan.formats.ours import tool_version
 
+from .scoring import self_threshold
 from .settings import ProjectorSettings
 from .statistics import _as_array, clopper_pearson, rate_at, reals_needed, roc_auc, threshold_at_fpr
 
@@ -113,6 +114,10 @@ def _utc_now() -> str:
 class CalibrationRecord:
     """Everything a calibration decided and everything needed to check or redo it (plain data only).
 
+    A self-calibration (no real images, ``n_real == 0``) sets the threshold at the
+    :data:`detector.scoring.SELF_QUANTILE` point of the generated distances; its ``target_fpr``, ``achieved_fpr``,
+    ``fpr_ci`` and ``auc`` are None: without real images nothing is known about false positives.
+
     threshold, target_fpr   the rule ``distance <= threshold`` and the false-positive rate it was chosen for
     achieved_fpr, fpr_ci    fraction of the calibration reals at or below the threshold, and its Clopper-Pearson
                             interval at ``confidence``
@@ -127,11 +132,11 @@ class CalibrationRecord:
     """
 
     threshold: float
-    target_fpr: float
-    achieved_fpr: float
-    fpr_ci: Tuple[float, float]
+    target_fpr: Optional[float]
+    achieved_fpr: Optional[float]
+    fpr_ci: Optional[Tuple[float, float]]
     tpr: float
-    auc: float
+    auc: Optional[float]
     n_generated: int
     n_real: int
     generated_distances: List[float]
@@ -145,12 +150,17 @@ class CalibrationRecord:
     tool_version: str = ""
 
     @property
+    def is_self_calibration(self) -> bool:
+        """Made from the network's own generated images only (no false-positive rate)."""
+        return self.n_real == 0
+
+    @property
     def weights_sha256(self) -> Optional[str]:
         return self.hashes.get("weights_sha256")
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["fpr_ci"] = [float(v) for v in self.fpr_ci]
+        d["fpr_ci"] = None if self.fpr_ci is None else [float(v) for v in self.fpr_ci]
         d["generated_distances"] = [float(v) for v in self.generated_distances]
         d["real_distances"] = [float(v) for v in self.real_distances]
         d = _plain(d)
@@ -173,7 +183,7 @@ class CalibrationRecord:
         if unknown:
             raise CalibrationError(f"unknown calibration record fields: {sorted(unknown)}")
         try:
-            d["fpr_ci"] = tuple(float(v) for v in d["fpr_ci"])
+            d["fpr_ci"] = None if d["fpr_ci"] is None else tuple(float(v) for v in d["fpr_ci"])
             d["generated_distances"] = [float(v) for v in d["generated_distances"]]
             d["real_distances"] = [float(v) for v in d["real_distances"]]
             return cls(**d)
@@ -187,6 +197,8 @@ class CalibrationRecord:
     def looseness(self) -> Optional[str]:
         """A note when the achieved FPR's confidence interval reaches past twice the target: the calibration has
         too few real images to promise its target (docs/measurements.md has an example). None otherwise."""
+        if self.fpr_ci is None:
+            return None
         lo, hi = self.fpr_ci
         if hi <= 2 * self.target_fpr:
             return None
@@ -196,6 +208,10 @@ class CalibrationRecord:
                 f"{self.target_fpr:g}")
 
     def summary(self) -> str:
+        if self.is_self_calibration:
+            return (f"self-calibration on {self.n_generated} of the network's own images: 'consistent with its own "
+                    f"images' up to distance {self.threshold:.6g} ({round(self.tpr * self.n_generated)}/"
+                    f"{self.n_generated} of them); false-positive rate unknown: no real images were measured")
         lo, hi = self.fpr_ci
         return (f"AUC {self.auc:.4f}; threshold {self.threshold:.6g} at target FPR {self.target_fpr:g}: achieved "
                 f"FPR {self.achieved_fpr:.4f} ({round(self.achieved_fpr * self.n_real)}/{self.n_real}; "
@@ -222,9 +238,18 @@ def record_from_distances(generated_distances: Sequence[float], real_distances: 
                           target_fpr: float = 0.01, confidence: float = 0.95, **provenance: Any
                           ) -> CalibrationRecord:
     """The statistics of a calibration from its two samples; ``provenance`` fills settings, seeds, hashes,
-    skipped (and may override created / tool_version)."""
+    skipped (and may override created / tool_version). No real distances: a self-calibration (see
+    :class:`CalibrationRecord`)."""
     gen = [float(v) for v in _as_array(generated_distances, "generated distances")]
-    real = [float(v) for v in _as_array(real_distances, "real distances")]
+    real = [float(v) for v in _as_array(real_distances, "real distances", allow_empty=True)]
+    if not real:
+        th = self_threshold(gen)
+        tp, n_gen = rate_at(gen, th)
+        values = dict(threshold=th, target_fpr=None, achieved_fpr=None, fpr_ci=None, tpr=tp / n_gen, auc=None,
+                      n_generated=n_gen, n_real=0, generated_distances=gen, real_distances=[],
+                      confidence=float(confidence), created=_utc_now(), tool_version=tool_version())
+        values.update({k: _plain(v) for k, v in provenance.items()})
+        return CalibrationRecord(**values)
     th = threshold_at_fpr(real, target_fpr)
     fp, n_real = rate_at(real, th)
     tp, n_gen = rate_at(gen, th)

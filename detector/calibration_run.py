@@ -156,7 +156,8 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
               on_skip: Optional[Callable[[str], None]] = None,
               progress_file: Optional[Union[str, Path]] = None) -> CalibrationRecord:
     """Calibrate a network: project ``n_generated`` fresh images (:func:`generate_images`, z seeds from
-    :func:`generation_seeds`) and the real images at ``real_paths``, then :func:`record_from_distances`.
+    :func:`generation_seeds`) and the real images at ``real_paths``, then :func:`record_from_distances`. No real
+    paths: a self-calibration on the generated images alone (no false-positive rate).
 
     ``model``: a model file (any supported format, loaded onto ``device``) or a
     :class:`stylegan.formats.LoadedModel`. ``distance``: the projector's distance (default: LPIPS-VGG from
@@ -191,7 +192,7 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
     skipped = [{"path": r.path, "error": r.error} for r in records if r.error]
     for s in skipped:
         (on_skip or log.warning)(f"skipping real image: {s['error']}")
-    if not loaded:
+    if real_paths and not loaded:
         first = f" ({skipped[0]['error']})" if skipped else ""
         raise CalibrationError(f"no readable real images among {len(records)} given{first}")
 

@@ -44,7 +44,9 @@ def calibrate(
     model: ModelOption,
     real: Annotated[Optional[List[Path]], typer.Option(
         "--real", metavar="PATH", help="Real images (files or folders, searched recursively); repeat the option "
-                                       "for several.")] = None,
+                                       "for several. Without: a self-calibration on the network's own images "
+                                       "(verdicts 'consistent with its own images', false-positive rate "
+                                       "unknown).")] = None,
     n_generated: Annotated[int, typer.Option(
         "--n-generated", metavar="N", help="Fresh images the network generates and projects.")] = 200,
     fpr: Annotated[float, typer.Option("--fpr", metavar="X", help="Target false-positive rate on the real "
@@ -86,7 +88,8 @@ def calibrate(
 
     Projects fresh generated images and the given real ones, picks the threshold at the target false-positive
     rate on the reals (with a confidence interval), computes ROC AUC and stores the calibration record that
-    `detect check` and `detect batch` then use. With --record: store a record made earlier.
+    `detect check` and `detect batch` then use. Without --real: a self-calibration on the generated images alone.
+    With --record: store a record made earlier.
     """
     setup_torch()
     from detector.calibration import CalibrationError
@@ -118,13 +121,14 @@ def calibrate(
                                        f"{record.weights_sha256[:16]}..., {model.name} has {weights[:16]}...)")
             _finish(record, model, store, out, as_json)
             return
-        if not real:
-            raise UsageError("give the real images with --real (or a finished record with --record)")
         device = device or default_device()
         m = load_model(model, device=device)
-        paths = iter_image_files(real)
-        if not paths:
+        paths = iter_image_files(real) if real else []
+        if real and not paths:
             raise CalibrationError(f"no image files found in {', '.join(map(str, real))}")
+        if not real:
+            typer.echo(f"no --real images: a self-calibration on {n_generated} of the network's own images (its "
+                       f"verdicts will carry no false-positive rate)", err=True)
         distance = load_lpips(lpips_net.value, lpips_weights, device=device)
         progress_file = progress_file or model.with_name(model.name + ".calibrating.jsonl")
         if progress_file.exists():

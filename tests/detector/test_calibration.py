@@ -498,12 +498,38 @@ def test_cli_calibrate_stores_a_record_made_earlier(cli_setup):
                       (["--model", str(t / "g.pt"), "--record", str(t / "junk.json")], "calibration record"),
                       (["--model", str(t / "g.pt"), "--record", str(t / "none.json")], "no such file"),
                       (["--model", str(t / "g.pt"), "--record", str(t / "rec.json"), "--real", str(t / "reals")],
-                       "without --real"),
-                      (["--model", str(t / "g.pt")], "--real")]:
+                       "without --real")]:
         r = runner.invoke(app, ["calibrate", *args])
         assert r.exit_code == 2, (args, r.output)
         assert r.stderr.strip().splitlines()[-1].startswith("error: ") and msg in r.stderr, (args, r.stderr)
     assert load_calibration(t / "other.pt") is None and load_calibration(t / "g.pt") is None
+
+
+def test_cli_self_calibration_without_real_images(cli_setup):
+    """No --real: the network's own images alone set a threshold at their 99th percentile; `detect check` then says
+    'consistent with this network's own images' (or not) and that the false-positive rate is unknown."""
+    t = cli_setup
+    r = runner.invoke(app, ["calibrate", "--model", str(t / "g.pt"), "--n-generated", "4", "--steps", "3",
+                            "--batch-size", "4", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "self-calibration" in r.stderr
+    rec = json.loads(r.stdout)["record"]
+    assert (rec["n_real"], rec["real_distances"], rec["target_fpr"], rec["achieved_fpr"], rec["auc"]) == \
+        (0, [], None, None, None)
+    gen = rec["generated_distances"]
+    assert len(gen) == 4 and rec["threshold"] == pytest.approx(float(np.quantile(gen, 0.99)))
+    stored = load_calibration(t / "g.pt")
+    assert stored["threshold"] == rec["threshold"]
+    img = t / "reals" / sorted(p.name for p in (t / "reals").iterdir())[0]
+    r = runner.invoke(app, ["check", str(img), "--model", str(t / "g.pt"), "--steps", "3", "--device", "cpu",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["models"][0]["threshold"]["source"] == "self"
+    c = doc["results"][0]["candidates"]["g"]
+    expected = "consistent" if c["distance"] <= rec["threshold"] else "not consistent"
+    assert c["verdict"] == f"{expected} with this network's own images"
+    assert "false-positive rate" in r.stderr
 
 
 def test_cli_calibrate_errors(cli_setup):
