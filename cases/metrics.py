@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from detector.attribution import NONE_LABEL, confusion_table
+from detector.attribution import NONE_LABEL, attribute, confusion_table
 from detector.statistics import clopper_pearson, rate_at, roc_auc
 
 from .store import CaseError
@@ -75,12 +75,12 @@ def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) 
         if label is None:
             unlabelled += 1
             continue
-        rows.append((label, img["attributed_to"], img["distances"]))
+        rows.append((label, img["attributed_to"], img["distances"], str(img.get("verdict", ""))))
     per_network = {}
     for m in models:
         name, th = m["name"], m["threshold"]
-        gen = [d[name] for lab, _, d in rows if lab == name and d.get(name) is not None]
-        real = [d[name] for lab, _, d in rows if lab == NONE_LABEL and d.get(name) is not None]
+        gen = [d[name] for lab, _, d, _ in rows if lab == name and d.get(name) is not None]
+        real = [d[name] for lab, _, d, _ in rows if lab == NONE_LABEL and d.get(name) is not None]
         entry: dict = {"threshold": th, "threshold_source": m["threshold_source"], "n_generated": len(gen),
                        "n_real": len(real)}
         if gen and real:
@@ -104,7 +104,7 @@ def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) 
             name, other = m["name"], o["name"]
             if other == name:
                 continue
-            pairs = [(d[name], d[other]) for lab, _, d in rows  # own distance > 0: it divides the margin
+            pairs = [(d[name], d[other]) for lab, _, d, _ in rows  # own distance > 0: it divides the margin
                      if lab == name and d.get(name) and d.get(other) is not None]
             if pairs:
                 claimed = None if o["threshold"] is None else rate_at([b for _, b in pairs], o["threshold"])[0]
@@ -114,9 +114,18 @@ def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) 
                     "claimed_by_threshold_alone": claimed, "margin_median": statistics.median(margins),
                     "margin_min": min(margins)}
     table = confusion_table([r[0] for r in rows], [r[1] for r in rows], names)
+    ambiguous = {lab: sum(1 for r in rows if r[0] == lab and r[3].startswith("ambiguous"))
+                 for lab in names + [NONE_LABEL]}
+    # The earlier rule on the same distances, for comparison: lowest raw distance under its own threshold.
+    thresholds = {m["name"]: m["threshold"] for m in models if m["threshold"] is not None}
+    old = [attribute({n: d[n] for n in thresholds if d.get(n) is not None}, thresholds).network
+           if thresholds and any(d.get(n) is not None for n in thresholds) else None for _, _, d, _ in rows]
+    old_table = confusion_table([r[0] for r in rows], old, names)
     return {"benchmark": "case_metrics", "case": report["case"], "truth": truth, "n_labelled": len(rows),
             "n_unlabelled": unlabelled, "confidence": confidence, "per_network": per_network,
-            "cross_network": cross, "confusion": table.to_dict(), "confusion_text": table.format()}
+            "cross_network": cross, "confusion": table.to_dict(), "confusion_text": table.format(),
+            "ambiguous": ambiguous, "confusion_lowest_distance": old_table.to_dict(),
+            "confusion_lowest_distance_text": old_table.format()}
 
 
 def format_case_metrics(metrics: dict) -> str:
@@ -151,6 +160,13 @@ def format_case_metrics(metrics: dict) -> str:
                      f"(min {c['margin_min']:.2f})")
     lines.append("")
     lines.append(metrics["confusion_text"])
+    n_amb = sum(metrics["ambiguous"].values())
+    if n_amb:
+        lines.append("ambiguous (counted as none above): " + ", ".join(
+            f"{lab} {n}" for lab, n in metrics["ambiguous"].items() if n))
+    if metrics["confusion_lowest_distance"] != metrics["confusion"]:
+        lines += ["", "the earlier rule (lowest raw distance under its own threshold) on the same distances:",
+                  metrics["confusion_lowest_distance_text"]]
     return "\n".join(lines)
 
 
