@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from detector.calibration import calibration_mismatch, calibration_weakness
 from detector.calibration_store import load_calibration
-from detector.check import check_images
+from detector.check import check_images, unique_names
 from detector.images import iter_image_files
 from detector.settings import ProjectorSettings
 from stylegan.formats import load_model
@@ -73,7 +73,7 @@ class BatchSummary:
 
 def model_entry(path: PathLike, model: Any, name: Optional[str] = None) -> Dict[str, Any]:
     """The manifest's description of one network: path, name, file and weights sha256, format, resolution,
-    threshold (from a user override, else its calibration, else the default) and a calibration summary with
+    and a calibration summary (None without one; the threshold comes from a user override, else from it) with
     the calibration distances (for the report's histogram)."""
     G = model.G_ema
     cal = model.calibration
@@ -113,11 +113,6 @@ def calibration_summary(cal: Optional[dict]) -> Optional[Dict[str, Any]]:
     out["generated_distances"] = gen
     out["real_distances"] = real
     return out
-
-
-def _unique_names(paths: Sequence[PathLike], shas: Sequence[str]) -> List[str]:
-    names = [Path(p).stem for p in paths]
-    return [f"{n}-{s[:8]}" if names.count(n) > 1 else n for n, s in zip(names, shas)]
 
 
 def _broadcast_error(msg: Optional[str], world_size: int) -> Optional[str]:
@@ -197,6 +192,9 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     warnings = []
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too
         m.calibration = load_calibration(p, m)
+        if threshold is None and not m.calibration:
+            warnings.append(f"{Path(p).name} has no calibration: its distances are recorded without a verdict "
+                            f"(`detect calibrate --model {p}` measures a threshold)")
         mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold)
         if mismatch:
             warnings.append(mismatch)
@@ -207,7 +205,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     shas = [m.file_sha256 for m in models]
     if len(set(shas)) != len(shas):
         raise CaseError("the same model file was given twice")
-    names = _unique_names(model_paths, shas)
+    names = unique_names(model_paths, shas)
     entries = [model_entry(p, m, n) for p, m, n in zip(model_paths, models, names)]
     settings_dict = settings.to_dict()
     if early_stop:

@@ -77,6 +77,7 @@ def distances(store):
 def test_fresh_run_and_rerun_skips(env):
     s = run(env, "case")
     assert (s.inputs, s.distinct, s.processed, s.already_done) == (6, 6, 6, 0)
+    assert any("g.pt has no calibration" in w and "without a verdict" in w for w in s.warnings)
     assert len(s.batch_files) == 3
     store = CaseStore.open(env / "case")
     m = store.manifest
