@@ -31,7 +31,9 @@ def test_asset_is_a_small_calibrated_mnist_stylegan2():
     cal = m.calibration
     assert cal, "the demo network must carry its calibration"
     assert cal["settings"]["projector"]["steps"] == demo_mod.DEFAULT_STEPS
-    assert 0.0 <= cal["auc"] <= 1.0 and cal["threshold"] > 0
+    # the shipped calibration (24 + 24 digits, target FPR 5 %): a change to the asset must show up here
+    assert (cal["auc"], cal["n_real"], cal["target_fpr"]) == (1.0, 24, 0.05)
+    assert cal["threshold"] == pytest.approx(0.0549218, abs=1e-6) and cal["achieved_fpr"] == pytest.approx(1 / 24)
     reals = demo_mod.demo_real_images()
     assert len(reals) == 6
     readme = (demo_mod.ASSETS / demo_mod.DEMO_REAL / "README.md").read_text()
