@@ -207,28 +207,37 @@ class Projector:
         device = self.device
         stats = self.w_stats
         N = targets.shape[0]
+        K = int(s.starts)  # rows: start j of image k is row k * K + j; start 0 is App. D's (mu_w, the image's seed)
         num_ws, w_dim = G.num_ws, G.w_dim
         chunk = s.chunk_size if s.chunk_size is not None else auto_chunk_size(G.img_resolution)
         dist = _Distance(self.distance, distance_resolution(G.img_resolution, s.lpips_resolution))
         targets = targets.detach().to(device=device, dtype=torch.float32)
         prepared_all = dist.prepare(targets)
+        if K > 1:
+            prepared_all = _Distance.select(prepared_all, torch.arange(N, device=device).repeat_interleave(K))
 
-        # Per-image random streams: image k draws its noise maps, then one w-noise sample per step.
-        gens = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        # Per-row random streams: a row draws its noise maps, then (sampled starts) its z, then one w-noise sample
+        # per step of App. D's schedule.
+        row_seeds = [seeds[k] if j == 0 else image_seeds(seeds[k], K)[j] for k in range(N) for j in range(K)]
+        gens = [torch.Generator(device="cpu").manual_seed(seed) for seed in row_seeds]
         noise_shapes = [tuple(shape) for shape in synthesis.noise_shapes]
         noise = [torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) for shape in noise_shapes]
         w_rows = num_ws if s.wplus else 1
         start = stats.w_avg.reshape(1, w_dim).expand(N, -1) if w_init is None else w_init
-        w_opt = start.detach().to(device=device, dtype=torch.float32).reshape(N, 1, w_dim).repeat(1, w_rows, 1)
+        start = start.detach().to(device=device, dtype=torch.float32)
+        if K > 1:
+            start = start_points(G, stats, start, gens, K, s.start_psi)
+        w_opt = start.reshape(N * K, 1, w_dim).repeat(1, w_rows, 1)
         opt = _RowAdam([w_opt.requires_grad_(True)] + [n.requires_grad_(True) for n in noise], s.betas, s.eps)
 
-        active = torch.arange(N, device=device)  # original indices of the images still optimised
-        active_list = list(range(N))
+        active = torch.arange(N * K, device=device)  # the rows still optimised
+        active_list = list(range(N * K))
         prepared = prepared_all
-        traces: List[List[tuple]] = [[] for _ in range(N)]
+        traces: List[List[tuple]] = [[] for _ in range(N * K)]
         last_loss = np.full(N, np.nan)
-        history: List[List[Tuple[int, float]]] = [[] for _ in range(N)]
+        history: List[List[Tuple[int, float]]] = [[] for _ in range(N * K)]
         results: List[Optional[ProjectionResult]] = [None] * N
+        start_info: List[dict] = [{} for _ in range(N)]
         alpha = s.effective_alpha(G.img_resolution)
         base_settings = dict(s.to_dict(), w_std=stats.w_std, effective_alpha=alpha, distance=_name(self.distance))
 
@@ -253,27 +262,44 @@ class Projector:
             w, maps = params()
             d_np = d.detach().cpu().numpy()
             for r in rows:
-                k = active_list[r]
+                row = active_list[r]
+                k = row // K
                 results[k] = ProjectionResult(
                     w=ws[r].detach().to("cpu", torch.float32).clone(),
                     noise=tuple(m[r].detach().to("cpu", torch.float32).clone() for m in maps),
                     distance=float(d_np[r]),
-                    loss_trace=np.array(traces[k], dtype=TRACE_DTYPE),
+                    loss_trace=np.array(traces[row], dtype=TRACE_DTYPE),
                     image=img[r].detach().to("cpu", torch.float32).clone(),
                     steps_run=steps_run,
                     stopped_at_step=stopped,
-                    settings=dict(base_settings, seed=seeds[k]),
-                    clean_trace=tuple(history[k]),
+                    settings=dict(base_settings, seed=seeds[k], **start_info[k]),
+                    clean_trace=tuple(history[row]),
                 )
 
+        def keep_rows(keep: List[int]) -> None:
+            nonlocal active_list, active, prepared
+            keep_t = torch.tensor(keep, device=device)
+            opt.keep(keep_t)
+            active_list = [active_list[r] for r in keep]
+            active = active.index_select(0, keep_t)
+            prepared = _Distance.select(prepared_all, active)
+
         steps = int(s.steps)
-        for step in range(steps):
-            t = step / steps
-            lr = learning_rate(t, s.lr, s.lr_rampdown, s.lr_rampup)
-            std = w_noise_std(t, stats.w_std, s.w_noise_scale, s.noise_ramp)
+        total = steps + int(s.refine_steps)
+        for step in range(total):
+            if step < steps:  # App. D's schedule
+                t = step / steps
+                lr = learning_rate(t, s.lr, s.lr_rampdown, s.lr_rampup)
+                std = w_noise_std(t, stats.w_std, s.w_noise_scale, s.noise_ramp)
+            else:  # refinement: half-cosine ramp-down from refine_lr, no w noise
+                lr = s.refine_lr * (0.5 + 0.5 * math.cos(math.pi * (step - steps) / s.refine_steps))
+                std = 0.0
             w, maps = params()
-            w_noise = torch.stack([torch.randn([w_rows, w_dim], generator=gens[k]) for k in active_list])
-            w_noise = w_noise.to(device) * std
+            if step < steps:
+                w_noise = torch.stack([torch.randn([w_rows, w_dim], generator=gens[row]) for row in active_list])
+                w_noise = w_noise.to(device) * std
+            else:
+                w_noise = torch.zeros([len(active_list), w_rows, w_dim], device=device)
             opt.zero_grad()
             parts = []
             for a, b in _chunks(len(active_list), chunk):
@@ -297,24 +323,40 @@ class Projector:
             normalize_noise_(opt.params[1:])
 
             vals = torch.cat(parts).cpu().numpy().astype(np.float64)
-            record = s.trace_every > 0 and (step % s.trace_every == 0 or step == steps - 1)
-            for r, k in enumerate(active_list):
-                last_loss[k] = vals[r, 0]
+            record = s.trace_every > 0 and (step % s.trace_every == 0 or step == total - 1)
+            seen = set()
+            for r, row in enumerate(active_list):
+                k = row // K
+                last_loss[k] = vals[r, 0] if k not in seen else min(last_loss[k], vals[r, 0])
+                seen.add(k)
                 if record:
-                    traces[k].append((step, vals[r, 0], vals[r, 1], vals[r, 2], lr))
+                    traces[row].append((step, vals[r, 0], vals[r, 1], vals[r, 2], lr))
             if progress is not None:
-                progress(step + 1, steps, last_loss.copy())
+                progress(step + 1, total, last_loss.copy())
 
             done = step + 1
-            if ((s.early_stop is not None or s.clean_checkpoints) and done < steps
+            if K > 1 and done == s.start_steps:  # keep each image's closest start
+                _, _, d_c = clean_eval()
+                d_np = d_c.cpu().numpy()
+                best: dict = {}
+                for r, row in enumerate(active_list):
+                    k = row // K
+                    start_info[k].setdefault("start_distances", []).append(float(d_np[r]))
+                    if k not in best or d_np[r] < d_np[best[k]]:
+                        best[k] = r
+                for k, r in best.items():
+                    start_info[k]["start"] = active_list[r] % K
+                keep_rows(sorted(best.values()))
+            selected = K == 1 or done >= s.start_steps
+            if (selected and (s.early_stop is not None or s.clean_checkpoints) and done < steps
                     and done / steps >= s.early_stop_start
                     and (done - math.ceil(s.early_stop_start * steps)) % s.early_stop_every == 0):
                 ws_c, img_c, d_c = clean_eval()
                 d_np = d_c.cpu().numpy()
                 freeze = []
-                for r, k in enumerate(active_list):
-                    history[k].append((done, float(d_np[r])))
-                    if s.early_stop is not None and _settled(history[k][-s.early_stop_patience:],
+                for r, row in enumerate(active_list):
+                    history[row].append((done, float(d_np[r])))
+                    if s.early_stop is not None and _settled(history[row][-s.early_stop_patience:],
                                                              s.early_stop_patience, s.early_stop,
                                                              s.early_stop_margin, steps):
                         freeze.append(r)
@@ -324,16 +366,30 @@ class Projector:
                     if not keep:
                         active_list = []
                         break
-                    keep_t = torch.tensor(keep, device=device)
-                    opt.keep(keep_t)
-                    active_list = [active_list[r] for r in keep]
-                    active = active.index_select(0, keep_t)
-                    prepared = _Distance.select(prepared_all, active)
+                    keep_rows(keep)
 
         if active_list:
             ws_c, img_c, d_c = clean_eval()
-            finish(list(range(len(active_list))), ws_c, img_c, d_c, steps, None)
+            finish(list(range(len(active_list))), ws_c, img_c, d_c, total, None)
         return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def start_points(G, stats: WStats, w0: torch.Tensor, gens: Sequence[torch.Generator], starts: int,
+                 psi: float = 1.0) -> torch.Tensor:
+    """The starts of a multi-start projection: [N * starts, w_dim], row k * starts + j for image k's start j.
+    Start 0 is ``w0[k]`` (mu_w in App. D); start j > 0 is ``mu_w + psi (f(z) - mu_w)`` with z ~ N(0, I) drawn
+    from ``gens[k * starts + j]`` (one generator per row)."""
+    N = w0.shape[0]
+    if len(gens) != N * starts:
+        raise ValueError(f"need one generator per start: {N} x {starts}, got {len(gens)}")
+    out = w0.repeat_interleave(starts, dim=0).clone()
+    sampled = [r for r in range(N * starts) if r % starts]
+    if sampled:
+        z = torch.stack([torch.randn([G.z_dim], generator=gens[r]) for r in sampled]).to(out.device)
+        w = G.mapping(z, truncation_psi=1.0)[:, 0]
+        out[sampled] = stats.w_avg + psi * (w - stats.w_avg)
+    return out
 
 
 def _settled(hist: List[Tuple[int, float]], patience: int, band: Tuple[float, float], margin: float,

@@ -64,6 +64,15 @@ class ProjectorSettings:
                      changes speed and memory, not results.
     trace_every      record the loss trace every this many steps (0: no trace; the last step is always kept)
     device           None: the generator's device
+    starts           starts per image (1: App. D, the start at mu_w only). With K > 1, image k is projected from
+                     mu_w and from K - 1 samples ``mu_w + start_psi (f(z) - mu_w)`` (z from the image's own seed),
+                     all on App. D's schedule; at ``start_steps`` the clean distances are compared and only the
+                     closest start continues. Cost: K * start_steps + (steps - start_steps) image-steps.
+    start_steps      steps after which the best start is kept (when starts > 1); must be < steps
+    start_psi        truncation of the sampled starts towards mu_w (1: samples of W as they are)
+    refine_steps     steps of refinement after App. D's schedule: w and noise at ``refine_lr``, ramped down to 0
+                     with a half cosine, no w noise (0: none)
+    refine_lr        the refinement's initial learning rate
     early_stop       None, or a band (low, high) of undecided distances. From t >= early_stop_start on, the clean
                      distance of each active image is evaluated every early_stop_every steps. An image is frozen
                      (its result is taken then and its parameters stop changing) once its last
@@ -104,6 +113,11 @@ class ProjectorSettings:
     early_stop_patience: int = 3
     early_stop_margin: float = 0.01
     clean_checkpoints: bool = False
+    starts: int = 1
+    start_steps: int = 100
+    start_psi: float = 1.0
+    refine_steps: int = 0
+    refine_lr: float = 0.01
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -141,6 +155,30 @@ class ProjectorSettings:
             bad(f"early_stop_start must be in [0, 1], got {self.early_stop_start}")
         if self.early_stop_every < 1 or self.early_stop_patience < 1:
             bad("early_stop_every and early_stop_patience must be >= 1")
+        for name in ("starts", "start_steps", "refine_steps"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
+                bad(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if self.starts < 1:
+            bad(f"starts must be >= 1, got {self.starts}")
+        if self.starts > 1 and not 1 <= self.start_steps < self.steps:
+            bad(f"start_steps must be in [1, steps) with several starts, got {self.start_steps} (steps {self.steps})")
+        if not 0 <= self.start_psi <= 1:
+            bad(f"start_psi must be in [0, 1], got {self.start_psi}")
+        if not self.refine_lr >= 0:
+            bad(f"refine_lr must be >= 0, got {self.refine_lr}")
+        if self.wplus and self.starts > 1:
+            bad("several starts are for W; W+ is not for attribution")
+
+    @property
+    def method(self) -> str:
+        """'appd' (StyleGAN2 App. D as it is) or 'multistart' (several starts and/or a refinement)."""
+        return "appd" if self.starts == 1 and self.refine_steps == 0 else "multistart"
+
+    def image_steps(self) -> int:
+        """Optimisation steps one image costs (each a synthesis forward/backward and a distance): the
+        multi-start's ``starts * start_steps + (steps - start_steps)`` plus the refinement."""
+        explore = self.starts * self.start_steps + (self.steps - self.start_steps) if self.starts > 1 else self.steps
+        return int(explore + self.refine_steps)
 
     def effective_alpha(self, img_resolution: int) -> float:
         """The regulariser weight used for a network of ``img_resolution``: ``alpha``, or 0 below

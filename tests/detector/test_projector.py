@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from detector.analysis import noise_structure_correlation, simulate_early_stop
 from detector.batching import _RowAdam, distance_resolution, image_seeds
-from detector.projector import learning_rate, noise_regularization, normalize_noise_, project, w_noise_std
+from detector.projector import learning_rate, noise_regularization, normalize_noise_, project, start_points, w_noise_std
 from detector.results import TRACE_DTYPE, ProjectionResult
 from detector.settings import DEFAULT_PYRAMID, ProjectorSettings
 from detector.w_stats import cached_w_stats, compute_w_stats
@@ -574,3 +574,85 @@ def test_noise_regulariser_keeps_image_structure_out_of_the_noise_maps():
             assert max(r.loss_trace["reg"][-1] for r in results) < 1e-6
     assert corr["off"] > 0.2
     assert corr["paper"] < 0.6 * corr["off"] and corr["weak"] < 0.6 * corr["off"], corr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several starts and the refinement
+
+
+def test_multistart_keeps_the_closest_start_and_batch_equals_one_by_one(G):
+    targets = torch.cat([generated_images(G, 2), real_like_images(1)])
+    settings = ProjectorSettings(steps=30, w_avg_samples=1000, starts=3, start_steps=10, refine_steps=5)
+    assert settings.method == "multistart" and settings.image_steps() == 3 * 10 + 20 + 5
+    seeds = [21, 22, 23]
+    batch = project(G, targets, settings, distance=mse, seed=seeds)
+    for k, r in enumerate(batch):
+        info = r.settings
+        assert len(info["start_distances"]) == 3
+        assert info["start"] == int(np.argmin(info["start_distances"]))
+        assert r.steps_run == 35 and len(r.loss_trace) == 35
+        [single] = project(G, targets[k:k + 1], settings, distance=mse, seed=[seeds[k]])
+        assert single.settings["start"] == info["start"]
+        assert abs(single.distance - r.distance) < 1e-4
+        assert torch.allclose(single.w, r.w, atol=1e-4)
+
+
+def test_start_zero_is_app_d(G):
+    """Start 0 of a multi-start is App. D's run (mu_w, the image's seed): with one start and no refinement the
+    projector is App. D exactly, and the start-0 distance at selection is App. D's at that step."""
+    targets = real_like_images(2)
+    appd = ProjectorSettings(steps=20, w_avg_samples=1000, clean_checkpoints=True, early_stop_start=0.5,
+                             early_stop_every=10)
+    assert appd.method == "appd" and appd.image_steps() == 20
+    ref = project(G, targets, appd, distance=mse, seed=[3, 4])
+    multi = project(G, targets, dataclasses.replace(appd, starts=4, start_steps=10), distance=mse, seed=[3, 4])
+    for a, b in zip(ref, multi):
+        assert b.settings["start_distances"][0] == pytest.approx(a.clean_trace[0][1], abs=1e-6)
+        if b.settings["start"] == 0:  # the same trajectory all the way
+            assert b.distance == pytest.approx(a.distance, abs=1e-6)
+        else:
+            assert min(b.settings["start_distances"]) < b.settings["start_distances"][0]
+
+
+def test_sampled_starts_are_samples_of_w_truncated_by_start_psi(G):
+    stats = cached_w_stats(G, 1000)
+    n, K = 100, 3
+    w0 = torch.randn(n, G.w_dim)
+
+    def points(psi):
+        gens = [torch.Generator().manual_seed(r) for r in range(n * K)]
+        return start_points(G, stats, w0, gens, K, psi).reshape(n, K, G.w_dim)
+
+    full, half, none = points(1.0), points(0.5), points(0.0)
+    for p in (full, half, none):
+        assert torch.equal(p[:, 0], w0)  # start 0: the given start (mu_w in App. D)
+    assert torch.allclose(none[:, 1:], stats.w_avg.expand(n, K - 1, -1))
+    assert torch.allclose(half[:, 1:], stats.w_avg + 0.5 * (full[:, 1:] - stats.w_avg), atol=1e-6)
+    # psi 1: samples of W, whose mean squared distance to mu_w is sigma_w^2 (200 samples: within 25 %).
+    msd = (full[:, 1:] - stats.w_avg).square().sum(-1).mean().item()
+    assert 0.75 < msd / stats.w_std ** 2 < 1.25
+    assert len({tuple(v.tolist()) for v in full[:, 1:].reshape(-1, G.w_dim)}) == n * (K - 1)
+
+
+def test_refinement_schedule_and_it_does_not_lose_ground(G):
+    targets = torch.cat([generated_images(G, 1), real_like_images(1)])
+    base = ProjectorSettings(steps=40, w_avg_samples=1000)
+    plain = project(G, targets, base, distance=mse, seed=[5, 6])
+    refined = project(G, targets, dataclasses.replace(base, refine_steps=20, refine_lr=0.01), distance=mse,
+                      seed=[5, 6])
+    for p, r in zip(plain, refined):
+        assert np.array_equal(r.loss_trace["loss"][:40], p.loss_trace["loss"])  # App. D first, unchanged
+        lr = r.loss_trace["lr"][40:]
+        assert lr[0] == pytest.approx(0.01) and np.all(np.diff(lr) < 0) and lr[-1] < 0.01 * 0.01
+        assert r.distance < p.distance
+
+
+def test_multistart_settings_are_checked():
+    with pytest.raises(ValueError, match="start_steps"):
+        ProjectorSettings(steps=10, starts=2, start_steps=10)
+    with pytest.raises(ValueError, match="starts"):
+        ProjectorSettings(starts=0)
+    with pytest.raises(ValueError, match="W\\+"):
+        ProjectorSettings(starts=2, wplus=True)
+    with pytest.raises(ValueError, match="start_psi"):
+        ProjectorSettings(start_psi=1.5)
