@@ -10,13 +10,13 @@ projector variant ("method") and each network, and reports per method:
   measured in different runs compare.
 
 A method is ``NAME`` or ``NAME:key=value,...`` with ProjectorSettings fields (``appd`` is App. D as it is), e.g.
-``--method appd --method ms4:starts=4,start_steps=200 --method refine:refine_steps=300``. Generated images are
+``--method appd --method ms4:starts=4,start_fraction=0.2 --method refine:refine_steps=300``. Generated images are
 8-bit with random noise from seeds ``--seed-offset + i`` (:func:`detector.calibration_run.generate_images`).
 Resumable: every projected batch is appended to ``--state`` (JSONL); a re-run skips what is there, and
 ``--report-only`` summarises without projecting. Prints JSON.
 
     python benchmarks/inversion_methods.py --model F.pt --sibling F1.pt --real real_dev --n-gen 8 --n-real 8 \\
-        --method appd --method ms4:starts=4,start_steps=200 --state inversion.jsonl
+        --method appd --method ms4:starts=4,start_fraction=0.2 --state inversion.jsonl
 """
 
 from __future__ import annotations

@@ -41,11 +41,12 @@ class CalibrationError(ValueError):
 # (device, chunking, early stopping, trace) change speed or bookkeeping only.
 _RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", "noise_ramp", "alpha",
                     "alpha_min_resolution", "pyramid", "wplus", "lpips_resolution", "clamp_output",
-                    "w_avg_samples", "w_stats_seed", "betas", "eps")
+                    "w_avg_samples", "w_stats_seed", "betas", "eps", "starts", "start_fraction", "start_psi",
+                    "refine_steps", "refine_lr")
 
 
 # What a record made before a setting existed was projected with.
-_BEFORE_THE_SETTING_EXISTED = {"clamp_output": False, "alpha_min_resolution": None}
+_BEFORE_THE_SETTING_EXISTED = {"clamp_output": False, "alpha_min_resolution": None, "starts": 1, "refine_steps": 0}
 
 
 def settings_differences(calibration: Optional[dict], settings: Any) -> List[str]:
@@ -54,8 +55,22 @@ def settings_differences(calibration: Optional[dict], settings: Any) -> List[str
     recorded = calibrated_settings(calibration)
     if recorded is None:
         return []
-    then, now = recorded.to_dict(), settings.to_dict()
-    return [k for k in _RESULT_SETTINGS if then[k] != now[k]]
+    then, now = _effective(recorded.to_dict()), _effective(settings.to_dict())
+    diff = [k for k in _RESULT_SETTINGS if then[k] != now[k]]
+    hidden = ({"start_fraction", "start_psi"} if "starts" in diff else set()) | (
+        {"refine_lr"} if "refine_steps" in diff else set())
+    return [k for k in diff if k not in hidden]
+
+
+def _effective(d: dict) -> dict:
+    """Settings that change nothing at the others' values (the starts' fields with one start, the refinement's
+    learning rate without refinement) set to None, so that they never count as a difference."""
+    d = dict(d)
+    if d["starts"] == 1:
+        d["start_fraction"] = d["start_psi"] = None
+    if d["refine_steps"] == 0:
+        d["refine_lr"] = None
+    return d
 
 
 # Below this ROC AUC a calibration is reported as weak (:func:`calibration_weakness`).

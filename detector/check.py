@@ -246,8 +246,9 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
                        "threshold": None if th is None else th.to_dict()})
         if th is None:
             warnings.append(f"{name} has no calibration: its distances are given without a verdict; "
-                            f"`detect calibrate --model {path} --real DIR` measures a threshold (it projects 200 "
-                            f"of its images and the real ones, about 400 times one image's check)")
+                            f"`detect calibrate --model {path}` compares with its own images (it projects 200 of "
+                            f"them, about 200 times one image's check), `--real DIR` adds real ones and measures "
+                            f"the false-positive rate (about 400 times)")
             continue
         if th.source == "self":
             warnings.append(f"{name} is calibrated on its own images only: the false-positive rate of its "

@@ -215,6 +215,8 @@ class Projector:
         prepared_all = dist.prepare(targets)
         if K > 1:
             prepared_all = _Distance.select(prepared_all, torch.arange(N, device=device).repeat_interleave(K))
+        all_targets = targets.repeat_interleave(K, dim=0) if K > 1 else targets
+        row_targets = all_targets
 
         # Per-row random streams: a row draws its noise maps, then (sampled starts) its z, then one w-noise sample
         # per step of App. D's schedule.
@@ -277,12 +279,13 @@ class Projector:
                 )
 
         def keep_rows(keep: List[int]) -> None:
-            nonlocal active_list, active, prepared
+            nonlocal active_list, active, prepared, row_targets
             keep_t = torch.tensor(keep, device=device)
             opt.keep(keep_t)
             active_list = [active_list[r] for r in keep]
             active = active.index_select(0, keep_t)
             prepared = _Distance.select(prepared_all, active)
+            row_targets = all_targets.index_select(0, active)
 
         steps = int(s.steps)
         total = steps + int(s.refine_steps)
@@ -317,6 +320,8 @@ class Projector:
                     with torch.no_grad():
                         reg = noise_regularization(chunk_maps, s.pyramid)
                     loss = d
+                if step >= steps and s.refine_mse:
+                    loss = loss + s.refine_mse * (img - _rows(row_targets, a, b)).square().mean(dim=(1, 2, 3))
                 loss.sum().backward()  # per-image terms: each image's gradient is its own
                 parts.append(torch.stack([loss.detach(), d.detach(), reg.detach()], dim=1))
             opt.step(lr)

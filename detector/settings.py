@@ -31,6 +31,13 @@ DEFAULT_CLAMP_OUTPUT = False
 
 DEFAULT_W_STATS_SEED = 123
 
+# The inversions `--method` names, as ProjectorSettings fields over the defaults: 'appd' is StyleGAN2 App. D as it
+# is; 'multistart' adds several starts and a refinement (measured: docs/measurements.md).
+METHODS: Dict[str, Dict[str, Any]] = {
+    "appd": {"starts": 1, "refine_steps": 0},
+    "multistart": {"starts": 4, "start_fraction": 0.2, "refine_steps": 300},
+}
+
 
 @dataclass(frozen=True)
 class ProjectorSettings:
@@ -66,13 +73,17 @@ class ProjectorSettings:
     device           None: the generator's device
     starts           starts per image (1: App. D, the start at mu_w only). With K > 1, image k is projected from
                      mu_w and from K - 1 samples ``mu_w + start_psi (f(z) - mu_w)`` (z from the image's own seed),
-                     all on App. D's schedule; at ``start_steps`` the clean distances are compared and only the
-                     closest start continues. Cost: K * start_steps + (steps - start_steps) image-steps.
-    start_steps      steps after which the best start is kept (when starts > 1); must be < steps
+                     all on App. D's schedule; after ``start_steps`` the clean distances are compared and only
+                     the closest start continues. Cost: K * start_steps + (steps - start_steps) image-steps.
+    start_fraction   the fraction of ``steps`` after which the closest start is kept: ``start_steps`` =
+                     round(start_fraction * steps), at least 1 and at most steps - 1
     start_psi        truncation of the sampled starts towards mu_w (1: samples of W as they are)
     refine_steps     steps of refinement after App. D's schedule: w and noise at ``refine_lr``, ramped down to 0
                      with a half cosine, no w noise (0: none)
     refine_lr        the refinement's initial learning rate
+    refine_mse       weight of a pixel mean-squared-error term added to the distance during the refinement (0: the
+                     distance alone). The image that made a generated image matches it pixel for pixel, which
+                     LPIPS at low resolution hardly asks for; the reported distance is the distance alone.
     early_stop       None, or a band (low, high) of undecided distances. From t >= early_stop_start on, the clean
                      distance of each active image is evaluated every early_stop_every steps. An image is frozen
                      (its result is taken then and its parameters stop changing) once its last
@@ -114,10 +125,11 @@ class ProjectorSettings:
     early_stop_margin: float = 0.01
     clean_checkpoints: bool = False
     starts: int = 1
-    start_steps: int = 100
+    start_fraction: float = 0.2
     start_psi: float = 1.0
     refine_steps: int = 0
     refine_lr: float = 0.01
+    refine_mse: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -155,19 +167,26 @@ class ProjectorSettings:
             bad(f"early_stop_start must be in [0, 1], got {self.early_stop_start}")
         if self.early_stop_every < 1 or self.early_stop_patience < 1:
             bad("early_stop_every and early_stop_patience must be >= 1")
-        for name in ("starts", "start_steps", "refine_steps"):
+        for name in ("starts", "refine_steps"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
                 bad(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.starts < 1:
             bad(f"starts must be >= 1, got {self.starts}")
-        if self.starts > 1 and not 1 <= self.start_steps < self.steps:
-            bad(f"start_steps must be in [1, steps) with several starts, got {self.start_steps} (steps {self.steps})")
+        if not 0 < self.start_fraction < 1:
+            bad(f"start_fraction must be in (0, 1), got {self.start_fraction}")
+        if self.starts > 1 and self.steps < 2:
+            bad("several starts need at least 2 steps")
         if not 0 <= self.start_psi <= 1:
             bad(f"start_psi must be in [0, 1], got {self.start_psi}")
-        if not self.refine_lr >= 0:
-            bad(f"refine_lr must be >= 0, got {self.refine_lr}")
+        if not self.refine_lr >= 0 or not self.refine_mse >= 0:
+            bad(f"refine_lr and refine_mse must be >= 0, got {self.refine_lr}, {self.refine_mse}")
         if self.wplus and self.starts > 1:
             bad("several starts are for W; W+ is not for attribution")
+
+    @property
+    def start_steps(self) -> int:
+        """Steps after which the closest of several starts is kept (``start_fraction`` of ``steps``)."""
+        return min(int(self.steps) - 1, max(1, round(self.start_fraction * self.steps)))
 
     @property
     def method(self) -> str:

@@ -32,6 +32,7 @@ from .options import (
     LpipsResolutionOption,
     LpipsWeightsOption,
     LrOption,
+    MethodOption,
     PyramidOption,
     StepsOption,
     detector_errors,
@@ -74,6 +75,7 @@ def calibrate(
              "the same weights) with this model instead of projecting; refused if made on other weights.")] = None,
     as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT,
                                           help="Print the record as JSON instead of a summary.")] = False,
+    method: MethodOption = None,
     steps: StepsOption = 1000,
     lr: LrOption = None,
     alpha: AlphaOption = None,
@@ -99,7 +101,8 @@ def calibrate(
         from detector.images import iter_image_files
         from stylegan.formats import load_model
         from stylegan.perceptual import load_lpips
-        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
+        settings = projector_settings(steps, method=method, lr=lr, alpha=alpha,
+                                      alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output)
         if n_generated < 1:

@@ -29,6 +29,7 @@ from .options import (
     LpipsResolutionOption,
     LpipsWeightsOption,
     LrOption,
+    MethodOption,
     PyramidOption,
     StepsOption,
     case_errors,
@@ -57,6 +58,7 @@ def batch(
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what this run did as JSON instead of a "
                                                          "line.")] = False,
+    method: MethodOption = None,
     steps: StepsOption = 1000,
     lr: LrOption = None,
     alpha: AlphaOption = None,
@@ -79,7 +81,8 @@ def batch(
         from cases.store import CaseError
         from stylegan.perceptual import load_lpips
 
-        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
+        settings = projector_settings(steps, method=method, lr=lr, alpha=alpha,
+                                      alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output)
         if batch_size < 1:

@@ -33,6 +33,7 @@ from .options import (
     LpipsResolutionOption,
     LpipsWeightsOption,
     LrOption,
+    MethodOption,
     PyramidOption,
     StepsOption,
     ThresholdOption,
@@ -59,6 +60,7 @@ def check(
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the projection's random draws.")] = 0,
     device: DeviceOption = None,
     as_json: JsonOption = False,
+    method: MethodOption = None,
     steps: StepsOption = 1000,
     lr: LrOption = None,
     alpha: AlphaOption = None,
@@ -85,7 +87,8 @@ def check(
         from detector.check import check_files, save_check_outputs
         from stylegan.perceptual import load_lpips
 
-        settings = projector_settings(steps, lr=lr, alpha=alpha, alpha_min_resolution=alpha_min_resolution,
+        settings = projector_settings(steps, method=method, lr=lr, alpha=alpha,
+                                      alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output, wplus=wplus)
         if margin < 1:

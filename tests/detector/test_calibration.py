@@ -564,3 +564,7 @@ def test_calibrated_settings_and_their_differences():
     assert settings_differences(rec, s) == []
     assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, clamp_output=True)) == ["clamp_output"]
     assert settings_differences(rec, ProjectorSettings(steps=1000, alpha=10.0, device="cpu", chunk_size=3)) == ["steps"]
+    # The starts' and the refinement's fields count only where they act.
+    assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, start_fraction=0.7, refine_lr=0.5)) == []
+    assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, starts=2)) == ["starts"]
+    assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, refine_steps=5)) == ["refine_steps"]

@@ -582,7 +582,7 @@ def test_noise_regulariser_keeps_image_structure_out_of_the_noise_maps():
 
 def test_multistart_keeps_the_closest_start_and_batch_equals_one_by_one(G):
     targets = torch.cat([generated_images(G, 2), real_like_images(1)])
-    settings = ProjectorSettings(steps=30, w_avg_samples=1000, starts=3, start_steps=10, refine_steps=5)
+    settings = ProjectorSettings(steps=30, w_avg_samples=1000, starts=3, start_fraction=1 / 3, refine_steps=5)
     assert settings.method == "multistart" and settings.image_steps() == 3 * 10 + 20 + 5
     seeds = [21, 22, 23]
     batch = project(G, targets, settings, distance=mse, seed=seeds)
@@ -605,7 +605,7 @@ def test_start_zero_is_app_d(G):
                              early_stop_every=10)
     assert appd.method == "appd" and appd.image_steps() == 20
     ref = project(G, targets, appd, distance=mse, seed=[3, 4])
-    multi = project(G, targets, dataclasses.replace(appd, starts=4, start_steps=10), distance=mse, seed=[3, 4])
+    multi = project(G, targets, dataclasses.replace(appd, starts=4, start_fraction=0.5), distance=mse, seed=[3, 4])
     for a, b in zip(ref, multi):
         assert b.settings["start_distances"][0] == pytest.approx(a.clean_trace[0][1], abs=1e-6)
         if b.settings["start"] == 0:  # the same trajectory all the way
@@ -645,11 +645,25 @@ def test_refinement_schedule_and_it_does_not_lose_ground(G):
         lr = r.loss_trace["lr"][40:]
         assert lr[0] == pytest.approx(0.01) and np.all(np.diff(lr) < 0) and lr[-1] < 0.01 * 0.01
         assert r.distance < p.distance
+    # A pixel term in the refinement changes the path; the reported distance stays the distance alone.
+    feat = ConvFeatureDistance()
+    with_mse = project(G, targets, dataclasses.replace(base, refine_steps=20, refine_mse=10.0), distance=feat,
+                       seed=[5, 6])
+    without = project(G, targets, dataclasses.replace(base, refine_steps=20), distance=feat, seed=[5, 6])
+    for a, b, target in zip(with_mse, without, targets):
+        assert not torch.allclose(a.w, b.w)
+        with torch.no_grad():
+            assert feat(a.image[None], target[None]).item() == pytest.approx(a.distance, rel=1e-5)
 
 
 def test_multistart_settings_are_checked():
-    with pytest.raises(ValueError, match="start_steps"):
-        ProjectorSettings(steps=10, starts=2, start_steps=10)
+    with pytest.raises(ValueError, match="start_fraction"):
+        ProjectorSettings(steps=10, starts=2, start_fraction=1.0)
+    with pytest.raises(ValueError, match="2 steps"):
+        ProjectorSettings(steps=1, starts=2)
+    assert ProjectorSettings(steps=2, starts=2, start_fraction=0.01).start_steps == 1
+    assert ProjectorSettings(steps=2, starts=2, start_fraction=0.99).start_steps == 1
+    assert ProjectorSettings(steps=1000, starts=4, start_fraction=0.2).image_steps() == 4 * 200 + 800
     with pytest.raises(ValueError, match="starts"):
         ProjectorSettings(starts=0)
     with pytest.raises(ValueError, match="W\\+"):
