@@ -58,8 +58,8 @@ def parse_method(text: str) -> tuple:
 
 
 def real_images(src: str, n: int, resolution: int) -> torch.Tensor:
-    out = []
-    for _, im in iter_source_images(src):
+    out: list = []
+    for _, im in iter_source_images(src) if n > 0 else ():
         if isinstance(im, Exception):
             continue
         out.append(torch.from_numpy(prepare_image(im, resolution, crop="none")))
@@ -67,7 +67,7 @@ def real_images(src: str, n: int, resolution: int) -> torch.Tensor:
             break
     if len(out) < n:
         raise SystemExit(f"{src}: only {len(out)} images, {n} asked for")
-    return torch.stack(out).to(torch.float32) / 127.5 - 1.0
+    return torch.stack(out).to(torch.float32) / 127.5 - 1.0 if out else torch.zeros(0)
 
 
 def summary(a) -> dict:

@@ -41,8 +41,8 @@ class CalibrationError(ValueError):
 # (device, chunking, early stopping, trace) change speed or bookkeeping only.
 _RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", "noise_ramp", "alpha",
                     "alpha_min_resolution", "pyramid", "wplus", "lpips_resolution", "clamp_output",
-                    "w_avg_samples", "w_stats_seed", "betas", "eps", "starts", "start_fraction", "start_psi",
-                    "refine_steps", "refine_lr")
+                    "w_avg_samples", "w_stats_seed", "betas", "eps", "starts", "keep_starts", "start_fraction",
+                    "start_psi", "refine_steps", "refine_lr", "refine_mse")
 
 
 # What a record made before a setting existed was projected with.
@@ -57,19 +57,22 @@ def settings_differences(calibration: Optional[dict], settings: Any) -> List[str
         return []
     then, now = _effective(recorded.to_dict()), _effective(settings.to_dict())
     diff = [k for k in _RESULT_SETTINGS if then[k] != now[k]]
-    hidden = ({"start_fraction", "start_psi"} if "starts" in diff else set()) | (
-        {"refine_lr"} if "refine_steps" in diff else set())
+    hidden = ({"start_fraction", "start_psi", "keep_starts"} if "starts" in diff else set()) | (
+        {"refine_lr", "refine_mse"} if "refine_steps" in diff else set())
     return [k for k in diff if k not in hidden]
 
 
 def _effective(d: dict) -> dict:
-    """Settings that change nothing at the others' values (the starts' fields with one start, the refinement's
-    learning rate without refinement) set to None, so that they never count as a difference."""
+    """Settings that change nothing at the others' values (the starts' fields with one start, the selection's
+    without a selection, the refinement's without refinement) set to None, so that they never count as a
+    difference."""
     d = dict(d)
     if d["starts"] == 1:
-        d["start_fraction"] = d["start_psi"] = None
+        d["start_fraction"] = d["start_psi"] = d["keep_starts"] = None
+    elif d["keep_starts"] >= d["starts"]:  # no selection: every start runs to the end
+        d["start_fraction"], d["keep_starts"] = None, d["starts"]
     if d["refine_steps"] == 0:
-        d["refine_lr"] = None
+        d["refine_lr"] = d["refine_mse"] = None
     return d
 
 

@@ -208,6 +208,7 @@ class Projector:
         stats = self.w_stats
         N = targets.shape[0]
         K = int(s.starts)  # rows: start j of image k is row k * K + j; start 0 is App. D's (mu_w, the image's seed)
+        kept = min(K, int(s.keep_starts))
         num_ws, w_dim = G.num_ws, G.w_dim
         chunk = s.chunk_size if s.chunk_size is not None else auto_chunk_size(G.img_resolution)
         dist = _Distance(self.distance, distance_resolution(G.img_resolution, s.lpips_resolution))
@@ -261,11 +262,18 @@ class Projector:
             return ws, torch.cat(imgs), torch.cat(ds)
 
         def finish(rows: List[int], ws, img, d, steps_run: int, stopped: Optional[int]):
+            """Results of the images of ``rows`` (positions in active_list): per image its closest row."""
             w, maps = params()
             d_np = d.detach().cpu().numpy()
+            closest: dict = {}
             for r in rows:
+                k = active_list[r] // K
+                if k not in closest or d_np[r] < d_np[closest[k]]:
+                    closest[k] = r
+            for k, r in closest.items():
                 row = active_list[r]
-                k = row // K
+                if K > 1:
+                    start_info[k]["start"] = row % K
                 results[k] = ProjectionResult(
                     w=ws[r].detach().to("cpu", torch.float32).clone(),
                     noise=tuple(m[r].detach().to("cpu", torch.float32).clone() for m in maps),
@@ -340,19 +348,16 @@ class Projector:
                 progress(step + 1, total, last_loss.copy())
 
             done = step + 1
-            if K > 1 and done == s.start_steps:  # keep each image's closest start
+            if K > kept and done == s.start_steps:  # keep each image's `keep_starts` closest starts
                 _, _, d_c = clean_eval()
                 d_np = d_c.cpu().numpy()
-                best: dict = {}
+                by_image: dict = {}
                 for r, row in enumerate(active_list):
                     k = row // K
                     start_info[k].setdefault("start_distances", []).append(float(d_np[r]))
-                    if k not in best or d_np[r] < d_np[best[k]]:
-                        best[k] = r
-                for k, r in best.items():
-                    start_info[k]["start"] = active_list[r] % K
-                keep_rows(sorted(best.values()))
-            selected = K == 1 or done >= s.start_steps
+                    by_image.setdefault(k, []).append(r)
+                keep_rows(sorted(r for rs in by_image.values() for r in sorted(rs, key=lambda r: d_np[r])[:kept]))
+            selected = K == kept or done >= s.start_steps
             if (selected and (s.early_stop is not None or s.clean_checkpoints) and done < steps
                     and done / steps >= s.early_stop_start
                     and (done - math.ceil(s.early_stop_start * steps)) % s.early_stop_every == 0):

@@ -77,6 +77,8 @@ class ProjectorSettings:
                      the closest start continues. Cost: K * start_steps + (steps - start_steps) image-steps.
     start_fraction   the fraction of ``steps`` after which the closest start is kept: ``start_steps`` =
                      round(start_fraction * steps), at least 1 and at most steps - 1
+    keep_starts      how many of the closest starts continue after ``start_steps`` (all of them when >= starts);
+                     the result is the closest of those at the end
     start_psi        truncation of the sampled starts towards mu_w (1: samples of W as they are)
     refine_steps     steps of refinement after App. D's schedule: w and noise at ``refine_lr``, ramped down to 0
                      with a half cosine, no w noise (0: none)
@@ -126,6 +128,7 @@ class ProjectorSettings:
     clean_checkpoints: bool = False
     starts: int = 1
     start_fraction: float = 0.2
+    keep_starts: int = 1
     start_psi: float = 1.0
     refine_steps: int = 0
     refine_lr: float = 0.01
@@ -167,11 +170,13 @@ class ProjectorSettings:
             bad(f"early_stop_start must be in [0, 1], got {self.early_stop_start}")
         if self.early_stop_every < 1 or self.early_stop_patience < 1:
             bad("early_stop_every and early_stop_patience must be >= 1")
-        for name in ("starts", "refine_steps"):
+        for name in ("starts", "keep_starts", "refine_steps"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
                 bad(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        if self.starts < 1:
-            bad(f"starts must be >= 1, got {self.starts}")
+        if self.starts < 1 or self.keep_starts < 1:
+            bad(f"starts and keep_starts must be >= 1, got {self.starts}, {self.keep_starts}")
+        if self.early_stop is not None and min(self.starts, self.keep_starts) > 1:
+            bad("early stopping needs one start per image after the selection (keep_starts 1)")
         if not 0 < self.start_fraction < 1:
             bad(f"start_fraction must be in (0, 1), got {self.start_fraction}")
         if self.starts > 1 and self.steps < 2:
@@ -195,9 +200,11 @@ class ProjectorSettings:
 
     def image_steps(self) -> int:
         """Optimisation steps one image costs (each a synthesis forward/backward and a distance): the
-        multi-start's ``starts * start_steps + (steps - start_steps)`` plus the refinement."""
-        explore = self.starts * self.start_steps + (self.steps - self.start_steps) if self.starts > 1 else self.steps
-        return int(explore + self.refine_steps)
+        multi-start's ``starts * start_steps + keep_starts * (steps - start_steps + refine_steps)``."""
+        kept = min(self.starts, self.keep_starts)
+        if kept == self.starts:
+            return int(self.starts * (self.steps + self.refine_steps))
+        return int(self.starts * self.start_steps + kept * (self.steps - self.start_steps + self.refine_steps))
 
     def effective_alpha(self, img_resolution: int) -> float:
         """The regulariser weight used for a network of ``img_resolution``: ``alpha``, or 0 below

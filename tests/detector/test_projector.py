@@ -614,6 +614,29 @@ def test_start_zero_is_app_d(G):
             assert min(b.settings["start_distances"]) < b.settings["start_distances"][0]
 
 
+def test_kept_starts_run_to_the_end_and_the_closest_wins(G):
+    targets = torch.cat([generated_images(G, 2), real_like_images(2)])
+    appd = ProjectorSettings(steps=20, w_avg_samples=1000)
+    ref = project(G, targets, appd, distance=mse, seed=[1, 2, 3, 4])
+    both = dataclasses.replace(appd, starts=2, keep_starts=2)  # two whole runs: App. D's and one from a sample
+    assert both.image_steps() == 40
+    two = project(G, targets, both, distance=mse, seed=[1, 2, 3, 4])
+    for a, b in zip(ref, two):
+        assert "start_distances" not in b.settings  # no selection
+        assert b.distance <= a.distance + 1e-7
+        if b.settings["start"] == 0:
+            assert b.distance == pytest.approx(a.distance, abs=1e-7)
+    three = dataclasses.replace(appd, starts=3, keep_starts=2, start_fraction=0.25)
+    assert three.image_steps() == 3 * 5 + 2 * 15
+    for k, r in enumerate(project(G, targets, three, distance=mse, seed=[1, 2, 3, 4])):
+        order = np.argsort(r.settings["start_distances"])
+        assert r.settings["start"] in order[:2]  # one of the two kept
+        [single] = project(G, targets[k:k + 1], three, distance=mse, seed=[[1, 2, 3, 4][k]])
+        assert single.distance == pytest.approx(r.distance, abs=1e-5)
+    with pytest.raises(ValueError, match="early stopping"):
+        dataclasses.replace(appd, starts=2, keep_starts=2, early_stop=(0.1, 0.2))
+
+
 def test_sampled_starts_are_samples_of_w_truncated_by_start_psi(G):
     stats = cached_w_stats(G, 1000)
     n, K = 100, 3
