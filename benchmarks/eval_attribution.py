@@ -117,7 +117,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--pyramid", default=None)
     p.add_argument("--lpips-resolution", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="ProjectorSettings.lr (default: App. D's 0.1)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="ProjectorSettings.lr (default: 0.2 below 256 px, App. D's 0.1 from 256 px)")
     p.add_argument("--alpha", type=float, default=None, help="noise regularisation weight (default: App. D's 1e5)")
     p.add_argument("--alpha-min-resolution", type=int, default=None,
                    help="ProjectorSettings.alpha_min_resolution (default: the projector's; 0: every resolution)")

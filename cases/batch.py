@@ -195,7 +195,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         if threshold is None and not m.calibration:
             warnings.append(f"{Path(p).name} has no calibration: its distances are recorded without a verdict "
                             f"(`detect calibrate --model {p}` measures a threshold)")
-        mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold)
+        mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold, m.G_ema.img_resolution)
         if mismatch:
             warnings.append(mismatch)
         weak = threshold is None and calibration_weakness((m.calibration or {}).get("auc"),

@@ -43,6 +43,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 
 import h5py
 
+from detector.settings import settings_identity
 from stylegan.util.files import _fsync_dir, atomic_write_text
 
 from .inputs import InputFile
@@ -68,7 +69,7 @@ class CaseError(RuntimeError):
 
 
 def _comparable(settings: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in NON_RESULT_SETTINGS}
+    return {k: v for k, v in settings_identity(settings).items() if k not in NON_RESULT_SETTINGS}
 
 
 class CaseStore:

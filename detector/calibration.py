@@ -49,24 +49,28 @@ _RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", 
 _BEFORE_THE_SETTING_EXISTED = {"clamp_output": False, "alpha_min_resolution": None, "starts": 1, "refine_steps": 0}
 
 
-def settings_differences(calibration: Optional[dict], settings: Any) -> List[str]:
+def settings_differences(calibration: Optional[dict], settings: Any,
+                         img_resolution: Optional[int] = None) -> List[str]:
     """The result-changing projector settings in which ``settings`` (ProjectorSettings) differ from the ones the
-    calibration was measured with (:func:`calibrated_settings`)."""
+    calibration was measured with (:func:`calibrated_settings`). With the network's ``img_resolution`` a default
+    learning rate (None) counts as the rate it stands for there."""
     recorded = calibrated_settings(calibration)
     if recorded is None:
         return []
-    then, now = _effective(recorded.to_dict()), _effective(settings.to_dict())
+    then, now = _effective(recorded, img_resolution), _effective(settings, img_resolution)
     diff = [k for k in _RESULT_SETTINGS if then[k] != now[k]]
     hidden = ({"start_fraction", "start_psi", "keep_starts"} if "starts" in diff else set()) | (
         {"refine_lr", "refine_mse"} if "refine_steps" in diff else set())
     return [k for k in diff if k not in hidden]
 
 
-def _effective(d: dict) -> dict:
+def _effective(settings: Any, img_resolution: Optional[int]) -> dict:
     """Settings that change nothing at the others' values (the starts' fields with one start, the selection's
     without a selection, the refinement's without refinement) set to None, so that they never count as a
-    difference."""
-    d = dict(d)
+    difference; the learning rate resolved when the resolution is known."""
+    d = settings.to_dict()
+    if img_resolution is not None:
+        d["lr"] = settings.effective_lr(img_resolution)
     if d["starts"] == 1:
         d["start_fraction"] = d["start_psi"] = d["keep_starts"] = None
     elif d["keep_starts"] >= d["starts"]:  # no selection: every start runs to the end
@@ -99,10 +103,10 @@ def calibration_weakness(auc: Optional[float], tpr: Optional[float] = None,
 
 
 def calibration_mismatch(model_name: str, calibration: Optional[dict], settings: Any,
-                         threshold: Optional[float] = None) -> Optional[str]:
+                         threshold: Optional[float] = None, img_resolution: Optional[int] = None) -> Optional[str]:
     """A warning when a run relies on the calibration's threshold (no ``threshold`` override) but projects with
     other result-changing settings than the calibration was measured with; else None."""
-    diff = settings_differences(calibration, settings) if threshold is None else []
+    diff = settings_differences(calibration, settings, img_resolution) if threshold is None else []
     if not diff:
         return None
     return (f"{model_name} was calibrated with other projector settings ({', '.join(diff)}); its threshold and "

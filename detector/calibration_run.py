@@ -25,7 +25,7 @@ from .calibration import CalibrationError, CalibrationRecord, _plain, record_fro
 from .check import image_seed, load_targets
 from .images import to_uint8
 from .projector import Projector
-from .settings import ProjectorSettings
+from .settings import ProjectorSettings, settings_identity
 from .statistics import allowed_false_positives, clopper_pearson
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,8 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
     provenance = distance.provenance() if hasattr(distance, "provenance") else {"name": _name(distance)}
     state = None
     if progress_file is not None:
-        common = {"projector": settings.to_dict(), "seed": int(seed), "truncation_psi": float(truncation_psi)}
+        common = {"projector": settings_identity(settings.to_dict()), "seed": int(seed),
+                  "truncation_psi": float(truncation_psi)}
         # What the distance is, not where its files lie: another machine's paths continue the same calibration.
         lpips_identity = {k: v for k, v in provenance.items() if k not in ("weights_path", "weights_source")}
         weights = model.metadata.get("weights_sha256")

@@ -253,7 +253,7 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
         if th.source == "self":
             warnings.append(f"{name} is calibrated on its own images only: the false-positive rate of its "
                             f"verdicts is unknown")
-        mismatch = calibration_mismatch(name, cal, settings, threshold)
+        mismatch = calibration_mismatch(name, cal, settings, threshold, m.G_ema.img_resolution)
         if mismatch:
             warnings.append(mismatch)
         weak = th.source == "calibration" and calibration_weakness(cal.get("auc"), cal.get("tpr"))

@@ -8,7 +8,8 @@ App. D, as implemented here:
 
 * mu_w and sigma_w from 10,000 samples f(z), z ~ N(0, I): ``sigma_w^2 = E ||f(z) - mu_w||^2`` (one scalar).
 * Start at w = mu_w and n_i ~ N(0, I); optimise w and every n_i with Adam (beta 0.9, 0.999, eps 1e-8).
-* Learning rate at t = step / steps: ``lr_max * (0.5 - 0.5 cos(pi * min(1, (1 - t) / 0.25))) * min(1, t / 0.05)``.
+* Learning rate at t = step / steps: ``lr_max * (0.5 - 0.5 cos(pi * min(1, (1 - t) / 0.25))) * min(1, t / 0.05)``,
+  lr_max = 0.1.
 * Ramped-down noise added to w each step: ``w~ = w + N(0, (0.05 sigma_w max(0, 1 - t / 0.75)^2)^2)``.
 * Loss ``LPIPS(x, g(w~, n)) + alpha * sum_ij L_ij``, alpha = 1e5, ``L_ij`` the squared 1-pixel autocorrelations
   (both axes, wrap-around) of noise map i at pyramid level j, down to 8x8 (:func:`noise_regularization`).
@@ -25,9 +26,12 @@ Differences from NVIDIA's PyTorch projector, on purpose:
   the rounding differences that batch-size-dependent conv algorithms introduce, ~1e-6).
 * Optional early stopping for images whose verdict is already certain (see
   :class:`detector.settings.ProjectorSettings`).
-* Networks below 256 px are projected without the noise regulariser (``alpha_min_resolution``); from 256 px on
-  it is App. D's alpha = 1e5. ``alpha_min_resolution=None`` applies alpha at every resolution, as App. D does
-  (why: docs/measurements.md).
+* Networks below 256 px are projected without the noise regulariser (``alpha_min_resolution``) and with lr_max
+  0.2 (``ProjectorSettings.lr`` None); from 256 px on both are App. D's (alpha = 1e5, lr_max 0.1).
+  ``alpha_min_resolution=None`` applies alpha at every resolution, ``lr=0.1`` App. D's rate (why:
+  docs/measurements.md).
+* Optionally several starts (mu_w and samples of W; the closest kept) and a low-lr refinement after the
+  schedule (:class:`detector.settings.ProjectorSettings`).
 
 The distance is any callable ``distance(a, b) -> [N]`` on NCHW images in [-1, 1] (LPIPS-VGG in the CLI). A
 distance may optionally offer ``target_features(b) -> list of tensors [N, ...]`` and
@@ -242,7 +246,9 @@ class Projector:
         results: List[Optional[ProjectionResult]] = [None] * N
         start_info: List[dict] = [{} for _ in range(N)]
         alpha = s.effective_alpha(G.img_resolution)
-        base_settings = dict(s.to_dict(), w_std=stats.w_std, effective_alpha=alpha, distance=_name(self.distance))
+        lr_max = s.effective_lr(G.img_resolution)
+        base_settings = dict(s.to_dict(), w_std=stats.w_std, effective_alpha=alpha, effective_lr=lr_max,
+                             distance=_name(self.distance))
 
         def params():
             return opt.params[0], opt.params[1:]
@@ -300,7 +306,7 @@ class Projector:
         for step in range(total):
             if step < steps:  # App. D's schedule
                 t = step / steps
-                lr = learning_rate(t, s.lr, s.lr_rampdown, s.lr_rampup)
+                lr = learning_rate(t, lr_max, s.lr_rampdown, s.lr_rampup)
                 std = w_noise_std(t, stats.w_std, s.w_noise_scale, s.noise_ramp)
             else:  # refinement: half-cosine ramp-down from refine_lr, no w noise
                 lr = s.refine_lr * (0.5 + 0.5 * math.cos(math.pi * (step - steps) / s.refine_steps))

@@ -31,11 +31,19 @@ DEFAULT_CLAMP_OUTPUT = False
 
 DEFAULT_W_STATS_SEED = 123
 
+# Maximum learning rate (ProjectorSettings.lr) when none is given: App. D's 0.1 from LR_APPD_MIN_RESOLUTION on,
+# DEFAULT_LR_SMALL below it, measured at 32 px to bring a network's own images back closer and without App. D's
+# occasional stuck projections (docs/measurements.md).
+APPD_LR = 0.1
+DEFAULT_LR_SMALL = 0.2
+LR_APPD_MIN_RESOLUTION = 256
+
 # The inversions `--method` names, as ProjectorSettings fields over the defaults: 'appd' is StyleGAN2 App. D as it
-# is; 'multistart' adds several starts and a refinement (measured: docs/measurements.md).
+# is (lr 0.1 at every resolution); 'multistart' runs the default projection from mu_w and from a sample of W and
+# keeps the closer (twice the steps; measured: docs/measurements.md).
 METHODS: Dict[str, Dict[str, Any]] = {
-    "appd": {"starts": 1, "refine_steps": 0},
-    "multistart": {"starts": 4, "start_fraction": 0.2, "refine_steps": 300},
+    "appd": {"lr": APPD_LR, "starts": 1, "refine_steps": 0},
+    "multistart": {"starts": 2, "keep_starts": 2},
 }
 
 
@@ -44,7 +52,8 @@ class ProjectorSettings:
     """Every option of the projector; the defaults are StyleGAN2 App. D.
 
     steps            optimisation steps per image (1000)
-    lr               maximum (initial, after the ramp-up) learning rate (0.1)
+    lr               maximum (initial, after the ramp-up) learning rate; None: App. D's 0.1 from 256 px on, 0.2
+                     below (:meth:`effective_lr`)
     lr_rampdown      fraction of the run over which lr ramps down to 0 with a cosine (0.25)
     lr_rampup        fraction of the run over which lr ramps up linearly from 0 (0.05)
     w_noise_scale    std of the noise added to w, in units of sigma_w, at t = 0 (0.05)
@@ -101,7 +110,7 @@ class ProjectorSettings:
     """
 
     steps: int = 1000
-    lr: float = 0.1
+    lr: Optional[float] = None
     lr_rampdown: float = 0.25
     lr_rampup: float = 0.05
     w_noise_scale: float = 0.05
@@ -140,8 +149,8 @@ class ProjectorSettings:
 
         if int(self.steps) != self.steps or self.steps < 1:
             bad(f"steps must be a positive integer, got {self.steps!r}")
-        if not self.lr > 0:
-            bad(f"lr must be > 0, got {self.lr}")
+        if self.lr is not None and not self.lr > 0:
+            bad(f"lr must be None or > 0, got {self.lr}")
         for name in ("lr_rampdown", "lr_rampup", "noise_ramp", "w_noise_scale", "alpha", "early_stop_margin"):
             if not getattr(self, name) >= 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -206,6 +215,13 @@ class ProjectorSettings:
             return int(self.starts * (self.steps + self.refine_steps))
         return int(self.starts * self.start_steps + kept * (self.steps - self.start_steps + self.refine_steps))
 
+    def effective_lr(self, img_resolution: int) -> float:
+        """The maximum learning rate used for a network of ``img_resolution``: ``lr`` when given, else App. D's
+        0.1 from :data:`LR_APPD_MIN_RESOLUTION` on and :data:`DEFAULT_LR_SMALL` below."""
+        if self.lr is not None:
+            return float(self.lr)
+        return APPD_LR if img_resolution >= LR_APPD_MIN_RESOLUTION else DEFAULT_LR_SMALL
+
     def effective_alpha(self, img_resolution: int) -> float:
         """The regulariser weight used for a network of ``img_resolution``: ``alpha``, or 0 below
         ``alpha_min_resolution``."""
@@ -230,3 +246,21 @@ class ProjectorSettings:
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+# Fields added after records were first written, with the values that reproduce what came before them.
+_INACTIVE = ((("starts", 1), ("keep_starts", "start_fraction", "start_psi")),
+             (("refine_steps", 0), ("refine_lr", "refine_mse")))
+
+
+def settings_identity(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A settings dict (:meth:`ProjectorSettings.to_dict`) without the fields that are idle at their values (one
+    start: no start fields; no refinement: no refinement fields), so that progress files and cases written before
+    those fields existed still name the same projection."""
+    out = dict(d)
+    for (key, idle), dependents in _INACTIVE:
+        if out.get(key, idle) == idle:
+            for k in (key,) + dependents:
+                out.pop(k, None)
+    return out
+

@@ -66,12 +66,13 @@ LpipsWeightsOption = Annotated[Optional[Path], typer.Option(
          "torchvision's cache or download, or `detect fetch-weights`.")]
 MethodOption = Annotated[Optional[Method], typer.Option(
     "--method", metavar="NAME", rich_help_panel=PROJECTOR, case_sensitive=False,
-    help="Inversion: appd (StyleGAN2 App. D as it is) or multistart (4 starts, the closest kept, and a "
-         "low-lr refinement; about 1.9x the cost). Default: the projector's.")]
+    help="Inversion: appd (StyleGAN2 App. D as it is, lr 0.1) or multistart (the default projection from "
+         "mu_w and from a sample of W, the closer kept; twice the steps). Default: the projector's.")]
 StepsOption = Annotated[int, typer.Option(
     "--steps", metavar="N", rich_help_panel=PROJECTOR, help="Optimisation steps per image (App. D: 1000).")]
 LrOption = Annotated[Optional[float], typer.Option(
-    "--lr", metavar="X", rich_help_panel=PROJECTOR, help="Maximum learning rate (App. D: 0.1).")]
+    "--lr", metavar="X", rich_help_panel=PROJECTOR,
+    help="Maximum learning rate (default 0.2 below 256 px, as measured at 32 px; App. D's 0.1 from 256 px).")]
 AlphaOption = Annotated[Optional[float], typer.Option(
     "--alpha", metavar="X", rich_help_panel=PROJECTOR, help="Weight of the noise regulariser (App. D: 1e5).")]
 AlphaMinResolutionOption = Annotated[Optional[int], typer.Option(

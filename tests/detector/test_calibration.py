@@ -568,3 +568,9 @@ def test_calibrated_settings_and_their_differences():
     assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, start_fraction=0.7, refine_lr=0.5)) == []
     assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, starts=2)) == ["starts"]
     assert settings_differences(rec, ProjectorSettings(steps=300, alpha=10.0, refine_steps=5)) == ["refine_steps"]
+    # The default learning rate (None) is App. D's 0.1 from 256 px on and 0.2 below.
+    appd_lr = {"settings": {"projector": ProjectorSettings(steps=300, lr=0.1).to_dict()}}
+    default = ProjectorSettings(steps=300)
+    assert settings_differences(appd_lr, default, img_resolution=256) == []
+    assert settings_differences(appd_lr, default, img_resolution=32) == ["lr"]
+    assert settings_differences(appd_lr, default) == ["lr"]  # resolution unknown: None is not 0.1

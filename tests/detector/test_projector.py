@@ -18,7 +18,7 @@ from detector.analysis import noise_structure_correlation, simulate_early_stop
 from detector.batching import _RowAdam, distance_resolution, image_seeds
 from detector.projector import learning_rate, noise_regularization, normalize_noise_, project, start_points, w_noise_std
 from detector.results import TRACE_DTYPE, ProjectionResult
-from detector.settings import DEFAULT_PYRAMID, ProjectorSettings
+from detector.settings import DEFAULT_PYRAMID, METHODS, ProjectorSettings, settings_identity
 from detector.w_stats import cached_w_stats, compute_w_stats
 from stylegan.config import GeneratorConfig
 from stylegan.generator import Generator
@@ -468,9 +468,22 @@ def test_hdf5_round_trip(G, tmp_path):
 
 def test_settings_and_validation(G):
     s = ProjectorSettings()
-    assert (s.steps, s.lr, s.lr_rampdown, s.lr_rampup, s.w_noise_scale, s.noise_ramp, s.alpha) == (
-        1000, 0.1, 0.25, 0.05, 0.05, 0.75, 1e5)
+    assert (s.steps, s.lr_rampdown, s.lr_rampup, s.w_noise_scale, s.noise_ramp, s.alpha) == (
+        1000, 0.25, 0.05, 0.05, 0.75, 1e5)
     assert s.alpha_min_resolution == 256
+    # lr: App. D's 0.1 from 256 px on, 0.2 below (measured at 32 px); a given rate holds everywhere.
+    assert s.lr is None and (s.effective_lr(256), s.effective_lr(1024), s.effective_lr(32)) == (0.1, 0.1, 0.2)
+    assert ProjectorSettings(lr=0.05).effective_lr(32) == 0.05
+    assert METHODS["appd"]["lr"] == 0.1 and ProjectorSettings(**METHODS["appd"]).method == "appd"
+    with pytest.raises(ValueError, match="lr"):
+        ProjectorSettings(lr=0.0)
+    # Records written before the start and refinement fields existed name the same projection when those idle.
+    before = {k: v for k, v in ProjectorSettings(lr=0.1).to_dict().items()
+              if not k.startswith(("start", "keep_start", "refine"))}
+    assert settings_identity(ProjectorSettings(lr=0.1).to_dict()) == settings_identity(before) == before
+    assert settings_identity(ProjectorSettings(starts=2).to_dict())["starts"] == 2
+    assert "refine_lr" in settings_identity(ProjectorSettings(refine_steps=3).to_dict())
+    assert "start_psi" not in settings_identity(ProjectorSettings(refine_steps=3).to_dict())
     with pytest.raises(ValueError, match="alpha_min_resolution"):
         ProjectorSettings(alpha_min_resolution=0)
     assert s.betas == (0.9, 0.999) and s.eps == 1e-8 and not s.wplus and s.w_avg_samples == 10000
