@@ -115,8 +115,9 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
     if isinstance(method, enum.Enum):
         method = method.value
     given: dict = dict(METHODS[method]) if method is not None else {}
-    given.update({"lr": lr, "alpha": alpha, "pyramid": pyramid, "lpips_resolution": lpips_resolution,
-                   "clamp_output": clamp_output})
+    options = {"lr": lr, "alpha": alpha, "pyramid": pyramid, "lpips_resolution": lpips_resolution,
+               "clamp_output": clamp_output}
+    given.update({k: v for k, v in options.items() if v is not None})  # an option given wins over the method
     if alpha_min_resolution is not None:
         if alpha_min_resolution < 0:
             raise UsageError("--alpha-min-resolution must be a resolution, or 0 for every resolution")

@@ -126,6 +126,19 @@ def test_projector_options_reach_the_projector_and_a_calibration_made_otherwise_
     assert (s["lr"], s["alpha"], s["pyramid"], s["lpips_resolution"], s["clamp_output"]) == \
         (0.05, 1000.0, "official", 32, True)
     assert "calibrated with other projector settings (lr, alpha, pyramid, lpips_resolution, clamp_output)" in r.stderr
+    # --method appd is App. D's lr 0.1 (the calibration's default at 16 px is 0.2): flagged; multistart runs two.
+    r = runner.invoke(app, base + ["--method", "appd"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["settings"]["lr"] == 0.1
+    assert "calibrated with other projector settings (lr)" in r.stderr
+    r = runner.invoke(app, base + ["--method", "multistart"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)["settings"]
+    assert (s["starts"], s["keep_starts"], s["lr"]) == (2, 2, None)
+    assert "calibrated with other projector settings (starts)" in r.stderr
+    r = runner.invoke(app, base + ["--method", "appd", "--lr", "0.05"])  # an option given wins over the method
+    assert r.exit_code == 0 and json.loads(r.stdout)["settings"]["lr"] == 0.05
+    assert runner.invoke(app, base + ["--method", "nope"]).exit_code == 2
     # A user threshold does not rest on the calibration: no warning.
     r = runner.invoke(app, base + ["--alpha", "1000", "--threshold", "0.3"])
     assert "calibrated with other projector settings" not in r.stderr
