@@ -130,7 +130,8 @@ def main() -> None:
     state = Path(args.state)
     records = [json.loads(line) for line in state.read_text().splitlines() if line.strip()] if state.exists() else []
     done = {(r["method"], r["network"], r["kind"], r["index"]) for r in records}
-    info = machine_info(args.device)
+    # Each record carries the reference measured by its own run; a report-only call measures nothing.
+    info = machine_info(args.device) if not args.report_only else {"report_only": True}
     if not args.report_only:
         distance = load_lpips("vgg", args.lpips_weights, device=args.device)
         G_model = load_model(args.model, device=args.device).G_ema.eval()
