@@ -1,4 +1,4 @@
-"""What lets the projector optimise many images at once exactly as it would one by one (StyleGAN2 App. D per
+"""What lets the projector optimise many images at once, each with its one-by-one objective (StyleGAN2 App. D per
 image): per-image seeds, chunked passes, a row-wise Adam whose rows can be dropped when an image is frozen, and the
 distance evaluated at its resolution (with the targets' features computed once when the distance offers them)."""
 

@@ -22,8 +22,10 @@ Differences from NVIDIA's PyTorch projector, on purpose:
 * Many images are projected together. The objective is the *sum* of the per-image objectives; every term of
   it depends on one image's parameters only, and Adam is element-wise, so each image follows exactly the
   trajectory it would follow alone. All random draws of image k come from its own ``torch.Generator`` seeded
-  with its own seed, so a batch gives the same per-image results as one-by-one runs with the same seeds (up to
-  the rounding differences that batch-size-dependent conv algorithms introduce, ~1e-6).
+  with its own seed, so a batch follows the same per-image objective as one-by-one runs with the same seeds. The
+  arithmetic is not bit-identical: batch-size-dependent conv algorithms round differently (~1e-7), and on a
+  trained network 1000 steps amplify that to ~20 % of a final distance (docs/measurements.md, "chaotic in its
+  rounding"); the same batch on the same machine is bit-identical.
 * Optional early stopping for images whose verdict is already certain (see
   :class:`detector.settings.ProjectorSettings`).
 * Networks below 256 px are projected without the noise regulariser (``alpha_min_resolution``) and with lr_max
