@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from detector.attribution import NONE_LABEL, attribute, confusion_table
+from detector.scoring import CALIBRATION, NONE, SELF, USER, Reference, decide
 from detector.statistics import clopper_pearson, rate_at, roc_auc
 
 from .store import CaseError
@@ -121,11 +122,47 @@ def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) 
     old = [attribute({n: d[n] for n in thresholds if d.get(n) is not None}, thresholds).network
            if thresholds and any(d.get(n) is not None for n in thresholds) else None for _, _, d, _ in rows]
     old_table = confusion_table([r[0] for r in rows], old, names)
+    sweep = margin_sweep(rows, models)
     return {"benchmark": "case_metrics", "case": report["case"], "truth": truth, "n_labelled": len(rows),
+            "margin_sweep": sweep,
             "n_unlabelled": unlabelled, "confidence": confidence, "per_network": per_network,
             "cross_network": cross, "confusion": table.to_dict(), "confusion_text": table.format(),
             "ambiguous": ambiguous, "confusion_lowest_distance": old_table.to_dict(),
             "confusion_lowest_distance_text": old_table.format()}
+
+
+#: Margins :func:`margin_sweep` tries.
+SWEEP_MARGINS = (1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+def margin_sweep(rows: Sequence[tuple], models: Sequence[dict], margins: Sequence[float] = SWEEP_MARGINS) -> List[dict]:
+    """The calibrated rule (:func:`detector.scoring.decide`) re-decided on the case's distances at each margin:
+    per margin how many generated images went to their own network, to another one, or were ambiguous or not
+    attributed, and how many real images were attributed or ambiguous. ``rows``: (true label, _, distances, _)."""
+    def kind(m: dict) -> str:  # a fixed threshold of older reports ('default') counts as a given one
+        if m["threshold"] is None:
+            return NONE
+        return m["threshold_source"] if m["threshold_source"] in (CALIBRATION, SELF, USER) else USER
+
+    refs = {m["name"]: Reference(m["name"], kind(m), m["threshold"]) for m in models}
+    out = []
+    for margin in margins:
+        counts = dict.fromkeys(("own", "wrong", "ambiguous_generated", "none_generated", "real_attributed",
+                                "real_ambiguous"), 0)
+        for label, _, dist, _ in rows:
+            dist = {n: d for n, d in dist.items() if d is not None and n in refs}
+            if not dist:
+                continue
+            dec = decide(dist, {n: refs[n] for n in dist}, margin)
+            if label == NONE_LABEL:
+                counts["real_attributed"] += dec.network is not None
+                counts["real_ambiguous"] += dec.is_ambiguous
+            elif dec.network is None:
+                counts["ambiguous_generated" if dec.is_ambiguous else "none_generated"] += 1
+            else:
+                counts["own" if dec.network == label else "wrong"] += 1
+        out.append({"margin": margin, **counts})
+    return out
 
 
 def format_case_metrics(metrics: dict) -> str:
@@ -164,6 +201,12 @@ def format_case_metrics(metrics: dict) -> str:
     if n_amb:
         lines.append("ambiguous (counted as none above): " + ", ".join(
             f"{lab} {n}" for lab, n in metrics["ambiguous"].items() if n))
+    if len(metrics["per_network"]) > 1:
+        lines += ["", "the calibrated rule at other margins (generated: own / wrong / ambiguous / none; real: "
+                  "attributed / ambiguous):"]
+        lines += [f"  margin {r['margin']:<5g} {r['own']} / {r['wrong']} / {r['ambiguous_generated']} / "
+                  f"{r['none_generated']}; {r['real_attributed']} / {r['real_ambiguous']}"
+                  for r in metrics["margin_sweep"]]
     if metrics["confusion_lowest_distance"] != metrics["confusion"]:
         lines += ["", "the earlier rule (lowest raw distance under its own threshold) on the same distances:",
                   metrics["confusion_lowest_distance_text"]]

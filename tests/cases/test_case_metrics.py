@@ -28,3 +28,26 @@ def test_ambiguous_and_the_earlier_rule_side_by_side():
     assert m["confusion_lowest_distance"]["matrix"] == [[0, 2, 0], [0, 1, 0], [0, 0, 1]]
     text = format_case_metrics(m)
     assert "ambiguous (counted as none above): A 1" in text and "the earlier rule" in text
+
+
+def test_margin_sweep_redecides_the_case_at_each_margin():
+    report = {"case": {"case_id": "c"}, "summary": {"models": [_model("A", 0.01), _model("B", 0.005),
+                                                               {"name": "C", "threshold": None,
+                                                                "threshold_source": "none"}]},
+              "images": [
+                  _image("genA", 0, {"A": 0.0015, "B": 0.0012, "C": 0.0001}, "", None),  # ratio margin 1.6
+                  _image("genA", 1, {"A": 0.002, "B": 0.0019, "C": 0.0001}, "", None),  # 1.9
+                  _image("genB", 0, {"A": 0.008, "B": 0.0005, "C": None}, "", None),  # 8
+                  _image("real", 0, {"A": 0.02, "B": 0.01, "C": 0.0001}, "", None),  # under neither threshold
+                  _image("real", 1, {"A": 0.009, "B": 0.0049, "C": 0.0001}, "", None)]}  # under both, margin 1.09
+    m = case_metrics(report, {"genA": "A", "genB": "B", "real": "none"})
+    by = {r["margin"]: r for r in m["margin_sweep"]}
+    assert [by[1.0][k] for k in ("own", "wrong", "ambiguous_generated", "none_generated")] == [3, 0, 0, 0]
+    assert (by[1.0]["real_attributed"], by[1.0]["real_ambiguous"]) == (1, 0)
+    assert [by[1.5][k] for k in ("own", "wrong", "ambiguous_generated")] == [3, 0, 0]
+    assert (by[1.5]["real_attributed"], by[1.5]["real_ambiguous"]) == (0, 1)
+    for margin in (2.0, 3.0):  # the uncalibrated C, closest in raw distance, is never compared
+        assert [by[margin][k] for k in ("own", "wrong", "ambiguous_generated")] == [1, 0, 2]
+    assert "margin 2 " in format_case_metrics(m)
+    old = dict(report, summary={"models": [dict(_model("A", 0.01), threshold_source="default"), _model("B", 0.005)]})
+    assert case_metrics(old, {"genA": "A", "genB": "B", "real": "none"})["margin_sweep"][0]["own"] == 3
