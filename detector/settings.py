@@ -1,8 +1,8 @@
 """The options of the projector (StyleGAN2 App. D) and their defaults.
 
 :class:`ProjectorSettings` holds every option; the defaults are App. D's, except that networks below 256 px are
-projected without the noise regulariser (``alpha_min_resolution``). Why each default is what it is: see
-docs/measurements.md.
+projected without the noise regulariser (``alpha_min_resolution``) and at lr 0.2 (``lr`` None). Why each default
+is what it is: see docs/measurements.md.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ METHODS: Dict[str, Dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class ProjectorSettings:
-    """Every option of the projector; the defaults are StyleGAN2 App. D.
+    """Every option of the projector; the defaults are StyleGAN2 App. D's, but for the two departures below 256 px.
 
     steps            optimisation steps per image (1000)
     lr               maximum (initial, after the ramp-up) learning rate; None: App. D's 0.1 from 256 px on, 0.2
@@ -82,8 +82,8 @@ class ProjectorSettings:
     device           None: the generator's device
     starts           starts per image (1: App. D, the start at mu_w only). With K > 1, image k is projected from
                      mu_w and from K - 1 samples ``mu_w + start_psi (f(z) - mu_w)`` (z from the image's own seed),
-                     all on App. D's schedule; after ``start_steps`` the clean distances are compared and only
-                     the closest start continues. Cost: K * start_steps + (steps - start_steps) image-steps.
+                     all on App. D's schedule; after ``start_steps`` the clean distances are compared and the
+                     ``keep_starts`` closest continue (:meth:`image_steps` gives the cost).
     start_fraction   the fraction of ``steps`` after which the closest start is kept: ``start_steps`` =
                      round(start_fraction * steps), at least 1 and at most steps - 1
     keep_starts      how many of the closest starts continue after ``start_steps`` (all of them when >= starts);
@@ -201,11 +201,6 @@ class ProjectorSettings:
     def start_steps(self) -> int:
         """Steps after which the closest of several starts is kept (``start_fraction`` of ``steps``)."""
         return min(int(self.steps) - 1, max(1, round(self.start_fraction * self.steps)))
-
-    @property
-    def method(self) -> str:
-        """'appd' (StyleGAN2 App. D as it is) or 'multistart' (several starts and/or a refinement)."""
-        return "appd" if self.starts == 1 and self.refine_steps == 0 else "multistart"
 
     def image_steps(self) -> int:
         """Optimisation steps one image costs (each a synthesis forward/backward and a distance): the

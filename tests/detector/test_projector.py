@@ -474,7 +474,8 @@ def test_settings_and_validation(G):
     # lr: App. D's 0.1 from 256 px on, 0.2 below (measured at 32 px); a given rate holds everywhere.
     assert s.lr is None and (s.effective_lr(256), s.effective_lr(1024), s.effective_lr(32)) == (0.1, 0.1, 0.2)
     assert ProjectorSettings(lr=0.05).effective_lr(32) == 0.05
-    assert METHODS["appd"]["lr"] == 0.1 and ProjectorSettings(**METHODS["appd"]).method == "appd"
+    assert ProjectorSettings(**METHODS["appd"]).effective_lr(32) == 0.1
+    assert ProjectorSettings(**METHODS["multistart"]).image_steps() == 2000
     with pytest.raises(ValueError, match="lr"):
         ProjectorSettings(lr=0.0)
     # Records written before the start and refinement fields existed name the same projection when those idle.
@@ -596,7 +597,7 @@ def test_noise_regulariser_keeps_image_structure_out_of_the_noise_maps():
 def test_multistart_keeps_the_closest_start_and_batch_equals_one_by_one(G):
     targets = torch.cat([generated_images(G, 2), real_like_images(1)])
     settings = ProjectorSettings(steps=30, w_avg_samples=1000, starts=3, start_fraction=1 / 3, refine_steps=5)
-    assert settings.method == "multistart" and settings.image_steps() == 3 * 10 + 20 + 5
+    assert settings.image_steps() == 3 * 10 + 20 + 5
     seeds = [21, 22, 23]
     batch = project(G, targets, settings, distance=mse, seed=seeds)
     for k, r in enumerate(batch):
@@ -616,7 +617,7 @@ def test_start_zero_is_app_d(G):
     targets = real_like_images(2)
     appd = ProjectorSettings(steps=20, w_avg_samples=1000, clean_checkpoints=True, early_stop_start=0.5,
                              early_stop_every=10)
-    assert appd.method == "appd" and appd.image_steps() == 20
+    assert appd.image_steps() == 20
     ref = project(G, targets, appd, distance=mse, seed=[3, 4])
     multi = project(G, targets, dataclasses.replace(appd, starts=4, start_fraction=0.5), distance=mse, seed=[3, 4])
     for a, b in zip(ref, multi):
