@@ -151,10 +151,12 @@ class CaseStore:
         (same settings except device/chunk size, seed, threshold override, model files and distance weights)."""
         m = self.manifest
         problems = []
-        if _comparable(m["settings"]) != _comparable(json.loads(json.dumps(settings))):
-            diff = sorted(k for k in set(m["settings"]) | set(settings)
-                          if k not in NON_RESULT_SETTINGS and m["settings"].get(k) != settings.get(k))
-            problems.append(f"projector settings differ ({', '.join(diff) or 'types'})")
+        then, now = _comparable(m["settings"]), _comparable(json.loads(json.dumps(settings)))
+        if then != now:
+            diff = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+            hint = (" (cases made before lr 0.2 became the default below 256 px resume with --method appd)"
+                    if diff == ["lr"] and then.get("lr") == 0.1 and now.get("lr") is None else "")
+            problems.append(f"projector settings differ ({', '.join(diff)}){hint}")
         if int(m["seed"]) != int(seed):
             problems.append(f"seed {seed} != {m['seed']}")
         old_th = m.get("threshold_override")

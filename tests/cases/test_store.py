@@ -192,8 +192,14 @@ def test_other_parameters_refused(env):
     run(env, "case")
     with pytest.raises(CaseError, match="seed"):
         run(env, "case", seed=1)
-    with pytest.raises(CaseError, match="settings"):
+    with pytest.raises(CaseError, match=r"projector settings differ \(steps\)"):
         run_batch([env / "imgs"], [env / "g.pt"], env / "case", ProjectorSettings(steps=5, w_avg_samples=256),
+                  mse_distance)
+    # App. D's lr against the default one: named, with the way back
+    run_batch([env / "imgs"], [env / "g.pt"], env / "case2", ProjectorSettings(steps=4, w_avg_samples=256, lr=0.1),
+              mse_distance)
+    with pytest.raises(CaseError, match=r"differ \(lr\) \(cases made before .* --method appd\)"):
+        run_batch([env / "imgs"], [env / "g.pt"], env / "case2", ProjectorSettings(steps=4, w_avg_samples=256),
                   mse_distance)
     # device and chunk size do not change results: allowed
     run_batch([env / "imgs"], [env / "g.pt"], env / "case",
