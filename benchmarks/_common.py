@@ -49,6 +49,15 @@ def machine_info(device: str = "cpu") -> Dict[str, object]:
     }
 
 
+def summary(values: Sequence[float]) -> Dict[str, float]:
+    """n, median, p5, p95, mean, min and max of a list of numbers (float64)."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.float64)
+    return {"n": int(a.size), "median": float(np.median(a)), "p5": float(np.percentile(a, 5)),
+            "p95": float(np.percentile(a, 95)), "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fig9_histograms, machine_info  # noqa: E402
+from _common import fig9_histograms, machine_info, summary  # noqa: E402
 
 from detector.analysis import noise_structure_correlation, simulate_early_stop  # noqa: E402
 from detector.calibration_run import generate_images  # noqa: E402
@@ -51,12 +51,6 @@ from detector.statistics import roc_auc, threshold_at_fpr  # noqa: E402
 from stylegan.data import iter_source_images, prepare_image  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 from stylegan.perceptual import load_lpips  # noqa: E402
-
-
-def summary(d: list) -> dict:
-    a = np.asarray(d, dtype=np.float64)
-    return {"n": int(a.size), "median": float(np.median(a)), "p5": float(np.percentile(a, 5)),
-            "p95": float(np.percentile(a, 95)), "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}
 
 
 def real_targets(src: str, skip: int, n: int, res: int, channels: int, crop: str) -> list:

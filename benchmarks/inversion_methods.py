@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402
+from _common import machine_info, summary  # noqa: E402
 
 from detector.calibration_run import generate_images  # noqa: E402
 from detector.projector import Projector  # noqa: E402
@@ -68,11 +68,6 @@ def real_images(src: str, n: int, resolution: int) -> torch.Tensor:
     if len(out) < n:
         raise SystemExit(f"{src}: only {len(out)} images, {n} asked for")
     return torch.stack(out).to(torch.float32) / 127.5 - 1.0 if out else torch.zeros(0)
-
-
-def summary(a) -> dict:
-    a = np.asarray(a, np.float64)
-    return {"n": int(a.size), "median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
 
 
 def report(records: List[dict], model: str, reference: Dict[str, float]) -> dict:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from detector.calibration import calibration_mismatch, calibration_weakness
 from detector.calibration_store import load_calibration
-from detector.check import check_images, unique_names
+from detector.check import check_images, no_calibration_warning, unique_names
 from detector.images import iter_image_files
 from detector.settings import ProjectorSettings
 from stylegan.formats import load_model
@@ -193,8 +193,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too
         m.calibration = load_calibration(p, m)
         if threshold is None and not m.calibration:
-            warnings.append(f"{Path(p).name} has no calibration: its distances are recorded without a verdict "
-                            f"(`detect calibrate --model {p}` measures a threshold)")
+            warnings.append(no_calibration_warning(Path(p).name, p))
         mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold, m.G_ema.img_resolution)
         if mismatch:
             warnings.append(mismatch)

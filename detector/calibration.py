@@ -22,7 +22,7 @@ import numpy as np
 from stylegan.formats.ours import tool_version
 
 from .scoring import self_threshold
-from .settings import ProjectorSettings
+from .settings import ProjectorSettings, settings_identity
 from .statistics import _as_array, clopper_pearson, rate_at, reals_needed, roc_auc, threshold_at_fpr
 
 RECORD_FORMAT = "stylegan-forensics-calibration"
@@ -46,7 +46,7 @@ _RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", 
 
 
 # What a record made before a setting existed was projected with.
-_BEFORE_THE_SETTING_EXISTED = {"clamp_output": False, "alpha_min_resolution": None, "starts": 1, "refine_steps": 0}
+_BEFORE_THE_SETTING_EXISTED = {"clamp_output": False, "alpha_min_resolution": None}
 
 
 def settings_differences(calibration: Optional[dict], settings: Any,
@@ -58,25 +58,18 @@ def settings_differences(calibration: Optional[dict], settings: Any,
     if recorded is None:
         return []
     then, now = _effective(recorded, img_resolution), _effective(settings, img_resolution)
-    diff = [k for k in _RESULT_SETTINGS if then[k] != now[k]]
+    diff = [k for k in _RESULT_SETTINGS if then.get(k) != now.get(k)]
     hidden = ({"start_fraction", "start_psi", "keep_starts"} if "starts" in diff else set()) | (
         {"refine_lr", "refine_mse"} if "refine_steps" in diff else set())
     return [k for k in diff if k not in hidden]
 
 
 def _effective(settings: Any, img_resolution: Optional[int]) -> dict:
-    """Settings that change nothing at the others' values (the starts' fields with one start, the selection's
-    without a selection, the refinement's without refinement) set to None, so that they never count as a
-    difference; the learning rate resolved when the resolution is known."""
-    d = settings.to_dict()
+    """The settings that act (:func:`detector.settings.settings_identity`), the learning rate resolved when the
+    network's resolution is known."""
+    d = settings_identity(settings.to_dict())
     if img_resolution is not None:
         d["lr"] = settings.effective_lr(img_resolution)
-    if d["starts"] == 1:
-        d["start_fraction"] = d["start_psi"] = d["keep_starts"] = None
-    elif d["keep_starts"] >= d["starts"]:  # no selection: every start runs to the end
-        d["start_fraction"], d["keep_starts"] = None, d["starts"]
-    if d["refine_steps"] == 0:
-        d["refine_lr"] = d["refine_mse"] = None
     return d
 
 

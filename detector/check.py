@@ -133,6 +133,14 @@ def unique_names(paths: Sequence[Any], shas: Sequence[str]) -> List[str]:
     return [f"{n}-{s[:8]}" if names.count(n) > 1 else n for n, s in zip(names, shas)]
 
 
+def no_calibration_warning(name: str, path: Any) -> str:
+    """What `check` and `batch` say of a network without a calibration (its distances get no verdict)."""
+    return (f"{name} has no calibration: its distances are given without a verdict; "
+            f"`detect calibrate --model {path}` compares with its own images (it projects 200 of them, about 200 "
+            f"times one image's check), `--real DIR` adds real ones and measures the false-positive rate (about "
+            f"400 times)")
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One network an image is checked against: its name, generator and calibration record (or None)."""
@@ -245,10 +253,7 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
         models.append({"name": name, "path": str(path), "sha256": m.file_sha256,
                        "threshold": None if th is None else th.to_dict()})
         if th is None:
-            warnings.append(f"{name} has no calibration: its distances are given without a verdict; "
-                            f"`detect calibrate --model {path}` compares with its own images (it projects 200 of "
-                            f"them, about 200 times one image's check), `--real DIR` adds real ones and measures "
-                            f"the false-positive rate (about 400 times)")
+            warnings.append(no_calibration_warning(name, path))
             continue
         if th.source == "self":
             warnings.append(f"{name} is calibrated on its own images only: the false-positive rate of its "

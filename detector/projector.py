@@ -227,7 +227,7 @@ class Projector:
 
         # Per-row random streams: a row draws its noise maps, then (sampled starts) its z, then one w-noise sample
         # per step of App. D's schedule.
-        row_seeds = [seeds[k] if j == 0 else image_seeds(seeds[k], K)[j] for k in range(N) for j in range(K)]
+        row_seeds = [seed for k in range(N) for seed in [seeds[k]] + image_seeds(seeds[k], K)[1:]]
         gens = [torch.Generator(device="cpu").manual_seed(seed) for seed in row_seeds]
         noise_shapes = [tuple(shape) for shape in synthesis.noise_shapes]
         noise = [torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) for shape in noise_shapes]
@@ -314,15 +314,14 @@ class Projector:
                 lr = s.refine_lr * (0.5 + 0.5 * math.cos(math.pi * (step - steps) / s.refine_steps))
                 std = 0.0
             w, maps = params()
+            w_noise = None
             if step < steps:
                 w_noise = torch.stack([torch.randn([w_rows, w_dim], generator=gens[row]) for row in active_list])
                 w_noise = w_noise.to(device) * std
-            else:
-                w_noise = torch.zeros([len(active_list), w_rows, w_dim], device=device)
             opt.zero_grad()
             parts = []
             for a, b in _chunks(len(active_list), chunk):
-                w_tilde = _rows(w, a, b) + _rows(w_noise, a, b)
+                w_tilde = _rows(w, a, b) if w_noise is None else _rows(w, a, b) + _rows(w_noise, a, b)
                 ws = w_tilde.expand(-1, num_ws, -1) if not s.wplus else w_tilde
                 chunk_maps = [_rows(m, a, b) for m in maps]
                 img = synthesis(ws, noise=chunk_maps, fused_modconv=s.fused_modconv)

@@ -249,13 +249,16 @@ _INACTIVE = ((("starts", 1), ("keep_starts", "start_fraction", "start_psi")),
 
 
 def settings_identity(d: Dict[str, Any]) -> Dict[str, Any]:
-    """A settings dict (:meth:`ProjectorSettings.to_dict`) without the fields that are idle at their values (one
-    start: no start fields; no refinement: no refinement fields), so that progress files and cases written before
-    those fields existed still name the same projection."""
+    """A settings dict (:meth:`ProjectorSettings.to_dict`) without the fields that are idle at the others' values
+    (one start: no start fields; every start kept: no selection point; no refinement: no refinement fields), so
+    that progress files and cases written before those fields existed still name the same projection and idle
+    values never count as a difference."""
     out = dict(d)
     for (key, idle), dependents in _INACTIVE:
         if out.get(key, idle) == idle:
             for k in (key,) + dependents:
                 out.pop(k, None)
+    if "starts" in out and out.get("keep_starts", 1) >= out["starts"]:  # every start runs to the end
+        out.pop("start_fraction", None)
+        out["keep_starts"] = out["starts"]
     return out
-

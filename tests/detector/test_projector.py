@@ -485,6 +485,9 @@ def test_settings_and_validation(G):
     assert settings_identity(ProjectorSettings(starts=2).to_dict())["starts"] == 2
     assert "refine_lr" in settings_identity(ProjectorSettings(refine_steps=3).to_dict())
     assert "start_psi" not in settings_identity(ProjectorSettings(refine_steps=3).to_dict())
+    # every start kept: no selection point, and keep_starts beyond starts says nothing more
+    assert settings_identity(ProjectorSettings(starts=2, keep_starts=5).to_dict()) == settings_identity(
+        ProjectorSettings(starts=2, keep_starts=2, start_fraction=0.5).to_dict())
     with pytest.raises(ValueError, match="alpha_min_resolution"):
         ProjectorSettings(alpha_min_resolution=0)
     assert s.betas == (0.9, 0.999) and s.eps == 1e-8 and not s.wplus and s.w_avg_samples == 10000
