@@ -26,23 +26,26 @@ in flight, and re-running the same command resumes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from detector.calibration import calibration_mismatch, calibration_weakness
+from detector.calibration import calibration_for_lpips, calibration_mismatch, calibration_weakness
 from detector.calibration_store import load_calibration
 from detector.check import check_images, no_calibration_warning, unique_names
 from detector.images import iter_image_files
 from detector.settings import ProjectorSettings
 from stylegan.formats import load_model
 from stylegan.util.distributed import barrier, broadcast_object
+from stylegan.util.files import remove_leftover_temporaries
+from stylegan.util.locking import exclusive_lock
 
 from .inputs import InputFile, describe_input
 from .provenance import now_iso
 from .records import ResultRecord
-from .store import CaseError, CaseStore
+from .store import LOCK, CaseError, CaseStore
 
 PathLike = Union[str, "os.PathLike[str]"]
 BatchProgress = Callable[[float, int], None]
@@ -64,6 +67,7 @@ class BatchSummary:
     unreadable: List[Dict[str, Any]] = field(default_factory=list)
     changed: List[Dict[str, Any]] = field(default_factory=list)
     changed_during_run: List[str] = field(default_factory=list)
+    quarantined: List[Dict[str, str]] = field(default_factory=list)  # damaged batch files moved aside now
     batch_files: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
 
@@ -189,10 +193,14 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     if models is None:
         models = [load_model(p, device=device or "cpu") for p in model_paths]
 
+    dist_info = distance.provenance() if hasattr(distance, "provenance") else {"name": type(distance).__name__}
     warnings = []
     for p, m in zip(model_paths, models):  # a calibration beside the model (sidecar) counts too
-        m.calibration = load_calibration(p, m)
-        if threshold is None and not m.calibration:
+        # a calibration measured with another LPIPS is not used (its distances belong to another distance)
+        m.calibration, not_used = calibration_for_lpips(Path(p).name, load_calibration(p, m), dist_info, threshold)
+        if not_used:
+            warnings.append(not_used)
+        elif threshold is None and not m.calibration:
             warnings.append(no_calibration_warning(Path(p).name, p))
         mismatch = calibration_mismatch(Path(p).name, m.calibration, settings, threshold, m.G_ema.img_resolution)
         if mismatch:
@@ -209,7 +217,6 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     settings_dict = settings.to_dict()
     if early_stop:
         settings_dict["early_stop_at_threshold"] = True
-    dist_info = distance.provenance() if hasattr(distance, "provenance") else {"name": type(distance).__name__}
 
     files = iter_image_files(inputs)
     hashed: List[InputFile] = [describe_input(p) for p in files]
@@ -218,83 +225,88 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     summary.unreadable = [{"path": h.path, "error": h.error} for h in hashed if h.error]
     summary.warnings = warnings
 
-    # Rank 0 creates or checks the case and records the inputs; the others wait for it.
-    err: Optional[str] = None
-    store: Optional[CaseStore] = None
-    if rank == 0:
-        try:
-            if (case_dir / "manifest.json").exists():
-                store = CaseStore.open(case_dir)
-                store.check_compatible(settings=settings_dict, seed=seed, models=entries, threshold=threshold,
-                                       distance=dist_info)
-            else:
-                store = CaseStore.create(case_dir, settings=settings_dict, seed=seed, models=entries,
-                                         threshold=threshold, distance=dist_info)
-            _, _, changed = store.check_inputs(hashed)
-            summary.changed = [{"path": i.path, "old_sha256": old, "new_sha256": i.sha256} for i, old in changed]
-            store.record_inputs(hashed, changed)
-            store.sync_batches()
-            store.manifest.setdefault("runs", []).append(
-                {"started": now_iso(), "finished": None, "world_size": world_size, "device": device,
-                 "batch_size": batch_size})
-            store.save_manifest()
-        except Exception as exc:  # tell the other ranks, which would otherwise wait forever
-            _broadcast_error(f"rank 0 could not set up the case: {exc}", world_size)
-            raise
-    err = _broadcast_error(err, world_size)
-    if err is not None:
-        raise CaseError(err)
-    if store is None:
-        store = CaseStore.open(case_dir)
-    store.clean_temporary(rank)
-
-    # Distinct contents ordered by first path; this rank's share by position.
-    first_path: Dict[str, str] = {}
-    for h in sorted((h for h in hashed if h.sha256), key=lambda h: h.path):
-        first_path.setdefault(h.sha256, h.path)
-    units = sorted(first_path.items(), key=lambda kv: (kv[1], kv[0]))
-    summary.distinct = len(units)
-    mine = units[rank::world_size]
-    summary.assigned = len(mine)
-    done = store.done_keys()
-    todo = [(sha, p) for sha, p in mine if not all((sha, ms) in done for ms in shas)]
-    summary.already_done = len(mine) - len(todo)
-
-    total = len(todo)
-    if progress is not None:
-        progress(0.0, total)
-    for b in range(0, total, batch_size):
-        batch = todo[b:b + batch_size]
-
-        def inner(frac, base=b, n=len(batch)):
-            if progress is not None:
-                progress(base + n * frac, total)
-
-        records, moved = _project_batch(models, entries, batch, distance, settings, seed, threshold, early_stop,
-                                           inner)
-        summary.changed_during_run.extend(moved)
-        path = store.write_batch(records, rank)
-        if path is not None:
-            summary.batch_files.append(path.name)
-            if rank == 0:
-                store.note_batch(path)
+    # Rank 0 holds the case's lock for the whole run (a second `detect batch` on the case is refused), creates or
+    # checks the case, moves damaged batch files aside and records the inputs; the others wait for it.
+    with contextlib.ExitStack() as held:
+        err: Optional[str] = None
+        store: Optional[CaseStore] = None
+        if rank == 0:
+            try:
+                held.enter_context(exclusive_lock(case_dir / LOCK, f"case folder {case_dir}"))
+                remove_leftover_temporaries(case_dir)  # a manifest write cut short (results/: per rank, below)
+                if (case_dir / "manifest.json").exists():
+                    store = CaseStore.open(case_dir)
+                    store.check_compatible(settings=settings_dict, seed=seed, models=entries, threshold=threshold,
+                                           distance=dist_info)
+                else:
+                    store = CaseStore.create(case_dir, settings=settings_dict, seed=seed, models=entries,
+                                             threshold=threshold, distance=dist_info)
+                _, _, changed = store.check_inputs(hashed)
+                summary.changed = [{"path": i.path, "old_sha256": old, "new_sha256": i.sha256} for i, old in changed]
+                store.record_inputs(hashed, changed)
+                summary.quarantined = store.quarantine_damaged()
+                store.sync_batches()
+                store.manifest.setdefault("runs", []).append(
+                    {"started": now_iso(), "finished": None, "world_size": world_size, "device": device,
+                     "batch_size": batch_size})
                 store.save_manifest()
-        summary.processed += len({r.input_sha256 for r in records})
-        bad = {}
-        for r in records:
-            if r.error is not None:
-                bad.setdefault(r.input_sha256, {"path": r.path, "sha256": r.input_sha256, "error": r.error})
-        summary.errors.extend(bad.values())
-        if progress is not None:
-            progress(float(b + len(batch)), total)
+            except Exception as exc:  # tell the other ranks, which would otherwise wait forever
+                _broadcast_error(f"rank 0 could not set up the case: {exc}", world_size)
+                raise
+        err = _broadcast_error(err, world_size)
+        if err is not None:
+            raise CaseError(err)
+        if store is None:
+            store = CaseStore.open(case_dir)
+        store.clean_temporary(rank)
 
-    _barrier(world_size)
-    if rank == 0:
-        finish_bookkeeping(store)
-        if store.manifest.get("runs"):
-            store.manifest["runs"][-1]["finished"] = now_iso()
-        store.save_manifest()
-    return summary
+        # Distinct contents ordered by first path; this rank's share by position.
+        first_path: Dict[str, str] = {}
+        for h in sorted((h for h in hashed if h.sha256), key=lambda h: h.path):
+            first_path.setdefault(h.sha256, h.path)
+        units = sorted(first_path.items(), key=lambda kv: (kv[1], kv[0]))
+        summary.distinct = len(units)
+        mine = units[rank::world_size]
+        summary.assigned = len(mine)
+        done = store.done_keys()
+        todo = [(sha, p) for sha, p in mine if not all((sha, ms) in done for ms in shas)]
+        summary.already_done = len(mine) - len(todo)
+
+        total = len(todo)
+        if progress is not None:
+            progress(0.0, total)
+        for b in range(0, total, batch_size):
+            batch = todo[b:b + batch_size]
+
+            def inner(frac, base=b, n=len(batch)):
+                if progress is not None:
+                    progress(base + n * frac, total)
+
+            records, moved = _project_batch(models, entries, batch, distance, settings, seed, threshold, early_stop,
+                                               inner)
+            summary.changed_during_run.extend(moved)
+            path = store.write_batch(records, rank)
+            if path is not None:
+                summary.batch_files.append(path.name)
+                if rank == 0:
+                    store.note_batch(path)
+                    store.save_manifest()
+            summary.processed += len({r.input_sha256 for r in records})
+            bad = {}
+            for r in records:
+                if r.error is not None:
+                    bad.setdefault(r.input_sha256, {"path": r.path, "sha256": r.input_sha256, "error": r.error})
+            summary.errors.extend(bad.values())
+            if progress is not None:
+                progress(float(b + len(batch)), total)
+
+        _barrier(world_size)
+        if rank == 0:
+            finish_bookkeeping(store)
+            if store.manifest.get("runs"):
+                store.manifest["runs"][-1]["finished"] = now_iso()
+            store.save_manifest()
+        return summary
 
 
 def finish_bookkeeping(store: CaseStore) -> None:

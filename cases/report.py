@@ -39,6 +39,8 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
     changed     [{path: str, old_sha256: str, new_sha256: str, detected: str}]
     provenance  {tool: dict, libraries: dict, settings: dict, seed: int, image_seed_rule: str,
                  threshold_override: float|None, distance: dict, models: [dict], batches: [str],
+                 damaged_batches: [{file: str, error: str}]   skipped now: their images count as pending
+                 quarantined: [dict]    damaged batch files `detect batch` moved aside (manifest ``quarantined``)
                  runs: [dict], case_created: str, case_updated: str}
 """
 
@@ -85,7 +87,8 @@ REPORT_SCHEMA = {
     "errors": [{"path": _S, "sha256": (_S, _N), "error": _S}],
     "changed": [{"path": _S, "old_sha256": _S, "new_sha256": _S, "detected": _S}],
     "provenance": {"tool": _D, "libraries": _D, "settings": _D, "seed": _I, "image_seed_rule": _S,
-                   "threshold_override": (_F, _N), "distance": _D, "models": [_D], "batches": [_S], "runs": [_D],
+                   "threshold_override": (_F, _N), "distance": _D, "models": [_D], "batches": [_S],
+                   "damaged_batches": [{"file": _S, "error": _S}], "quarantined": [_D], "runs": [_D],
                    "case_created": _S, "case_updated": _S},
 }
 
@@ -245,7 +248,9 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                        "settings": m.get("settings", {}), "seed": int(m["seed"]),
                        "image_seed_rule": m.get("image_seed_rule", ""), "threshold_override": override,
                        "distance": m.get("distance", {}), "models": models,
-                       "batches": [p.name for p in store.batch_files()], "runs": m.get("runs", []),
+                       "batches": [p.name for p in store.batch_files()],
+                       "damaged_batches": [{"file": f"results/{k}", "error": v} for k, v in store.damaged().items()],
+                       "quarantined": list(m.get("quarantined", [])), "runs": m.get("runs", []),
                        "case_created": m["created"], "case_updated": m.get("updated", m["created"])},
     }
     records = {img["sha256"]: per_input.get(img["sha256"], []) for img in images}

@@ -162,6 +162,10 @@ def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> 
     if any(m["threshold_source"] == "self" for m in s["models"]):
         warn += ("<p class='warning'><b>Note:</b> at least one network is calibrated on its own images only: the "
                  "false-positive rate of its verdicts is unknown.</p>")
+    for d in doc["provenance"]["damaged_batches"]:
+        warn += (f"<p class='warning'><b>Damaged result file</b> {_e(d['file'])} ({_e(d['error'])}): skipped, its "
+                 f"images count as pending; the next <code>detect batch</code> moves it to quarantine/ and projects "
+                 f"them again.</p>")
     panels = "".join(_panel(img, records.get(img["sha256"], []), i) for i, img in enumerate(doc["images"]))
     errors = "".join(f"<tr><td class='mono'>{_e(e['path'])}</td><td>{_e(e['error'])}</td></tr>"
                      for e in doc["errors"])

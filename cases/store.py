@@ -8,6 +8,8 @@ Layout::
                                     weights sha256, threshold, calibration summary), every input (path, sha256,
                                     size, format), changed inputs, unreadable inputs, the runs
       results/batch-r<rank>-<n>.h5  one HDF5 file per completed batch (rank = torchrun rank, n = 1, 2, ...)
+      quarantine/                   damaged batch files moved aside (their images are projected again)
+      .lock                         who runs (or last ran) `detect batch` on the case
 
 Crash safety (a kill -9 at any moment loses at most the batch in flight and never duplicates a result):
 
@@ -22,6 +24,12 @@ Crash safety (a kill -9 at any moment loses at most the batch in flight and neve
   found in several files (possible only when two processes ran the same case at once, or after a crash between
   a write and bookkeeping of an older layout) is taken from the first file in sorted file-name order and never
   counted twice.
+* Damaged batch files (truncated by a partial copy, bit-rot: unreadable, not a batch file of this case, or not
+  matching the sha256 the manifest recorded when the file was written) are skipped when the case is read and
+  named in :meth:`CaseStore.damaged`; ``detect batch`` moves them to ``quarantine/`` (recorded in the
+  manifest's ``quarantined``), so that their images are projected again and the case keeps working.
+* One process at a time writes a case: ``detect batch`` holds an advisory lock on ``CASE/.lock``
+  (:func:`stylegan.util.locking.exclusive_lock`), and a second one is refused with the holder's name.
 * Inputs are identified by content. The same bytes under two paths are projected once; an input whose content
   changed since it was recorded (same path, new sha256) is reported by :meth:`CaseStore.check_inputs` and
   projected again as a new result under its new hash; the old result stays in the files and is marked stale
@@ -36,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -44,7 +53,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 import h5py
 
 from detector.settings import settings_identity
-from stylegan.util.files import _fsync_dir, atomic_write_text
+from stylegan.formats.base import one_line
+from stylegan.util.files import _fsync_dir, atomic_write_text, sha256_file
 
 from .inputs import InputFile
 from .provenance import library_versions, now_iso, tool_info
@@ -55,6 +65,8 @@ BATCH_FORMAT = "stylegan-forensics-case-batch"
 CASE_VERSION = 1
 MANIFEST = "manifest.json"
 RESULTS = "results"
+QUARANTINE = "quarantine"
+LOCK = ".lock"
 _BATCH_RE = re.compile(r"^batch-r(\d{3,})-(\d{6,})\.h5$")
 
 # Settings that change speed, memory or placement but not results: a case may be resumed with other values.
@@ -227,11 +239,29 @@ class CaseStore:
         self.manifest["unreadable"] = [unreadable[p] for p in sorted(unreadable)]
 
     # -- results -------------------------------------------------------------------------------------------
-    def batch_files(self) -> List[Path]:
-        """Completed batch files, sorted by name (the order that resolves duplicate keys)."""
+    def all_batch_files(self) -> List[Path]:
+        """Every file in ``results/`` named like a batch file, damaged or not, sorted by name."""
         if not self.results_dir.is_dir():
             return []
         return sorted(p for p in self.results_dir.iterdir() if _BATCH_RE.match(p.name))
+
+    def batch_files(self) -> List[Path]:
+        """Completed, readable batch files, sorted by name (the order that resolves duplicate keys); damaged
+        ones are left out (see :meth:`damaged`)."""
+        return [p for p in self.all_batch_files() if self._problem(p) is None]
+
+    def damaged(self) -> Dict[str, str]:
+        """Batch file name -> what is wrong with it, for every damaged batch file in ``results/``."""
+        return {p.name: err for p in self.all_batch_files() if (err := self._problem(p)) is not None}
+
+    def _problem(self, f: Path) -> Optional[str]:
+        """None when ``f`` reads as a complete batch file of this case, else what is wrong (checked once per
+        file: batch files never change once written)."""
+        cache = self.__dict__.setdefault("_problems", {})
+        if f.name not in cache:
+            cache[f.name] = _batch_file_problem(f, self.manifest.get("case_id"),
+                                                (self.manifest.get("batch_sha256") or {}).get(f.name))
+        return cache[f.name]
 
     def done_keys(self) -> Set[Key]:
         """Every (input sha256, model sha256) with a result or a recorded error."""
@@ -247,6 +277,33 @@ class CaseStore:
                 cache[f.name] = found
             keys |= cache[f.name]
         return keys
+
+    def quarantine_damaged(self) -> List[Dict[str, str]]:
+        """Move damaged batch files to ``quarantine/`` and record them in the manifest (``quarantined``); their
+        images then count as not done and are projected again. Returns what was moved. Call with the case's
+        lock held (``detect batch`` does)."""
+        moved = []
+        for name, err in self.damaged().items():
+            qdir = self.path / QUARANTINE
+            qdir.mkdir(parents=True, exist_ok=True)
+            dest = qdir / name
+            n = 1
+            while dest.exists():
+                n += 1
+                dest = qdir / f"{name}.{n}"
+            shutil.move(str(self.results_dir / name), str(dest))
+            entry = {"file": f"{RESULTS}/{name}", "moved_to": f"{QUARANTINE}/{dest.name}", "error": err,
+                     "moved": now_iso()}
+            self.manifest.setdefault("quarantined", []).append(entry)
+            if name in self.manifest.get("batches", []):
+                self.manifest["batches"].remove(name)
+            (self.manifest.get("batch_sha256") or {}).pop(name, None)
+            self.__dict__.get("_problems", {}).pop(name, None)
+            self.__dict__.get("_scanned", {}).pop(name, None)
+            moved.append(entry)
+        if moved:
+            _fsync_dir(self.results_dir)
+        return moved
 
     def clean_temporary(self, rank: int) -> None:
         """Remove temporary files a killed run of this rank left behind."""
@@ -305,17 +362,23 @@ class CaseStore:
         return dest
 
     def note_batch(self, path: Path) -> None:
-        """Bookkeeping: list a written batch file in the manifest (rank 0; not needed for correctness)."""
+        """Bookkeeping: list a written batch file and its sha256 in the manifest (rank 0; the hash lets later
+        runs tell a damaged file from a good one)."""
         names = self.manifest.setdefault("batches", [])
         if path.name not in names:
             names.append(path.name)
+        hashes = self.manifest.setdefault("batch_sha256", {})
+        if path.name not in hashes:
+            hashes[path.name] = sha256_file(path)
 
     def sync_batches(self) -> List[str]:
-        """Adopt batch files on disk that the manifest does not list yet (after a crash, or other ranks);
-        returns the adopted names."""
+        """Adopt readable batch files on disk that the manifest does not list yet (after a crash, or other
+        ranks), and record the sha256 of every readable one that has none (cases made before hashes were
+        recorded); returns the adopted names."""
         names = self.manifest.setdefault("batches", [])
         new = [p.name for p in self.batch_files() if p.name not in names]
-        names.extend(new)
+        for p in self.batch_files():
+            self.note_batch(p)
         names.sort()
         return new
 
@@ -338,3 +401,26 @@ class CaseStore:
                         rec.current = isha in current_shas or not recorded
                         if rec.current or include_stale:
                             yield rec
+
+
+def _batch_file_problem(f: Path, case_id: Optional[str], sha256: Optional[str]) -> Optional[str]:
+    """What is wrong with a batch file (None: nothing): its hash differs from the recorded one, it cannot be read
+    (truncated, not HDF5), it is not a batch file of case ``case_id``, or a record in it is incomplete."""
+    try:
+        if sha256 and sha256_file(f) != sha256:
+            return "its sha256 differs from the one recorded when it was written"
+        with h5py.File(f, "r") as h:
+            if h.attrs.get("format") != BATCH_FORMAT:
+                return "not a case batch file"
+            if case_id and str(h.attrs.get("case_id", "")) != str(case_id):
+                return "written for another case"
+            for isha, g in h.items():
+                for msha, r in g.items():
+                    a = r.attrs
+                    complete = "path" in a and ("error" in a or (
+                        "distance" in a and "projection" in r and "target" in r))
+                    if not complete:
+                        return f"the record {isha[:12]}/{msha[:12]} is incomplete"
+    except Exception as exc:  # noqa: BLE001 - h5py raises many kinds on damaged files
+        return f"unreadable ({one_line(exc, 160)})"
+    return None

@@ -20,6 +20,7 @@ from stylegan.formats import LoadedModel, load_model
 from stylegan.generator import generate_seeded
 from stylegan.perceptual import load_lpips
 from stylegan.util.files import atomic_write_text
+from stylegan.util.locking import exclusive_lock
 
 from .calibration import CalibrationError, CalibrationRecord, _plain, record_from_distances
 from .check import image_seed, load_targets
@@ -168,8 +169,22 @@ def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: i
     (:func:`detector.check.image_seed`), so its calibration distance is the one ``detect check`` reports.
     Images are projected ``batch_size`` at a time; ``progress(image_steps_done, image_steps_total)``.
     ``progress_file``: a :class:`CalibrationProgress` file; with it an interrupted calibration resumes, taking
-    the distances of the images it finished (the caller removes the file once the record is stored).
+    the distances of the images it finished (the caller removes the file once the record is stored). One
+    process at a time uses a progress file: it is locked (``.NAME.lock`` beside it) and a second process is
+    refused with the holder's name.
     """
+    if progress_file is None:
+        return _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, seed, batch_size,
+                          confidence, truncation_psi, device, progress, on_skip, None)
+    progress_file = Path(progress_file)
+    with exclusive_lock(progress_file.parent / f".{progress_file.name}.lock",
+                        f"calibration progress file {progress_file}"):
+        return _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, seed, batch_size,
+                          confidence, truncation_psi, device, progress, on_skip, progress_file)
+
+
+def _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, seed, batch_size, confidence,
+               truncation_psi, device, progress, on_skip, progress_file) -> CalibrationRecord:
     settings = settings if settings is not None else ProjectorSettings()
     if int(n_generated) != n_generated or n_generated < 1:
         raise CalibrationError(f"n_generated must be a positive integer, got {n_generated}")

@@ -21,7 +21,7 @@ from stylegan.formats import load_model
 from stylegan.util.files import atomic_write_text
 
 from .attribution import Threshold, threshold_for, verdict
-from .calibration import calibration_mismatch, calibration_weakness
+from .calibration import calibration_for_lpips, calibration_mismatch, calibration_weakness
 from .calibration_store import load_calibration
 from .images import ImageInputError, LoadedImage, load_image, save_image
 from .projector import Projector
@@ -221,8 +221,9 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
 
 @dataclass
 class CheckRun:
-    """What :func:`check_files` did: the networks (name, path, sha256, threshold or None), the settings, the LPIPS
-    provenance, warnings about the networks, and one :class:`ImageCheck` per input."""
+    """What :func:`check_files` did: the networks (name, path, sha256, threshold or None, why a calibration was
+    not used or None), the settings, the LPIPS provenance, warnings about the networks, and one
+    :class:`ImageCheck` per input."""
 
     models: List[Dict[str, Any]]
     images: List[ImageCheck]
@@ -241,19 +242,27 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
                 early_stop: bool = False, margin: float = DEFAULT_MARGIN, device: str = "cpu",
                 progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> CheckRun:
     """`detect check`: load each model file and its calibration, warn about networks whose calibration is missing,
-    weak or made with other projector settings, and check every image against all of them
+    weak or made with other projector settings, set aside (with a warning) a calibration measured with another
+    LPIPS (:func:`detector.calibration.calibration_for_lpips`), and check every image against all of them
     (:func:`check_networks`)."""
     settings = settings or ProjectorSettings()
     loaded = [load_model(p, device=device) for p in model_paths]
     names = unique_names(model_paths, [m.file_sha256 for m in loaded])
-    calibrations = [load_calibration(p, m) for p, m in zip(model_paths, loaded)]
+    lpips = distance.provenance()
+    calibrations = []
     models, warnings = [], []
-    for name, path, m, cal in zip(names, model_paths, loaded, calibrations):
+    for name, path, m in zip(names, model_paths, loaded):
+        cal, lpips_warning = calibration_for_lpips(name, load_calibration(path, m), lpips, threshold)
+        not_used = lpips_warning if cal is None else None
+        calibrations.append(cal)
+        if lpips_warning:
+            warnings.append(lpips_warning)
         th = threshold_for(cal, threshold)
         models.append({"name": name, "path": str(path), "sha256": m.file_sha256,
-                       "threshold": None if th is None else th.to_dict()})
+                       "threshold": None if th is None else th.to_dict(), "calibration_not_used": not_used})
         if th is None:
-            warnings.append(no_calibration_warning(name, path))
+            if not not_used:
+                warnings.append(no_calibration_warning(name, path))
             continue
         if th.source == "self":
             warnings.append(f"{name} is calibrated on its own images only: the false-positive rate of its "
@@ -272,8 +281,7 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
     images = check_networks(candidates, paths, distance, settings=settings, threshold=threshold, seed=seed,
                             early_stop=early_stop, margin=margin, progress=progress)
     th0 = threshold_for(calibrations[0], threshold) if len(candidates) == 1 else None
-    return CheckRun(models, images, effective_settings(settings, th0, early_stop), distance.provenance(), margin,
-                    warnings)
+    return CheckRun(models, images, effective_settings(settings, th0, early_stop), lpips, margin, warnings)
 
 
 def difference_image(target: torch.Tensor, resynth: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
@@ -282,10 +290,18 @@ def difference_image(target: torch.Tensor, resynth: torch.Tensor, gain: float = 
     return diff * 2 - 1
 
 
+def output_stem(record: CheckRecord) -> str:
+    """The name ``--out`` files of a checked image start with: its file's stem and the first 8 hex digits of its
+    content's sha256 (``x-1a2b3c4d``), so that ``a/x.png`` and ``b/x.png`` do not overwrite each other and a file
+    keeps its names from one run to the next; two files of the same name and content share them."""
+    return f"{Path(record.path).stem}-{(record.sha256 or '')[:8]}"
+
+
 def save_check_outputs(record: CheckRecord, out_dir: Path) -> Dict[str, str]:
-    """Write ``<stem>.resynth.png``, ``<stem>.diff.png`` and ``<stem>.json`` for one checked image."""
+    """Write ``<stem>-<sha8>.resynth.png``, ``<stem>-<sha8>.diff.png`` and ``<stem>-<sha8>.json``
+    (:func:`output_stem`) for one checked image."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(record.path).stem
+    stem = output_stem(record)
     files: Dict[str, str] = {}
     if record.result is not None:
         files["resynthesis"] = str(save_image(record.result.image.clamp(-1, 1), out_dir / f"{stem}.resynth.png"))
@@ -294,3 +310,23 @@ def save_check_outputs(record: CheckRecord, out_dir: Path) -> Dict[str, str]:
     doc = {**record.to_dict(), "files": files}
     files["record"] = str(atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=2) + "\n"))
     return files
+
+
+def save_run_outputs(images: Sequence[ImageCheck], out_dir: Path, per_network: bool = False) -> List[str]:
+    """`check --out`: :func:`save_check_outputs` for every usable image (in ``out_dir/<network>`` when
+    ``per_network``). An image of the same name and content as one before it is written once; the returned
+    one-line notes say so."""
+    first: Dict[str, str] = {}
+    notes: List[str] = []
+    for c in images:
+        if c.error is not None:
+            continue
+        stem = output_stem(next(iter(c.records.values())))
+        if stem in first:
+            notes.append(f"{c.path}: same name and content as {first[stem]}: its --out files ({stem}.*) are "
+                         f"written once")
+            continue
+        first[stem] = c.path
+        for name, rec in c.records.items():
+            save_check_outputs(rec, out_dir / name if per_network else out_dir)
+    return notes

@@ -7,12 +7,13 @@ names the file. What is done to a usable image to turn it into a network input i
 Pipeline of :func:`load_image`:
 
 1. Read the bytes (sha256 recorded), let Pillow identify them - only PNG, JPEG (and MPO, the multi-picture JPEG
-   cameras write), WebP, TIFF and BMP decoders are tried, whatever the file's extension - and refuse images above
+   cameras write), WebP, TIFF, BMP and GIF decoders are tried, whatever the file's extension - and refuse images above
    :data:`MAX_PIXELS` from their header, before any pixel is decoded (decompression bombs), and images smaller
    than :data:`MIN_SIDE` pixels on a side.
 2. Decode, orient, convert, centre-crop and resize exactly as training images are prepared (the rules of
-   :mod:`stylegan.images`: first frame, EXIF orientation, alpha composited on white, 16-bit scaled by 255/65535,
-   Lanczos). Embedded ICC profiles are not applied (noted).
+   :mod:`stylegan.images`: first frame of an animated PNG/WebP/GIF or multi-page TIFF (noted), EXIF orientation,
+   palette (GIF) to RGB, alpha composited on white, 16-bit scaled by 255/65535, Lanczos). Embedded ICC profiles
+   are not applied (noted).
 3. ``[1, C, R, R]`` float32 in [-1, 1]: ``v / 127.5 - 1`` for 8-bit ``v``; :func:`save_image` / :func:`to_uint8` invert
    it exactly (``x * 127.5 + 128``, clamped, truncated, as in NVIDIA's tools).
 """
@@ -39,12 +40,13 @@ PathLike = Union[str, os.PathLike]
 MIN_SIDE = 8
 MAX_PIXELS = 100_000_000      # per frame, from the header
 MAX_FILE_BYTES = 1 << 30      # refuse reading files above 1 GiB
-FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # decoders tried; JPEG's may return MPO (multi-picture JPEG)
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp"})
+FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # decoders tried; JPEG's may return MPO (multi-picture JPEG)
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 _EXT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".webp": "WEBP",
-                ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
-_KNOWN_UNSUPPORTED = [(b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"%PDF", "PDF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-                      (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"8BPS", "Photoshop PSD"), (b"\x00\x00\x01\x00", "ICO")]
+                ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".gif": "GIF"}
+_SUPPORTED = "PNG, JPEG, WebP, TIFF, BMP or GIF"
+_KNOWN_UNSUPPORTED = [(b"%PDF", "PDF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+                      (b"8BPS", "Photoshop PSD"), (b"\x00\x00\x01\x00", "ICO")]
 
 
 class ImageInputError(ValueError):
@@ -117,12 +119,10 @@ def _open(path: Path, data: bytes, max_pixels: int) -> Image.Image:
         except UnidentifiedImageError:
             for magic, name in _KNOWN_UNSUPPORTED:
                 if data.startswith(magic):
-                    raise _err(path, f"{name} files are not supported (use PNG, JPEG, WebP, TIFF or BMP)") from None
+                    raise _err(path, f"{name} files are not supported (use {_SUPPORTED})") from None
             if data[4:8] == b"ftyp":
-                raise _err(path, "HEIF/AVIF/MP4-family files are not supported (use PNG, JPEG, WebP, TIFF or BMP)") \
-                    from None
-            raise _err(path, "not a readable PNG, JPEG, WebP, TIFF or BMP image (unrecognised or damaged header)") \
-                from None
+                raise _err(path, f"HEIF/AVIF/MP4-family files are not supported (use {_SUPPORTED})") from None
+            raise _err(path, f"not a readable {_SUPPORTED} image (unrecognised or damaged header)") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
             raise _err(path, f"corrupt or truncated image ({_one_line(exc)})") from None
     w, h = img.size

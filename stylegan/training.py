@@ -29,6 +29,7 @@ StyleGAN2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,7 +61,8 @@ from .loss import (
 from .progressive import pg_process_reals, pg_schedule
 from .training_config import TrainingConfig
 from .util.distributed import average_grads, gather, mean_over_ranks, process_group, rank_and_world_size, sync_params
-from .util.files import atomic_write_text
+from .util.files import atomic_write_text, remove_leftover_temporaries
+from .util.locking import LockedError, exclusive_lock
 
 __all__ = ["Trainer", "TrainingError", "TickStats", "latest_snapshot"]
 
@@ -147,6 +149,8 @@ class Trainer:
         self.elapsed = 0.0
         self.stats = TickStats()
         self.deadline: Optional[float] = None  # wall-clock time (time.time()) at which run() stops with a snapshot
+        self.should_stop: Optional[Callable[[], bool]] = None  # polled after every iteration (see run)
+        self.stopped: Optional[str] = None  # why the last run() stopped early: max_iterations, deadline, signal
         self.grid_z = torch.cat([seed_to_z(s, config.G.z_dim) for s in range(config.grid_size)]).to(self.device)
         if config.progressive:
             self._set_lod(self.scheduled_lod())
@@ -401,24 +405,50 @@ class Trainer:
     def run(self, max_iterations: Optional[int] = None) -> Optional[Path]:
         """Train until ``total_kimg`` (or ``max_iterations`` more iterations, for tests and time-boxed sessions).
 
-        Snapshots every ``snapshot_ticks`` ticks; on KeyboardInterrupt or ``max_iterations`` a snapshot of the
-        current state is written so that ``resume`` continues exactly. Returns the path of network-final.pt
-        when the run completed.
+        Snapshots every ``snapshot_ticks`` ticks. Stops with a snapshot between iterations, so that ``resume``
+        continues bit for bit, after ``max_iterations``, past ``deadline``, or when ``should_stop()`` (e.g. a
+        :class:`stylegan.util.cli_support.StopRequest` set by SIGINT/SIGTERM) turns true; every rank agrees on the
+        iteration it stops after. A KeyboardInterrupt inside an iteration is a hard stop: the half-updated state
+        is discarded (no snapshot; the last one stands). Returns the path of network-final.pt when the run
+        completed, else None (``stopped`` tells why).
+
+        Rank 0 holds the run folder's lock (``.lock``) meanwhile, so a second process on the same run is refused,
+        and first removes the temporary files a killed process left behind.
         """
+        with contextlib.ExitStack() as held:
+            failed: Optional[Exception] = None
+            if self.rank == 0:
+                try:
+                    held.enter_context(exclusive_lock(self.run_dir / ".lock", f"run folder {self.run_dir}"))
+                    remove_leftover_temporaries(self.run_dir)
+                except LockedError as exc:
+                    failed = exc
+            if self._agreed(failed is not None):
+                if failed is not None:
+                    raise failed
+                raise TrainingError(f"rank 0 could not lock the run folder {self.run_dir}")
+            return self._run(max_iterations)
+
+    def _run(self, max_iterations: Optional[int]) -> Optional[Path]:
         cfg = self.config
         total_nimg = int(cfg.total_kimg * 1000)
         tick_nimg = max(int(cfg.tick_kimg * 1000), 1)
         iterations_left = max_iterations
         t_last = time.perf_counter()
         tick_t0 = t_last
+        self.stopped = None
+        inside = False
         try:
             while self.cur_nimg < total_nimg:
                 if iterations_left is not None:
                     if iterations_left <= 0:
                         self.save_snapshot()
+                        self.stopped = "max_iterations"
                         return None
                     iterations_left -= 1
+                inside = True
                 self.train_step()
+                inside = False
                 now = time.perf_counter()
                 self.elapsed += now - t_last
                 t_last = now
@@ -435,25 +465,31 @@ class Trainer:
                         self.save_snapshot()
                     if self.progress:
                         self.progress({**entry, "total_kimg": cfg.total_kimg})
-                    if not done and self._past_deadline():
+                    if not done and self._agreed(self.deadline is not None and time.time() >= self.deadline):
                         self.save_snapshot()
+                        self.stopped = "deadline"
                         return None
                     t_last = time.perf_counter()
                 elif self.progress:
                     self.progress({"kimg": self.cur_nimg / 1000, "total_kimg": cfg.total_kimg})
+                if not done and self._agreed(self.should_stop is not None and self.should_stop()):
+                    self.save_snapshot()
+                    self.stopped = "signal"
+                    return None
         except KeyboardInterrupt:
-            self.save_snapshot()
+            if not inside and self.world_size == 1:  # between iterations the state is whole: keep it
+                self.save_snapshot()
             raise
         return self.save_snapshot(final=True)
 
-
-    def _past_deadline(self) -> bool:
-        """Whether the deadline has passed, agreed by every rank (checked at tick boundaries only)."""
-        flag = torch.tensor(float(self.deadline is not None and time.time() >= self.deadline))
+    def _agreed(self, flag: bool) -> bool:
+        """``flag`` agreed by every rank (true when it is true on any), so that all stop after one iteration."""
         d = process_group()
-        if d:
-            d.all_reduce(flag, op=d.ReduceOp.MAX)
-        return bool(flag.item())
+        if not d:
+            return bool(flag)
+        t = torch.tensor(float(flag))
+        d.all_reduce(t, op=d.ReduceOp.MAX)
+        return bool(t.item())
 
 
 def _snapshot_nimg_key(path: Path) -> int:

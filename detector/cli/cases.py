@@ -54,7 +54,7 @@ def batch(
                                     "hash).")] = 0,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", metavar="X", help="Decision threshold for every network (default: each network's "
-                                         "calibration, else the documented default).")] = None,
+                                         "calibration; without one, no verdict).")] = None,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what this run did as JSON instead of a "
                                                          "line.")] = False,
@@ -106,6 +106,9 @@ def batch(
         for c in summary.changed:
             typer.echo(f"changed: {c['path']}: content differs from the recorded one "
                        f"(sha256 {c['old_sha256'][:12]}... -> {c['new_sha256'][:12]}...); projected again", err=True)
+        for q in summary.quarantined:
+            typer.echo(f"warning: {q['file']} was damaged ({q['error']}); moved to {q['moved_to']}, its images "
+                       f"projected again", err=True)
         for p in summary.changed_during_run:
             typer.echo(f"changed: {p} was rewritten during the run; it will be projected at the next run", err=True)
         for e in summary.errors + summary.unreadable:
@@ -135,9 +138,13 @@ def report(
         from cases.report import write_report
 
         html_path, json_path = write_report(case, out)
+        doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        for d in doc["provenance"]["damaged_batches"]:
+            typer.echo(f"warning: {d['file']} is damaged ({d['error']}): skipped, its images count as pending; "
+                       f"run detect batch on the case to project them again", err=True)
         if as_json:
-            summary = json.loads(Path(json_path).read_text(encoding="utf-8")).get("summary")
-            typer.echo(json.dumps({"html": str(html_path), "json": str(json_path), "summary": summary}, indent=2))
+            typer.echo(json.dumps({"html": str(html_path), "json": str(json_path), "summary": doc.get("summary")},
+                                  indent=2))
             return
         typer.echo(f"wrote {html_path}")
         typer.echo(f"wrote {json_path}")

@@ -45,7 +45,7 @@ from .options import (
 @command(app)
 def check(
     images: Annotated[List[Path], typer.Argument(metavar="IMAGE", help="Suspect images (PNG, JPEG, WebP, TIFF, "
-                                                                       "BMP).")],
+                                                                       "BMP, GIF; first frame of an animation).")],
     model: Annotated[List[Path], typer.Option(
         "--model", "-m", metavar="FILE", help="Model file: our .pt, NVIDIA .pkl or rosinality .pt; repeat to "
                                               "compare several networks.")],
@@ -56,7 +56,10 @@ def check(
                                       "'ambiguous'.")] = DEFAULT_MARGIN,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", metavar="DIR",
-        help="Write each image's re-synthesis, difference image and JSON record here.")] = None,
+        help="Write each image's re-synthesis, difference image and JSON record here (in a folder per network "
+             "with several), as STEM-SHA8.resynth.png, STEM-SHA8.diff.png and STEM-SHA8.json: the file's stem and "
+             "the first 8 hex digits of its content's sha256, so same-named files from different folders do not "
+             "overwrite each other; a file of the same name and content is written once.")] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the projection's random draws.")] = 0,
     device: DeviceOption = None,
     as_json: JsonOption = False,
@@ -84,7 +87,7 @@ def check(
     """
     setup_torch()
     with user_errors(detector_errors()):
-        from detector.check import check_files, save_check_outputs
+        from detector.check import check_files, save_run_outputs
         from stylegan.perceptual import load_lpips
 
         settings = projector_settings(steps, method=method, lr=lr, alpha=alpha,
@@ -104,10 +107,8 @@ def check(
             typer.echo(f"warning: {warning}", err=True)
         bad = [c for c in run.images if c.error]
         if out is not None:
-            for c in run.images:
-                for name, rec in c.records.items():
-                    if rec.error is None:
-                        save_check_outputs(rec, out if len(model) == 1 else out / name)
+            for note in save_run_outputs(run.images, out, per_network=len(model) > 1):
+                typer.echo(f"note: {note}", err=True)
         if as_json:
             typer.echo(json.dumps(run.to_dict(), indent=2))
         else:

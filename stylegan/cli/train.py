@@ -14,8 +14,8 @@ from ..util.cli_support import (
     command,
     default_device,
     deprecated_alias,
-    interrupt_on_termination,
     setup_torch,
+    stop_on_signals,
 )
 from ..util.distributed import init_distributed
 from ..util.progress import Progress
@@ -144,11 +144,18 @@ def train(
             max_iterations = None
             if max_minutes is not None:
                 trainer.deadline = time.time() + max_minutes * 60
-            with bar, interrupt_on_termination():
+            with bar, stop_on_signals(announce=rank == 0) as stop:
+                trainer.should_stop = stop
                 final = trainer.run(max_iterations=max_iterations)
         except KeyboardInterrupt:
-            typer.echo("interrupted: snapshot written; continue with --resume", err=True)
+            typer.echo("interrupted inside an iteration: nothing written; continue from the last snapshot with "
+                       "--resume", err=True)
             raise typer.Exit(130) from None
+        if trainer.stopped == "signal":
+            if rank == 0:
+                typer.echo(f"stopped at {trainer.cur_nimg / 1000:.1f} kimg after a whole iteration, snapshot "
+                           f"written; continue with --resume {trainer.run_dir}", err=True)
+            raise typer.Exit(stop.exit_code)
         if rank == 0:
             if as_json:
                 typer.echo(json.dumps({"run_dir": str(trainer.run_dir), "finished": final is not None,

@@ -6,13 +6,16 @@
 * ``'rosinality'``: rosinality/stylegan2-pytorch checkpoints (:mod:`.rosinality`).
 
 The format is recognised from the content, not the extension. Nothing here calls ``pickle.load`` or
-``torch.load`` without ``weights_only=True``. Every problem with a file (missing, a directory, empty, truncated,
-random bytes, text, an unknown or tampered format, a refused pickle global) raises :class:`ModelFormatError`
-with a one-line message.
+``torch.load`` without ``weights_only=True``. :func:`load_model` reads the file once and hashes and parses the
+same bytes. What a file may make the loader allocate is bounded before allocating (:mod:`.limits`: file size,
+network size, tensor and storage extents). Every problem with a file (missing, a directory, empty, too large,
+truncated, random bytes, text, an unknown or tampered format, a refused pickle global, sizes out of bounds)
+raises :class:`ModelFormatError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -21,9 +24,16 @@ import torch
 
 from ..discriminator import Discriminator
 from ..generator import Generator
-from ..util.files import sha256_file
-from .base import ModelFormatError, check_readable_file, construct, container_kind, one_line, safe_torch_load
-from .nvidia import load_nvidia_pickle
+from .base import (
+    ModelFormatError,
+    check_readable_file,
+    construct,
+    container_kind,
+    one_line,
+    read_model_file,
+    safe_torch_load,
+)
+from .nvidia import NvidiaNetworks, load_nvidia_pickle
 from .ours import FORMAT_NAME, build_networks, read_network_file, save_network, validate_network_dict, weights_sha256
 from .rosinality import networks_from_checkpoint
 
@@ -73,7 +83,7 @@ class LoadedModel:
     only loaded with ``with_training=True`` and when the file has them; they are in eval mode too (call
     ``.train()`` to train). ``metadata`` follows our format's layout for every source format (``created``,
     ``tool_version``, ``source``, ``training``, ``dataset_fingerprint``, ``weights_sha256``, plus format-specific
-    details). ``file_sha256`` is the hash of the file's bytes.
+    details). ``file_sha256`` is the hash of the file's bytes (the very bytes the networks were parsed from).
     """
 
     G_ema: torch.nn.Module
@@ -132,8 +142,7 @@ def _load_ours(obj: Any, path: Path, sha: str, with_training: bool) -> LoadedMod
                        training_state=obj.get("training_state") if with_training else None)
 
 
-def _load_nvidia(path: Path, sha: str, with_training: bool) -> LoadedModel:
-    nets = load_nvidia_pickle(path, with_G=with_training, with_D=with_training)
+def _load_nvidia(nets: NvidiaNetworks, path: Path, sha: str) -> LoadedModel:
     G_ema = _build(Generator, nets.G_ema_config, nets.G_ema_state, f"{path}: G_ema")
     G = _build(Generator, nets.G_config, nets.G_state, f"{path}: G") if nets.G_state is not None else None
     D = _build(Discriminator, nets.D_config, nets.D_state, f"{path}: D") if nets.D_state is not None else None
@@ -153,14 +162,20 @@ def _load_rosinality(obj: Any, path: Path, sha: str, with_training: bool) -> Loa
 
 
 def load_model(path: Any, device: Any = "cpu", with_training: bool = False) -> LoadedModel:
-    """Load any supported model file (format found from the content). See :class:`LoadedModel`."""
-    path = check_readable_file(path)
-    kind = container_kind(path)
-    sha = sha256_file(path)
+    """Load any supported model file (format found from the content). See :class:`LoadedModel`.
+
+    The file is read once (at most ``MAX_MODEL_FILE_BYTES``); its SHA-256 and the networks come from those bytes.
+    """
+    path, data = read_model_file(path)
+    sha = hashlib.sha256(data).hexdigest()
+    kind = container_kind(data, path)
     if kind == "pickle":
-        model = _load_nvidia(path, sha, with_training)
+        nets = load_nvidia_pickle(data, with_G=with_training, with_D=with_training, what=str(path))
+        del data  # the tensors have their own storages; the file's bytes are no longer needed
+        model = _load_nvidia(nets, path, sha)
     else:
-        obj = safe_torch_load(path, allow_namespace=True, what=str(path))
+        obj = safe_torch_load(data, allow_namespace=True, what=str(path))
+        del data
         fmt = _classify_torch_object(obj, path)
         if fmt == "ours":
             model = _load_ours(obj, path, sha, with_training)

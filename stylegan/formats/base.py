@@ -5,22 +5,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import os
 import pickle
 import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["ModelFormatError", "check_readable_file", "container_kind", "safe_torch_load", "is_torch_zip",
-           "is_legacy_torch", "is_raw_pickle",
+__all__ = ["ModelFormatError", "MAX_MODEL_FILE_BYTES", "check_readable_file", "read_model_file", "container_kind",
+           "safe_torch_load", "is_torch_zip", "is_legacy_torch", "is_raw_pickle",
            "check_fir_kernel", "fir_kernel", "check_plain", "one_line"]
 
 #: torch.save's legacy (pre-1.6, non-zip) files start with this pickled integer after the protocol header.
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+
+#: Largest model file read (bytes), refused before reading: loading holds the whole file in memory. Real files
+#: are far smaller (NVIDIA's FFHQ 1024 px snapshot, G, D and G_ema together, is about 360 MB).
+MAX_MODEL_FILE_BYTES = 2 * 1024**3
 
 
 def one_line(text: Any, limit: int = 400) -> str:
@@ -44,7 +49,8 @@ ModelFormatError.__module__ = "stylegan.formats"
 
 
 def check_readable_file(path: Any) -> Path:
-    """A path that exists, is a regular file and is not empty; else ModelFormatError."""
+    """A path that exists, is a regular file, is not empty and not above MAX_MODEL_FILE_BYTES; else
+    ModelFormatError."""
     try:
         path = Path(path)
     except TypeError:
@@ -61,17 +67,47 @@ def check_readable_file(path: Any) -> Path:
         raise ModelFormatError(f"cannot read model file {path}: {exc.strerror or exc}") from None
     if size == 0:
         raise ModelFormatError(f"not a supported model file: {path} is empty")
+    _check_size(path, size)
     if not os.access(path, os.R_OK):
         raise ModelFormatError(f"cannot read model file {path}: permission denied")
     return path
 
 
-def is_torch_zip(path: Path) -> bool:
-    """True for torch.save's zip container (torch >= 1.6): a zip archive holding ``*/data.pkl``."""
+def _check_size(path: Path, size: int) -> None:
+    if size > MAX_MODEL_FILE_BYTES:
+        raise ModelFormatError(f"refused: {path} has {size:,} bytes, more than the {MAX_MODEL_FILE_BYTES:,} a "
+                               f"model file may have")
+
+
+def read_model_file(path: Any) -> Tuple[Path, bytes]:
+    """(path, the file's bytes), read once, for hashing and parsing the same bytes; the checks of
+    :func:`check_readable_file` come first (the size bound included)."""
+    path = check_readable_file(path)
     try:
-        if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            _check_size(path, size)  # again: the file may have changed since check_readable_file
+            data = f.read(size + 1)  # read(n) reserves n bytes: ask for the size, plus one to see growth
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if len(data) != size:
+        raise ModelFormatError(f"cannot read model file {path}: it changed while being read")
+    if not data:
+        raise ModelFormatError(f"not a supported model file: {path} is empty")
+    return path, data
+
+
+def _zip_source(source: Any) -> Any:
+    return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+
+
+def is_torch_zip(source: Any) -> bool:
+    """True for torch.save's zip container (torch >= 1.6): a zip archive holding ``*/data.pkl``. ``source``: a
+    path or the file's bytes."""
+    try:
+        if not zipfile.is_zipfile(_zip_source(source)):
             return False
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(_zip_source(source)) as zf:
             return any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist())
     except (OSError, zipfile.BadZipFile, ValueError, EOFError):
         return False
@@ -97,15 +133,20 @@ def is_legacy_torch(head: bytes) -> bool:
     return int.from_bytes(head[4: 4 + n], "little", signed=True) == LEGACY_TORCH_MAGIC
 
 
-def container_kind(path: Path) -> str:
-    """'torch-zip', 'torch-legacy' or 'pickle' from the bytes of a (readable, non-empty) file; anything else is
-    a ModelFormatError."""
-    with open(path, "rb") as f:
-        head = f.read(64)
+def container_kind(source: Any, what: Any = None) -> str:
+    """'torch-zip', 'torch-legacy' or 'pickle' from the content of a (readable, non-empty) file, given as its
+    path or its bytes (``what`` names it in messages); anything else is a ModelFormatError."""
+    if isinstance(source, (bytes, bytearray)):
+        path = "model file" if what is None else what
+        head = bytes(source[:64])
+    else:
+        path = source if what is None else what
+        with open(source, "rb") as f:
+            head = f.read(64)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        if not zipfile.is_zipfile(path):
+        if not zipfile.is_zipfile(_zip_source(source)):
             raise ModelFormatError(f"not a supported model file: {path} is a truncated or corrupt zip archive")
-        if not is_torch_zip(path):
+        if not is_torch_zip(source):
             raise ModelFormatError(f"not a supported model file: {path} is a zip archive without torch data")
         return "torch-zip"
     if is_legacy_torch(head):
@@ -130,9 +171,16 @@ def safe_torch_load(source: Any, *, allow_namespace: bool = False, what: str = "
                     mmap: bool = False) -> Any:
     """``torch.load(..., weights_only=True, map_location='cpu')`` with every failure as a ModelFormatError.
 
-    ``allow_namespace`` additionally allows ``argparse.Namespace`` objects (rosinality checkpoints store their
-    command-line arguments as one); that needs ``torch.serialization.safe_globals`` (torch >= 2.5).
+    ``source``: a path, the file's bytes or a binary file object. Its declared storages are first checked against
+    the bytes that back them (:func:`.limits.check_torch_storages`), so that nothing is sized from a declared
+    count alone. ``allow_namespace`` additionally allows ``argparse.Namespace`` objects (rosinality checkpoints
+    store their command-line arguments as one); that needs ``torch.serialization.safe_globals`` (torch >= 2.5).
     """
+    from .limits import check_torch_storages  # here, not at the top: limits imports this module
+
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    check_torch_storages(source, what)
     ctx: Any = contextlib.nullcontext()
     if allow_namespace and safe_globals_available():
         ctx = torch.serialization.safe_globals([argparse.Namespace])

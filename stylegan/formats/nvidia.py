@@ -36,7 +36,8 @@ import torch
 from ..config import ConfigError, DiscriminatorConfig, GeneratorConfig
 from ..discriminator import Discriminator
 from ..generator import Generator
-from .base import ModelFormatError, check_fir_kernel, check_readable_file, state_shapes, to_plain, unmapped_message
+from .base import ModelFormatError, check_fir_kernel, read_model_file, state_shapes, to_plain, unmapped_message
+from .limits import check_network_config
 from .nvidia_pickle import (
     ALLOWED_GLOBALS,
     EasyDict,
@@ -308,14 +309,15 @@ def _check_class(obj: Any, expected: str, what: str) -> PersistentObject:
 
 def _generator(obj: Any, what: str) -> Tuple[GeneratorConfig, "OrderedDict[str, torch.Tensor]"]:
     obj = _check_class(obj, "Generator", what)
-    config = generator_config_from_kwargs(init_kwargs(obj, _G_POSITIONAL, what), what)
+    config = check_network_config(generator_config_from_kwargs(init_kwargs(obj, _G_POSITIONAL, what), what), what)
     state = map_nvidia_state(flatten_module(obj), state_shapes(Generator, config), what)
     return config, state
 
 
 def _discriminator(obj: Any, what: str) -> Tuple[DiscriminatorConfig, "OrderedDict[str, torch.Tensor]"]:
     obj = _check_class(obj, "Discriminator", what)
-    config = discriminator_config_from_kwargs(init_kwargs(obj, _D_POSITIONAL, what), what)
+    config = check_network_config(discriminator_config_from_kwargs(init_kwargs(obj, _D_POSITIONAL, what), what),
+                                  what)
     state = map_nvidia_state(flatten_module(obj), state_shapes(Discriminator, config), what)
     return config, state
 
@@ -345,8 +347,13 @@ def networks_from_unpickled(data: Any, what: str = "NVIDIA network pickle", with
     return nets
 
 
-def load_nvidia_pickle(path: Any, with_G: bool = True, with_D: bool = True) -> NvidiaNetworks:
-    """Read a stylegan2-ada-pytorch network pickle safely (see the module docstring)."""
-    path = check_readable_file(path)
-    data = unpickle_nvidia(path)
-    return networks_from_unpickled(data, str(path), with_G=with_G, with_D=with_D)
+def load_nvidia_pickle(source: Any, with_G: bool = True, with_D: bool = True,
+                       what: Optional[str] = None) -> NvidiaNetworks:
+    """Read a stylegan2-ada-pytorch network pickle (a path or the file's bytes) safely (see the module docstring);
+    ``what`` names it in messages."""
+    if not isinstance(source, (bytes, bytearray)):
+        path, source = read_model_file(source)
+        what = what or str(path)
+    what = what or "NVIDIA network pickle"
+    data = unpickle_nvidia(source, what=what)
+    return networks_from_unpickled(data, what, with_G=with_G, with_D=with_D)

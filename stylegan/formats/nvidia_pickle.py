@@ -8,7 +8,10 @@ defines it* and the module's attribute dict; ``pickle.load`` would import and ex
 * the persistence call returns a :class:`PersistentObject` record (class name + state); the source is discarded
   unread, never executed;
 * ``dnnlib.util.EasyDict`` is a plain ``dict`` subclass;
-* tensors are rebuilt from storages that are themselves read with ``torch.load(..., weights_only=True)``;
+* tensors are rebuilt from storages that are themselves read with ``torch.load(..., weights_only=True)``, after
+  :func:`.limits.check_torch_storages` has matched each storage's declared size with the bytes that carry it;
+  all storages together may not hold more bytes than the pickle, and every tensor must fit its storage
+  (:func:`.limits.check_tensor_geometry`), so that nothing is sized from a declared count alone;
 * ``collections.OrderedDict``, ``builtins.set`` and numpy scalars (plain numeric dtypes only) for attributes.
 
 Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen`` ...) raises :class:`ModelFormatError`
@@ -21,12 +24,13 @@ from __future__ import annotations
 import io
 import pickle
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .base import ModelFormatError, _quiet_storage_warnings, check_readable_file, one_line
+from .base import MAX_MODEL_FILE_BYTES, ModelFormatError, _quiet_storage_warnings, one_line, read_model_file
+from .limits import check_tensor_geometry, check_torch_storages
 
 # ----------------------------------------------------------------------------------------------------------------
 # Stand-ins for the allowed globals
@@ -98,6 +102,9 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
     _check_hooks(backward_hooks, "a tensor")
     if metadata:
         raise ModelFormatError("refused: a tensor carries extra Python attributes")
+    with _quiet_storage_warnings():
+        numel = storage.nbytes() // storage.element_size()
+    check_tensor_geometry(numel, storage_offset, size, stride, "corrupt NVIDIA pickle")
     try:
         with _quiet_storage_warnings():
             t = torch.empty((0,), dtype=storage.dtype)
@@ -116,6 +123,7 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
 def _load_from_bytes(b: Any) -> Any:
     if not isinstance(b, (bytes, bytearray)):
         raise ModelFormatError("corrupt NVIDIA pickle: storage payload is not bytes")
+    check_torch_storages(b, "corrupt NVIDIA pickle: tensor storage")
     try:
         with _quiet_storage_warnings():
             obj = torch.load(io.BytesIO(bytes(b)), weights_only=True, map_location="cpu")
@@ -168,13 +176,25 @@ ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses persistent IDs."""
+    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses persistent IDs.
+
+    The storage payloads it reads may hold ``storage_budget`` bytes in all (the size of the pickle, when known):
+    a payload referenced many times cannot make it allocate more than the file holds.
+    """
+
+    def __init__(self, file: Any, storage_budget: Optional[int] = None):
+        super().__init__(file)
+        self.storage_budget = MAX_MODEL_FILE_BYTES if storage_budget is None else storage_budget
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            found = ALLOWED_GLOBALS[(module, name)]
         except (KeyError, TypeError):
-            pass
+            found = None
+        if found is _load_from_bytes:
+            return self._load_storage
+        if found is not None:
+            return found
         hint = ""
         if str(module).startswith("dnnlib.tflib"):
             hint = " (a TensorFlow StyleGAN pickle; convert it to the PyTorch format first)"
@@ -184,23 +204,30 @@ class SafeUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise ModelFormatError("refused: the pickle uses persistent IDs, which NVIDIA network pickles never do")
 
+    def _load_storage(self, b: Any) -> Any:
+        self.storage_budget -= len(b) if isinstance(b, (bytes, bytearray)) else 0
+        if self.storage_budget < 0:
+            raise ModelFormatError("refused: the tensor storages hold more bytes than the pickle (a storage "
+                                   "payload is used more than once)")
+        return _load_from_bytes(b)
 
-def unpickle_nvidia(source: Any) -> Any:
+
+def unpickle_nvidia(source: Any, what: Optional[str] = None) -> Any:
     """Unpickle a file (path, bytes or binary file object) with :class:`SafeUnpickler`; every failure is a
-    ModelFormatError."""
-    what = "NVIDIA network pickle"
-    close = False
+    ModelFormatError whose message starts with ``what`` (default: the path, or "NVIDIA network pickle")."""
+    budget = None
     if isinstance(source, (bytes, bytearray)):
-        f: Any = io.BytesIO(bytes(source))
+        f: Any = io.BytesIO(source)
+        budget = len(source)
     elif hasattr(source, "read"):
         f = source
     else:
-        path = check_readable_file(source)
-        what = f"{path}"
-        f = open(path, "rb")
-        close = True
+        path, data = read_model_file(source)
+        what = what or str(path)
+        f, budget = io.BytesIO(data), len(data)
+    what = what or "NVIDIA network pickle"
     try:
-        return SafeUnpickler(f).load()
+        return SafeUnpickler(f, storage_budget=budget).load()
     except ModelFormatError as exc:
         raise ModelFormatError(f"{what}: {exc}") from None
     except MemoryError:
@@ -212,9 +239,6 @@ def unpickle_nvidia(source: Any) -> Any:
         if "truncated" in msg:
             raise ModelFormatError(f"{what}: truncated pickle ({msg})") from None
         raise ModelFormatError(f"{what}: corrupt pickle ({msg})") from None
-    finally:
-        if close:
-            f.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------

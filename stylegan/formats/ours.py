@@ -36,13 +36,14 @@ from ..util.files import atomic_torch_save
 from .base import (
     ModelFormatError,
     check_plain,
-    check_readable_file,
     construct,
     container_kind,
     one_line,
+    read_model_file,
     require_tensor_dict,
     safe_torch_load,
 )
+from .limits import check_network_config
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ArchSpec", "register_arch", "get_arch", "arch_of", "known_archs",
            "save_network", "read_network_file", "validate_network_dict", "weights_sha256", "tool_version",
@@ -281,12 +282,12 @@ def validate_network_dict(obj: Any, what: str = "model file", verify_hash: bool 
 def read_network_file(path: Any) -> Dict[str, Any]:
     """Load and validate one of our files (``torch.load(weights_only=True)``); every failure is a
     ModelFormatError with a one-line message."""
-    path = check_readable_file(path)
-    kind = container_kind(path)
+    path, data = read_model_file(path)
+    kind = container_kind(data, path)
     if kind != "torch-zip":
         what = "a Python pickle" if kind == "pickle" else "a legacy torch file"
         raise ModelFormatError(f"{path}: not a {FORMAT_NAME} model file (it is {what})")
-    obj = safe_torch_load(path, what=str(path))
+    obj = safe_torch_load(data, what=str(path))
     return validate_network_dict(obj, str(path))
 
 
@@ -294,7 +295,7 @@ def _instantiate(cls: Callable[[Any], torch.nn.Module], config: Any, state: Dict
                  what: str) -> torch.nn.Module:
     try:
         module = construct(cls, config)
-    except (ConfigError, ValueError, AssertionError, TypeError) as exc:
+    except (ConfigError, ValueError, AssertionError, TypeError, RuntimeError, MemoryError) as exc:
         raise ModelFormatError(f"{what}: cannot build the network ({one_line(exc, 200)})") from exc
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
@@ -311,10 +312,13 @@ def _instantiate(cls: Callable[[Any], torch.nn.Module], config: Any, state: Dict
 
 
 def _config(cls: type, d: Any, what: str) -> Any:
+    """The config object, within the bounds of :func:`.limits.check_network_config` (checked before any module
+    is built)."""
     try:
-        return cls.from_dict(d)
+        config = cls.from_dict(d)
     except (ConfigError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"{what}: invalid config ({one_line(exc, 200)})") from exc
+    return check_network_config(config, what)
 
 
 def build_networks(obj: Dict[str, Any], with_training: bool = False, what: str = "model file"):

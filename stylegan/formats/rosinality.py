@@ -35,16 +35,17 @@ from ..generator import Generator
 from .base import (
     ModelFormatError,
     check_fir_kernel,
-    check_readable_file,
     construct,
     container_kind,
     fir_kernel,
+    read_model_file,
     require_tensor_dict,
     safe_torch_load,
     state_shapes,
     to_plain,
     unmapped_message,
 )
+from .limits import check_network_config
 
 __all__ = ["RosinalityNetworks", "rosinality_to_ours", "ours_to_rosinality", "load_rosinality_checkpoint",
            "networks_from_checkpoint", "find_channel_params", "is_rosinality_checkpoint", "key_table"]
@@ -205,7 +206,7 @@ def rosinality_to_ours(state: Dict[str, torch.Tensor], latent_avg: Optional[torc
     Every tensor must be mapped (FIR buffers: checked as the constant kernel), else ModelFormatError.
     """
     state = require_tensor_dict(state, what)
-    config = _infer_config(state, dict(args or {}), what)
+    config = check_network_config(_infer_config(state, dict(args or {}), what), what)
     shapes = state_shapes(Generator, config)
     entries, constants = key_table(config)
     by_theirs = {e.theirs: e for e in entries}
@@ -323,9 +324,9 @@ def networks_from_checkpoint(ckpt: Any, what: str = "rosinality checkpoint", wit
 def load_rosinality_checkpoint(path: Any, with_G: bool = True) -> RosinalityNetworks:
     """Read a rosinality/stylegan2-pytorch checkpoint with ``torch.load(weights_only=True)`` (allowing only
     ``argparse.Namespace`` beyond plain data)."""
-    path = check_readable_file(path)
-    if container_kind(path) == "pickle":
+    path, data = read_model_file(path)
+    if container_kind(data, path) == "pickle":
         raise ModelFormatError(f"{path}: not a torch checkpoint (a raw Python pickle)")
-    ckpt = safe_torch_load(path, allow_namespace=True, what=str(path))
+    ckpt = safe_torch_load(data, allow_namespace=True, what=str(path))
     return networks_from_checkpoint(ckpt, str(path), with_G=with_G)
 

@@ -1,11 +1,12 @@
 """What the command-line front doors share: the one-line error convention (exit code 2, for our errors and for
 click's usage errors alike), help pages that read well at 80 columns, `--version`, torch set-up, the default
-device, seed lists and turning SIGTERM into an orderly stop."""
+device, seed lists and turning SIGINT/SIGTERM into an orderly stop."""
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import re
 import signal
 import threading
@@ -15,13 +16,15 @@ from typing import Annotated, Iterator, List, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from .locking import LockedError
+
 
 class UsageError(ValueError):
     """Bad command-line input detected by the CLI itself."""
 
 
 #: Errors that are always the user's input rather than a bug; front doors add their layers' own error types.
-BASE_USER_ERRORS = (UsageError, FileNotFoundError, IsADirectoryError, PermissionError)
+BASE_USER_ERRORS = (UsageError, FileNotFoundError, IsADirectoryError, PermissionError, LockedError)
 
 
 @contextlib.contextmanager
@@ -47,24 +50,47 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class StopRequest:
+    """A stop asked for by a signal: the first SIGINT or SIGTERM sets it (the job finishes what it is doing, e.g.
+    the current training iteration, and stops cleanly); a second one raises KeyboardInterrupt at once.
+    ``signum`` is the first signal received (None while no stop is asked)."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a job stopped by that signal (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + int(self.signum or signal.SIGINT)
+
+
 @contextlib.contextmanager
-def interrupt_on_termination() -> Iterator[None]:
-    """Turn SIGTERM (kill, schedulers, container stops) into KeyboardInterrupt, so that long jobs write their
-    snapshot and stop as they do on Ctrl-C; and take SIGINT back when the shell started us with it ignored (a
-    background job of a non-interactive shell), so `kill -INT` works there too. Main thread only."""
+def stop_on_signals(announce: bool = True) -> Iterator[StopRequest]:
+    """Within the block, SIGINT and SIGTERM set the yielded :class:`StopRequest` instead of interrupting (with
+    ``announce``, a line on stderr says so, written straight to the file descriptor: a handler must not re-enter
+    a stream's buffer). A repeated signal raises KeyboardInterrupt (a hard stop). Main thread only (elsewhere the
+    request is never set)."""
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
-    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt
+    def _flag(signum, frame):  # noqa: ARG001 - signal handler signature
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        if announce:
+            with contextlib.suppress(OSError):
+                os.write(2, f"\n{signal.Signals(signum).name}: stopping cleanly after the current step; send it "
+                            f"again to stop at once\n".encode())
 
-    old_term = signal.signal(signal.SIGTERM, _raise)
-    old_int = signal.getsignal(signal.SIGINT)
-    if old_int is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    old_term = signal.signal(signal.SIGTERM, _flag)
+    old_int = signal.signal(signal.SIGINT, _flag)
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)

@@ -18,7 +18,7 @@ from typing import IO, Any, Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["atomic_write", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
-           "sha256_file", "sha256_bytes"]
+           "sha256_file", "sha256_bytes", "remove_leftover_temporaries"]
 
 
 def _current_umask() -> int:
@@ -113,6 +113,20 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
+
+
+def remove_leftover_temporaries(folder: PathLike) -> list:
+    """Remove the temporary files (``.NAME.*.tmp``) that writers here leave in ``folder`` when killed before the
+    rename; returns their names. Only for a folder whose writer holds its lock: another process's write in
+    progress looks the same."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+        try:
+            p.unlink()
+            removed.append(p.name)
+        except OSError:
+            pass
+    return removed
 
 
 def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:

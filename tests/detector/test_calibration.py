@@ -320,6 +320,8 @@ def test_calibrate_end_to_end(tmp_path):
     assert len(rec.hashes["real_images"]) == 4 and rec.hashes["model_file_sha256"] == sha256_file(path)
     assert rec.seeds["generated_z_seeds"] == generation_seeds(0, 4)
     assert rec.settings["projector"]["steps"] == 5 and rec.settings["lpips"]["net"] == "vgg"
+    assert rec.settings["lpips"]["weights_sha256"] == sha256_file(shared_file(LPIPS_WEIGHTS))  # the file used
+    assert rec.settings["lpips"]["trunk_sha256"] == distance.trunk_sha256
     assert seen[-1] == (8 * 5, 8 * 5) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
     fp, n_real = rate_at(rec.real_distances, rec.threshold)  # the record's rate is the reals' own, within target
     assert n_real == 4 and rec.achieved_fpr == fp / n_real and fp <= 1
@@ -574,3 +576,31 @@ def test_calibrated_settings_and_their_differences():
     assert settings_differences(appd_lr, default, img_resolution=256) == []
     assert settings_differences(appd_lr, default, img_resolution=32) == ["lr"]
     assert settings_differences(appd_lr, default) == ["lr"]  # resolution unknown: None is not 0.1
+
+
+def test_a_record_is_used_only_with_the_lpips_it_was_measured_with():
+    from detector.calibration import calibration_for_lpips, lpips_differences
+
+    vgg = {"net": "vgg", "weights_sha256": "11" * 32, "trunk_sha256": "22" * 32, "linear_weights_sha256": "33" * 32}
+    alex = {"net": "alex", "weights_sha256": "44" * 32, "trunk_sha256": "55" * 32, "linear_weights_sha256": "66" * 32}
+    rec = lambda lpips: record_from_distances([0.1], [0.5], target_fpr=0.5, created="2024-01-01T00:00:00Z",  # noqa: E731
+                                              settings={} if lpips is None else {"lpips": lpips}).to_dict()
+    assert lpips_differences(vgg, vgg) == [] and lpips_differences(vgg, alex) == ["net", "linear layers"]
+    assert lpips_differences(vgg, {**vgg, "weights_sha256": "77" * 32}) == []  # same trunk, another file
+    assert lpips_differences(vgg, {**vgg, "trunk_sha256": "77" * 32}) == ["weights"]
+    assert lpips_differences({"net": "vgg", "weights_sha256": "11" * 32}, {**vgg, "weights_sha256": "77" * 32}) == \
+        ["weights"]  # no trunk hash on one side: the files' hashes are compared
+    assert calibration_for_lpips("g", rec(vgg), vgg) == (rec(vgg), None)
+    assert calibration_for_lpips("g", None, vgg) == (None, None)
+    used, why = calibration_for_lpips("g", rec(alex), vgg)
+    assert used is None and why == ("g: calibration not used: made with LPIPS alex (weights sha256 444444444444...), "
+                                    "this run uses LPIPS vgg (weights sha256 111111111111...); its distances get no "
+                                    "verdict (calibrate again with this LPIPS, or give --threshold)")
+    # A record without the LPIPS (made before it was recorded, with vgg): used with vgg, noted; not with another.
+    old = rec(None)
+    used, note = calibration_for_lpips("g", old, vgg)
+    assert used == old and "does not record its LPIPS weights" in note and "\n" not in note
+    used, why = calibration_for_lpips("g", old, alex)
+    assert used is None and "made before the LPIPS was recorded, so with LPIPS vgg" in why
+    assert CalibrationRecord.from_dict(old).settings == {}  # and it still loads
+    assert calibration_for_lpips("g", old, {"name": "mse"}) == (old, None)  # a distance that names no backbone

@@ -166,6 +166,22 @@ def test_animated_and_multipage_use_first_frame(tmp_path):
         assert torch.allclose(li.tensor, torch.full_like(li.tensor, 50 / 127.5 - 1)), name
 
 
+def test_gif_first_frame_as_rgb(tmp_path):
+    """A GIF is read like an animated PNG/WebP: its first frame (a palette image) converted to RGB, both noted."""
+    frames = [Image.new("RGB", (20, 16), c) for c in ((200, 30, 10), (10, 200, 30))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    li = load_image(tmp_path / "anim.gif", 16)
+    assert li.format == "GIF" and li.original_mode == "P" and li.original_size == (20, 16)
+    assert _has(li.notes, "animated/multi-frame file with 2 frames: first frame used")
+    assert _has(li.notes, "palette image (P) converted to RGB") and _has(li.notes, "centre-cropped 20x16 to 16x16")
+    expected = torch.tensor([200, 30, 10], dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
+    assert torch.allclose(li.tensor, expected.expand_as(li.tensor))
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(tmp_path / "still.gif")  # one frame: no frame note
+    still = load_image(tmp_path / "still.gif", 16)
+    assert still.format == "GIF" and not _has(still.notes, "frame")
+    assert iter_image_files(tmp_path) == [tmp_path / "anim.gif", tmp_path / "still.gif"]  # found in folders too
+
+
 def test_content_decides_the_format_and_exif_rotation(tmp_path):
     Image.fromarray(_rgb(16, 16)).save(tmp_path / "really_jpeg.png", format="JPEG")
     li = load_image(tmp_path / "really_jpeg.png", 16)
@@ -193,11 +209,11 @@ def test_missing_folder_empty_and_non_image(tmp_path):
     with pytest.raises(ImageInputError, match="empty file"):
         load_image(tmp_path / "empty.png", 16)
     (tmp_path / "text.png").write_text("this is not a picture\n" * 10)
-    with pytest.raises(ImageInputError, match="not a readable PNG, JPEG, WebP, TIFF or BMP"):
+    with pytest.raises(ImageInputError, match="not a readable PNG, JPEG, WebP, TIFF, BMP or GIF"):
         load_image(tmp_path / "text.png", 16)
-    Image.new("RGB", (16, 16)).save(tmp_path / "x.gif")
-    with pytest.raises(ImageInputError, match="GIF files are not supported"):
-        load_image(tmp_path / "x.gif", 16)
+    (tmp_path / "x.pdf").write_bytes(b"%PDF-1.4\n" + b"x" * 64)
+    with pytest.raises(ImageInputError, match="PDF files are not supported"):
+        load_image(tmp_path / "x.pdf", 16)
 
 
 @pytest.mark.parametrize("fmt,ext", [("PNG", ".png"), ("JPEG", ".jpg"), ("WEBP", ".webp")])
