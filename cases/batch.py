@@ -130,7 +130,7 @@ def _barrier(world_size: int) -> None:
 
 
 def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, settings, seed: int,
-                   threshold: Optional[float], early_stop: bool,
+                   threshold: Optional[float], early_stop: bool, strict: bool,
                    progress: Optional[Callable[[float], None]]) -> Tuple[List[ResultRecord], List[str]]:
     """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`.
     Returns (records, paths whose content changed since they were hashed)."""
@@ -143,7 +143,8 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
                 progress((m_i + step / total) / len(models))
 
         recs = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
-                            threshold=threshold, seed=seed, early_stop=early_stop, progress=step_progress)
+                            threshold=threshold, seed=seed, early_stop=early_stop, strict=strict,
+                            progress=step_progress)
         for (sha, path), rec in zip(batch, recs):
             if rec.error is None and rec.sha256 != sha:
                 moved.append(path)  # rewritten between hashing and loading: next run picks the new content
@@ -151,14 +152,15 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
             records.append(ResultRecord(
                 input_sha256=sha, model_sha256=entry["file_sha256"], path=path, error=rec.error,
                 distance=rec.distance, threshold=rec.threshold, threshold_source=rec.threshold_source,
-                verdict=rec.verdict, notes=list(rec.notes), result=rec.result, target=rec.target))
+                verdict=rec.verdict, notes=list(rec.notes), result=rec.result, target=rec.target,
+                preprocessing=None if rec.preprocessing is None else rec.preprocessing.to_dict()))
     bad_moved = set(moved)
     return [r for r in records if r.path not in bad_moved], sorted(bad_moved)
 
 
 def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[PathLike, Sequence[PathLike]],
               case_dir: PathLike, settings=None, distance=None, *, batch_size: int = 16, seed: int = 0,
-              threshold: Optional[float] = None, early_stop: bool = False,
+              threshold: Optional[float] = None, early_stop: bool = False, strict: bool = False,
               progress: Optional[BatchProgress] = None, rank: int = 0,
               world_size: int = 1, device: Optional[str] = None,
               models: Optional[Sequence[Any]] = None) -> BatchSummary:
@@ -170,7 +172,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     ``progress(images_done, images_total)`` (fractional within a batch) for this rank's share. ``models``:
     already-loaded :class:`stylegan.formats.LoadedModel` objects for ``model_paths`` (else they are loaded on
     ``device``). ``early_stop``: see :func:`detector.check.check_images` (each network's band at its own
-    threshold); recorded with the settings, so a case is resumed with the same choice. See the module
+    threshold); recorded with the settings, so a case is resumed with the same choice. ``strict``: inputs that
+    would need cropping or resizing are recorded as bad inputs (recorded with the settings too). See the module
     docstring for resuming, changed and bad inputs, and ranks.
     """
 
@@ -217,6 +220,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     settings_dict = settings.to_dict()
     if early_stop:
         settings_dict["early_stop_at_threshold"] = True
+    if strict:  # which inputs are errors depends on it: recorded, so a case is resumed with the same choice
+        settings_dict["strict"] = True
 
     files = iter_image_files(inputs)
     hashed: List[InputFile] = [describe_input(p) for p in files]
@@ -283,7 +288,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
                     progress(base + n * frac, total)
 
             records, moved = _project_batch(models, entries, batch, distance, settings, seed, threshold, early_stop,
-                                               inner)
+                                            strict, inner)
             summary.changed_during_run.extend(moved)
             path = store.write_batch(records, rank)
             if path is not None:

@@ -25,8 +25,9 @@ class ResultRecord:
 
     ``error`` set: the input could not be used (then no distance). Otherwise distance, threshold, its source,
     the verdict, the preprocessed ``target`` [C, R, R] and the :class:`ProjectionResult`. ``notes``: what loading
-    did to the image. ``batch_file`` is filled in when read back. ``current`` (read against the manifest): False
-    when the recorded path now has other content.
+    did to the image; ``preprocessing``: the same as a structured record (None in cases made before it was
+    kept). ``batch_file`` is filled in when read back. ``current`` (read against the manifest): False when the
+    recorded path now has other content.
     """
 
     input_sha256: str
@@ -42,6 +43,7 @@ class ResultRecord:
     target: Any = None  # torch.Tensor [C, R, R]
     batch_file: Optional[str] = None
     current: bool = True
+    preprocessing: Optional[Dict[str, Any]] = None  # detector.processing.Preprocessing.to_dict()
 
     @property
     def key(self) -> Key:
@@ -62,6 +64,8 @@ def _write_record(root, rec: ResultRecord) -> None:
     g = root.require_group(rec.input_sha256).create_group(rec.model_sha256)
     g.attrs["path"] = rec.path
     g.attrs["notes"] = json.dumps(list(rec.notes))
+    if rec.preprocessing is not None:
+        g.attrs["preprocessing"] = json.dumps(rec.preprocessing)
     if rec.error is not None:
         g.attrs["error"] = rec.error
         return
@@ -76,7 +80,8 @@ def _write_record(root, rec: ResultRecord) -> None:
 def _read_record(g, input_sha: str, model_sha: str, load: bool) -> ResultRecord:
     a = g.attrs
     rec = ResultRecord(input_sha256=input_sha, model_sha256=model_sha, path=str(a["path"]),
-                       notes=json.loads(a.get("notes", "[]")))
+                       notes=json.loads(a.get("notes", "[]")),
+                       preprocessing=json.loads(a["preprocessing"]) if "preprocessing" in a else None)
     if "error" in a:
         rec.error = str(a["error"])
         return rec

@@ -34,7 +34,11 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                   per_model: [{model: str, model_sha256: str, distance: float|None, threshold: float|None,
                                threshold_source: str|None, verdict: str|None, steps_run: int|None,
                                seed: int|None, error: str|None, batch_file: str}],
-                  notes: [str], error: str|None}]
+                  notes: [str],
+                  preprocessing: dict|None   what was done to the image (detector.processing.Preprocessing;
+                                             None in cases made before it was recorded)
+                  weaknesses: [str]          what of it the calibration's images did not go through
+                  error: str|None}]
     errors      [{path: str, sha256: str|None, error: str}]           (bad and unreadable inputs)
     changed     [{path: str, old_sha256: str, new_sha256: str, detected: str}]
     provenance  {tool: dict, libraries: dict, settings: dict, seed: int, image_seed_rule: str,
@@ -54,6 +58,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from detector.attribution import threshold_for
+from detector.processing import Preprocessing, weaknesses
 from stylegan.util.files import atomic_write_text
 
 from .provenance import now_iso
@@ -75,7 +80,8 @@ PER_MODEL_SCHEMA = {"model": _S, "model_sha256": _S, "distance": (_F, _N), "thre
                     "error": (_S, _N), "batch_file": _S}
 IMAGE_SCHEMA = {"paths": [_S], "sha256": _S, "verdict": _S, "attributed_to": (_S, _N), "runner_up": (_S, _N),
                 "margin": (_F, _N), "distances": _D,
-                "per_model": [PER_MODEL_SCHEMA], "notes": [_S], "error": (_S, _N)}
+                "per_model": [PER_MODEL_SCHEMA], "notes": [_S], "preprocessing": (_D, _N), "weaknesses": [_S],
+                "error": (_S, _N)}
 REPORT_SCHEMA = {
     "format": _S, "version": _I, "generated": _S,
     "case": {"case_id": _S, "path": _S, "created": _S},
@@ -223,11 +229,13 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                 "seed": None if r.result is None else r.result.settings.get("seed"), "error": r.error,
                 "batch_file": r.batch_file or ""})
         notes = recs[0].notes if recs else []
+        pre = next((r.preprocessing for r in recs if r.preprocessing), None)
         dec = att["decision"] or {}
         images.append({"paths": sorted(paths_of[sha]), "sha256": sha, "verdict": att["verdict"],
                        "attributed_to": att["model"], "runner_up": dec.get("runner_up"), "margin": dec.get("margin"),
                        "distances": {p["model"]: p["distance"] for p in per_model},
-                       "per_model": per_model, "notes": list(notes), "error": err})
+                       "per_model": per_model, "notes": list(notes), "preprocessing": pre,
+                       "weaknesses": weaknesses(Preprocessing.from_dict(pre)) if pre else [], "error": err})
     distinct = len(paths_of)
     err_list = [{"path": p, "sha256": img["sha256"], "error": img["error"]}
                 for img in images if img["error"] for p in img["paths"]]

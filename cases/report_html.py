@@ -21,6 +21,7 @@ from PIL import Image
 
 from detector.check import difference_image
 from detector.images import to_uint8
+from detector.processing import Preprocessing
 
 from .records import ResultRecord
 
@@ -140,6 +141,11 @@ def _panel(img: Dict[str, Any], recs: List[ResultRecord], idx: int) -> str:
                    for p in img["per_model"])
     parts.append(f'<table class="distances"><tr><th>network</th><th>LPIPS distance</th><th>threshold</th>'
                  f'<th>verdict</th></tr>{rows}</table>')
+    if img.get("preprocessing"):
+        parts.append(f'<div class="processing">processing: '
+                     f'{_e(Preprocessing.from_dict(img["preprocessing"]).summary())}</div>')
+    for w in img.get("weaknesses", []):
+        parts.append(f'<div class="warning weakness">weaker than calibrated: {_e(w)}</div>')
     if img["notes"]:
         parts.append(f'<div class="notes">{"; ".join(_e(n) for n in img["notes"])}</div>')
     parts.append(f'<div class="mono">sha256 {_e(img["sha256"])}</div></div>')

@@ -26,8 +26,8 @@ def image_seeds(seed: int, n: int) -> List[int]:
     return out
 
 
-def _resize(x: torch.Tensor, res: int) -> torch.Tensor:
-    if x.shape[-1] == res and x.shape[-2] == res:
+def _resize(x: torch.Tensor, res: Optional[int]) -> torch.Tensor:
+    if res is None or (x.shape[-1] == res and x.shape[-2] == res):  # None: as it is
         return x
     if res < x.shape[-1]:
         return F.interpolate(x, size=(res, res), mode="area")
@@ -60,7 +60,7 @@ class _Distance:
     """Calls the user's distance and checks its output; uses cached target features when the distance offers
     ``target_features`` / ``distance_to_features``."""
 
-    def __init__(self, fn: DistanceFn, res: int):
+    def __init__(self, fn: DistanceFn, res: Optional[int]):
         self.fn = fn
         self.res = res
         self.cached = hasattr(fn, "target_features") and hasattr(fn, "distance_to_features")

@@ -23,7 +23,9 @@ from stylegan.util.files import atomic_write_text
 from .attribution import Threshold, threshold_for, verdict
 from .calibration import calibration_for_lpips, calibration_mismatch, calibration_weakness
 from .calibration_store import load_calibration
+from .degradation import describe_spec, project_degraded, spec_for
 from .images import ImageInputError, LoadedImage, load_image, save_image
+from .processing import Preprocessing, weaknesses
 from .projector import Projector
 from .results import ProjectionResult
 from .scoring import DEFAULT_MARGIN, Decision, Reference, decide
@@ -45,12 +47,15 @@ class CheckRecord:
     steps_run: Optional[int] = None
     result: Optional[ProjectionResult] = None
     target: Optional[torch.Tensor] = None
+    preprocessing: Optional[Preprocessing] = None
 
     def to_dict(self) -> Dict[str, Any]:
         d = {
             "path": self.path,
             "sha256": self.sha256,
             "notes": self.notes,
+            "preprocessing": None if self.preprocessing is None else self.preprocessing.to_dict(),
+            "weaknesses": [] if self.preprocessing is None else weaknesses(self.preprocessing),
             "distance": self.distance,
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
@@ -64,18 +69,20 @@ class CheckRecord:
         return d
 
 
-def load_targets(paths: Sequence[Path], resolution: int, channels: int) -> tuple:
-    """(records for every path, loaded images for the good ones, index of each good image's record)."""
+def load_targets(paths: Sequence[Path], resolution: int, channels: int, strict: bool = False) -> tuple:
+    """(records for every path, loaded images for the good ones, index of each good image's record); ``strict``:
+    images that would need cropping or resizing are bad inputs."""
     records: List[CheckRecord] = []
     loaded: List[LoadedImage] = []
     index: List[int] = []
     for p in paths:
         try:
-            img = load_image(p, resolution, channels)
+            img = load_image(p, resolution, channels, strict=strict)
         except ImageInputError as exc:
             records.append(CheckRecord(path=str(p), error=str(exc)))
             continue
-        records.append(CheckRecord(path=str(p), sha256=img.sha256, notes=list(img.notes)))
+        records.append(CheckRecord(path=str(p), sha256=img.sha256, notes=list(img.notes),
+                                   preprocessing=img.preprocessing))
         loaded.append(img)
         index.append(len(records) - 1)
     return records, loaded, index
@@ -99,22 +106,33 @@ def effective_settings(settings: Optional[ProjectorSettings], threshold: Optiona
 
 def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, *,
                  settings: Optional[ProjectorSettings] = None, calibration: Optional[dict] = None,
-                 threshold: Optional[float] = None, seed: int = 0, early_stop: bool = False,
+                 threshold: Optional[float] = None, seed: int = 0, early_stop: bool = False, strict: bool = False,
                  progress: Optional[Callable[[int, int, np.ndarray], None]] = None) -> List[CheckRecord]:
-    """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``.
+    """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``
+    (with ``strict``, also images that would need cropping or resizing).
 
     ``early_stop``: freeze an image once its verdict is settled, with the band of undecided distances at the
     decision threshold (:class:`detector.settings.ProjectorSettings` ``early_stop``, margin and patience as
     set there); it changes how long an image runs, never which side of the threshold it ends on."""
     th: Optional[Threshold] = threshold_for(calibration, threshold)
     settings = effective_settings(settings, th, early_stop)
-    records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels)
+    records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels, strict)
     if not loaded:
         return records
     device = G.mapping.w_avg.device
     targets = torch.cat([img.tensor for img in loaded]).to(device)
     projector = Projector(G, distance, settings)
-    results = projector.project(targets, seeds=[image_seed(seed, img.sha256) for img in loaded], progress=progress)
+    seeds = [image_seed(seed, img.sha256) for img in loaded]
+    if settings.models_degradation:
+        specs = [spec_for(img, settings, G.img_resolution) for img in loaded]
+        results, specs = project_degraded(projector, targets, specs, seeds, progress)
+        for k, spec in zip(index, specs):
+            rec = records[k]
+            if rec.preprocessing is not None and settings.align:
+                rec.preprocessing = dataclasses.replace(rec.preprocessing, shift=tuple(spec.shift))
+            rec.notes.append(f"compared through {describe_spec(spec)}")
+    else:
+        results = projector.project(targets, seeds=seeds, progress=progress)
     for j, (k, res) in enumerate(zip(index, results)):
         rec = records[k]
         rec.result = res
@@ -168,12 +186,18 @@ class ImageCheck:
     def notes(self) -> List[str]:
         return next((r.notes for r in self.records.values() if r.sha256), [])
 
+    @property
+    def preprocessing(self) -> Optional[Preprocessing]:
+        return next((r.preprocessing for r in self.records.values() if r.preprocessing is not None), None)
+
     def to_dict(self) -> Dict[str, Any]:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
         decision = self.decision.to_dict()
+        pre = self.preprocessing
         d = {"path": self.path, "sha256": self.sha256, **decision, "notes": list(self.notes),
-             "decision_notes": decision["notes"]}
+             "decision_notes": decision["notes"], "preprocessing": None if pre is None else pre.to_dict(),
+             "weaknesses": [] if pre is None else weaknesses(pre)}
         for name, rec in self.records.items():
             entry = d["scores"][name]
             entry.update({"threshold_source": rec.threshold_source, "verdict": rec.verdict,
@@ -186,7 +210,7 @@ class ImageCheck:
 
 def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], distance: Callable, *,
                    settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
-                   early_stop: bool = False, margin: float = DEFAULT_MARGIN,
+                   early_stop: bool = False, margin: float = DEFAULT_MARGIN, strict: bool = False,
                    progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> List[ImageCheck]:
     """Check every image against every candidate network (:func:`check_images` per network, same per-image seeds)
     and decide among them with :func:`detector.scoring.decide`: each distance is judged against its own network's
@@ -205,7 +229,7 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
                 progress(k, step, total, losses)
         per_network[c.name] = check_images(c.G, paths, distance, settings=settings, calibration=c.calibration,
                                            threshold=threshold, seed=seed, early_stop=early_stop,
-                                           progress=step_progress)
+                                           strict=strict, progress=step_progress)
     refs = {c.name: Reference.from_calibration(c.name, c.calibration, threshold) for c in candidates}
     out = []
     for i, p in enumerate(paths):
@@ -239,7 +263,7 @@ class CheckRun:
 
 def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Callable, *,
                 settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
-                early_stop: bool = False, margin: float = DEFAULT_MARGIN, device: str = "cpu",
+                early_stop: bool = False, margin: float = DEFAULT_MARGIN, device: str = "cpu", strict: bool = False,
                 progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> CheckRun:
     """`detect check`: load each model file and its calibration, warn about networks whose calibration is missing,
     weak or made with other projector settings, set aside (with a warning) a calibration measured with another
@@ -279,7 +303,7 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
         early_stop = False
     candidates = [Candidate(n, m.G_ema, cal) for n, m, cal in zip(names, loaded, calibrations)]
     images = check_networks(candidates, paths, distance, settings=settings, threshold=threshold, seed=seed,
-                            early_stop=early_stop, margin=margin, progress=progress)
+                            early_stop=early_stop, margin=margin, strict=strict, progress=progress)
     th0 = threshold_for(calibrations[0], threshold) if len(candidates) == 1 else None
     return CheckRun(models, images, effective_settings(settings, th0, early_stop), lpips, margin, warnings)
 

@@ -27,13 +27,16 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Any, Iterable, List, Optional, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from stylegan.images import ImageRejected, load_first_frame, open_image, prepare
 from stylegan.util.files import atomic_write
+
+from .jpeg import estimate_jpeg_quality
+from .processing import Preprocessing
 
 PathLike = Union[str, os.PathLike]
 
@@ -60,6 +63,8 @@ class LoadedImage:
     ``tensor``: [1, C, R, R] float32 in [-1, 1]. ``original_size``: (width, height) as stored (before EXIF rotation).
     ``original_mode``: Pillow mode of the decoded frame (e.g. 'RGB', 'I;16', 'CMYK'). ``format``: the format Pillow
     decoded (not the extension). ``notes``: human-readable steps. ``sha256``: of the file's bytes.
+    ``preprocessing``: the same steps as a structured record (:class:`detector.processing.Preprocessing`);
+    ``jpeg``: the file's quantisation tables and quality (:class:`detector.jpeg.JpegQuality`) when it is a JPEG.
     """
 
     tensor: torch.Tensor
@@ -69,6 +74,8 @@ class LoadedImage:
     notes: List[str] = field(default_factory=list)
     path: Optional[Path] = None
     sha256: str = ""
+    preprocessing: Optional[Preprocessing] = None
+    jpeg: Any = None  # detector.jpeg.JpegQuality of a JPEG file (its tables), else None
 
     @property
     def resolution(self) -> int:
@@ -141,10 +148,12 @@ def _decode(path: Path, img: Image.Image, notes: List[str]) -> Image.Image:
         raise _err(path, f"corrupt or truncated image data ({_one_line(exc)})") from None
 
 
-def load_image(path: PathLike, resolution: int, channels: int = 3, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def load_image(path: PathLike, resolution: int, channels: int = 3, *, max_pixels: int = MAX_PIXELS,
+               strict: bool = False) -> LoadedImage:
     """Read a suspect image as a ``[1, channels, resolution, resolution]`` tensor in [-1, 1] (see module docstring).
 
-    Raises :class:`ImageInputError` for anything that cannot be analysed.
+    Raises :class:`ImageInputError` for anything that cannot be analysed, and with ``strict`` for an image that
+    would have to be cropped or resized (it is refused rather than changed).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -166,6 +175,10 @@ def load_image(path: PathLike, resolution: int, channels: int = 3, *, max_pixels
     if ext_fmt and ext_fmt != fmt and not (ext_fmt == "JPEG" and fmt == "MPO"):
         notes.append(f"file extension {path.suffix} but content is {fmt}")
 
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    jpeg_q = jpeg_quality(img) if fmt in ("JPEG", "MPO") else None
+    jpeg = None if jpeg_q is None else {"quality": int(jpeg_q.quality), "exact": bool(jpeg_q.exact),
+                                        "subsampling": jpeg_q.subsampling}
     img = _decode(path, img, notes)
     original_mode = img.mode
     if "icc_profile" in img.info and img.info["icc_profile"]:
@@ -175,10 +188,32 @@ def load_image(path: PathLike, resolution: int, channels: int = 3, *, max_pixels
         prepared = prepare(img, resolution, "center", channels)
     except ImageRejected as exc:
         raise _err(path, str(exc)) from None
+    pre = Preprocessing(format=fmt, original_size=(int(w), int(h)), oriented_size=prepared.oriented_size or (w, h),
+                        resolution=resolution, crop=prepared.crop, resized_from=prepared.resized_from, jpeg=jpeg,
+                        frames=frames)
+    if strict and pre.changed_geometry:
+        ow, oh = pre.oriented_size
+        what = " and ".join(x for x, on in (("cropping", pre.crop is not None),
+                                              ("resizing", pre.resized_from is not None)) if on)
+        raise _err(path, f"{ow}x{oh} px would need {what} to become the network's {resolution}x{resolution}; "
+                         f"--strict refuses to change images")
     notes.extend(prepared.notes)
+    if jpeg:
+        notes.append(f"JPEG file, quality {'' if jpeg['exact'] else '~'}{jpeg['quality']}"
+                     + (f", chroma {jpeg['subsampling']}" if jpeg.get("subsampling") else ""))
     t = torch.from_numpy(prepared.array).unsqueeze(0).to(torch.float32) / 127.5 - 1.0
     return LoadedImage(tensor=t.contiguous(), original_size=(int(original_size[0]), int(original_size[1])),
-                       original_mode=original_mode, format=fmt, notes=notes, path=path, sha256=sha)
+                       original_mode=original_mode, format=fmt, notes=notes, path=path, sha256=sha,
+                       preprocessing=pre, jpeg=jpeg_q)
+
+
+def jpeg_quality(img: Image.Image):
+    """The :class:`detector.jpeg.JpegQuality` of an opened JPEG (:func:`detector.jpeg.estimate_jpeg_quality`),
+    None when its tables cannot be read."""
+    try:
+        return estimate_jpeg_quality(img)
+    except Exception:  # noqa: BLE001 - an odd table must not stop the analysis; the image is used as decoded
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------

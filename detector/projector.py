@@ -70,6 +70,10 @@ from .w_stats import WStats, cached_w_stats
 
 ProgressFn = Callable[[int, int, np.ndarray], None]
 
+#: The smallest side a shifted crop is compared at as it is (LPIPS-VGG pools four times: below 16 px it cannot
+#: run); a smaller crop is resized back to the distance's resolution.
+MIN_NATIVE_DISTANCE_SIDE = 16
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Schedules and the noise regulariser (App. D)
@@ -182,15 +186,18 @@ class Projector:
             raise ValueError("targets must be in [-1, 1] (got values beyond +-1.5; 0..255 pixels?)")
 
     def project(self, targets: torch.Tensor, seeds: Union[int, Sequence[int]] = 0,
-                progress: Optional[ProgressFn] = None, w_init: Optional[torch.Tensor] = None
-                ) -> List[ProjectionResult]:
+                progress: Optional[ProgressFn] = None, w_init: Optional[torch.Tensor] = None,
+                degradation: Optional[torch.nn.Module] = None) -> List[ProjectionResult]:
         """Project targets [N, C, R, R] in [-1, 1]; returns one :class:`ProjectionResult` per image, in order.
 
         ``seeds``: an int (image k uses ``image_seeds(seed, N)[k]``) or one seed per image. ``progress(step,
         steps, losses)`` is called after every step with the number of steps done and the latest total loss
         of every image ([N] numpy; frozen images keep their last value). ``w_init`` [N, w_dim]: start each image
         at this w instead of mu_w (App. D starts at mu_w; a warm start is for diagnostics, e.g. starting a
-        generated image at the w that made it, or for continuing an earlier projection).
+        generated image at the w that made it, or for continuing an earlier projection). ``degradation``: a
+        :class:`detector.degradation.Degradation` applied to every re-synthesis before the distance (its
+        ``target`` to the targets), so that a JPEG, resized or shifted suspect image is compared with the same
+        processing of g(w, n); the result's ``image`` stays g(w, n) itself.
         """
         self.check_targets(targets)
         N = targets.shape[0]
@@ -202,11 +209,13 @@ class Projector:
         if w_init is not None and (not isinstance(w_init, torch.Tensor) or tuple(w_init.shape) != (N, self.G.w_dim)):
             got = list(w_init.shape) if isinstance(w_init, torch.Tensor) else type(w_init).__name__
             raise ValueError(f"w_init must be a tensor [N, w_dim] = [{N}, {self.G.w_dim}], got {got}")
+        if degradation is not None:
+            degradation = degradation.to(self.device)
         with _Frozen(self.G, self.distance):
-            return self._project(targets, seeds, progress, w_init)
+            return self._project(targets, seeds, progress, w_init, degradation)
 
     def _project(self, targets: torch.Tensor, seeds: List[int], progress: Optional[ProgressFn],
-                 w_init: Optional[torch.Tensor] = None):
+                 w_init: Optional[torch.Tensor] = None, degrade: Optional[torch.nn.Module] = None):
         s = self.settings
         G = self.G
         synthesis = G.synthesis
@@ -217,12 +226,23 @@ class Projector:
         kept = min(K, int(s.keep_starts))
         num_ws, w_dim = G.num_ws, G.w_dim
         chunk = s.chunk_size if s.chunk_size is not None else auto_chunk_size(G.img_resolution)
-        dist = _Distance(self.distance, distance_resolution(G.img_resolution, s.lpips_resolution))
+        dist_res = distance_resolution(G.img_resolution, s.lpips_resolution)
         targets = targets.detach().to(device=device, dtype=torch.float32)
-        prepared_all = dist.prepare(targets)
+        compared = targets
+        if degrade is not None:
+            compared = degrade.target(targets)
+            if s.lpips_resolution is None and max(compared.shape[-2:]) <= dist_res \
+                    and min(compared.shape[-2:]) >= MIN_NATIVE_DISTANCE_SIDE:
+                dist_res = None  # a crop (shift) is compared at its own size, not stretched back
+        dist = _Distance(self.distance, dist_res)
+
+        def observed(img: torch.Tensor) -> torch.Tensor:  # what the distance compares with the target
+            return img if degrade is None else degrade(img)
+
+        prepared_all = dist.prepare(compared)
         if K > 1:
             prepared_all = _Distance.select(prepared_all, torch.arange(N, device=device).repeat_interleave(K))
-        all_targets = targets.repeat_interleave(K, dim=0) if K > 1 else targets
+        all_targets = compared.repeat_interleave(K, dim=0) if K > 1 else compared
         row_targets = all_targets
 
         # Per-row random streams: a row draws its noise maps, then (sampled starts) its z, then one w-noise sample
@@ -251,6 +271,8 @@ class Projector:
         lr_max = s.effective_lr(G.img_resolution)
         base_settings = dict(s.to_dict(), w_std=stats.w_std, effective_alpha=alpha, effective_lr=lr_max,
                              distance=_name(self.distance))
+        if degrade is not None:
+            base_settings["degradation"] = degrade.spec.to_dict()
 
         def params():
             return opt.params[0], opt.params[1:]
@@ -266,7 +288,7 @@ class Projector:
                     if s.clamp_output:
                         img = img.clamp(-1, 1)
                     imgs.append(img)
-                    ds.append(dist(img, _Distance.rows(prepared, a, b)))
+                    ds.append(dist(observed(img), _Distance.rows(prepared, a, b)))
             return ws, torch.cat(imgs), torch.cat(ds)
 
         def finish(rows: List[int], ws, img, d, steps_run: int, stopped: Optional[int]):
@@ -327,6 +349,7 @@ class Projector:
                 img = synthesis(ws, noise=chunk_maps, fused_modconv=s.fused_modconv)
                 if s.clamp_output:
                     img = img.clamp(-1, 1)
+                img = observed(img)
                 d = dist(img, _Distance.rows(prepared, a, b))
                 if alpha:
                     reg = noise_regularization(chunk_maps, s.pyramid)

@@ -103,6 +103,13 @@ class ProjectorSettings:
                      extrapolated to the final step, stays on the same side. Convergence slows down over a
                      run, so the linear extrapolation overestimates the remaining change: an image frozen this
                      way would have ended on the same side of the band.
+    model_jpeg       compare a JPEG file at the network's size with the JPEG of the re-synthesis under the file's
+                     own tables (:mod:`detector.degradation`; issue 26)
+    model_resize     compare an image that was resized to the network's size with the same resize (down and
+                     back) of the re-synthesis; ``source_size``: the size a file at the network's size went
+                     through (resized to it and back), when known
+    align            the largest shift (px) searched for between the image and a first projection of
+                     ``align_steps`` steps (0: none); the image is then compared at that shift
     clean_checkpoints evaluate the clean distance at the early-stopping checkpoints (start, every) even
                      without early stopping, and return them as ``ProjectionResult.clean_trace``: one full run
                      then tells what any early-stopping band would have saved
@@ -142,6 +149,11 @@ class ProjectorSettings:
     refine_steps: int = 0
     refine_lr: float = 0.01
     refine_mse: float = 0.0
+    model_jpeg: bool = False
+    model_resize: bool = False
+    source_size: Optional[int] = None
+    align: int = 0
+    align_steps: int = 100
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -196,6 +208,16 @@ class ProjectorSettings:
             bad(f"refine_lr and refine_mse must be >= 0, got {self.refine_lr}, {self.refine_mse}")
         if self.wplus and self.starts > 1:
             bad("several starts are for W; W+ is not for attribution")
+        if self.source_size is not None and (int(self.source_size) != self.source_size or self.source_size < 2):
+            bad(f"source_size must be None or an integer >= 2, got {self.source_size!r}")
+        if int(self.align) != self.align or self.align < 0 or int(self.align_steps) != self.align_steps \
+                or self.align_steps < 1:
+            bad(f"align must be >= 0 and align_steps >= 1, got {self.align}, {self.align_steps}")
+
+    @property
+    def models_degradation(self) -> bool:
+        """Whether any degradation is modelled (JPEG, resize, a source size or alignment)."""
+        return bool(self.model_jpeg or self.model_resize or self.source_size is not None or self.align)
 
     @property
     def start_steps(self) -> int:
@@ -245,12 +267,15 @@ class ProjectorSettings:
 
 # Fields added after records were first written, with the values that reproduce what came before them.
 _INACTIVE = ((("starts", 1), ("keep_starts", "start_fraction", "start_psi")),
-             (("refine_steps", 0), ("refine_lr", "refine_mse")))
+             (("refine_steps", 0), ("refine_lr", "refine_mse")),
+             (("model_jpeg", False), ()), (("model_resize", False), ()), (("source_size", None), ()),
+             (("align", 0), ("align_steps",)))
 
 
 def settings_identity(d: Dict[str, Any]) -> Dict[str, Any]:
     """A settings dict (:meth:`ProjectorSettings.to_dict`) without the fields that are idle at the others' values
-    (one start: no start fields; every start kept: no selection point; no refinement: no refinement fields), so
+    (one start: no start fields; every start kept: no selection point; no refinement: no refinement fields; no
+    degradation modelled: none of its fields), so
     that progress files and cases written before those fields existed still name the same projection and idle
     values never count as a difference."""
     out = dict(d)

@@ -55,11 +55,16 @@ class ImageRejected(ValueError):
 
 @dataclass
 class PreparedImage:
-    """``array``: ``uint8 [C, R, R]``; ``notes``: what was done, step by step; ``mode``: the mode it started in."""
+    """``array``: ``uint8 [C, R, R]``; ``notes``: what was done, step by step; ``mode``: the mode it started in;
+    ``oriented_size``: (width, height) after EXIF orientation; ``crop``: the box cropped (None: none needed);
+    ``resized_from``: the square's side before resizing to R (None: it was R already)."""
 
     array: np.ndarray
     notes: List[str] = field(default_factory=list)
     mode: str = ""
+    oriented_size: Optional[Tuple[int, int]] = None
+    crop: Optional[Tuple[int, int, int, int]] = None
+    resized_from: Optional[int] = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,11 +273,15 @@ def prepare(img: Image.Image, resolution: int, crop: str = "center", channels: i
     img = to_mode(img, channels, notes)
     w, h = img.size
     box = crop_box(w, h, crop)
-    if box != (0, 0, w, h):
+    cropped = box != (0, 0, w, h)
+    if cropped:
         img = img.crop(box)
         side = f"{box[2] - box[0]}x{box[3] - box[1]}"
         notes.append(f"centre-cropped {w}x{h} to {side}" if crop == "center" else f"{crop} crop {box} of {w}x{h}")
+    side_before = img.size[0]
     img = resize(img, resolution, notes)
     a = np.asarray(img, dtype=np.uint8)
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return PreparedImage(np.array(a, dtype=np.uint8, order="C"), notes, mode)  # a writable copy
+    return PreparedImage(np.array(a, dtype=np.uint8, order="C"), notes, mode, (int(w), int(h)),  # a writable copy
+                         tuple(int(v) for v in box) if cropped else None,
+                         None if side_before == resolution else int(side_before))

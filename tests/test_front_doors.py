@@ -227,7 +227,7 @@ def test_batch_and_report_json(case):
     assert doc["summary"]["processed"] == 4 and [m["name"] for m in doc["summary"]["models"]] == ["g", "g2"]
 
 
-def test_score_json_and_text(case, tmp_path):
+def test_score_json_and_text(case, tmp_path, capsys):
     from cases.metrics import case_metrics, load_case_report
 
     t, _ = case
@@ -238,12 +238,16 @@ def test_score_json_and_text(case, tmp_path):
     g = doc["per_network"]["g"]
     assert (g["n_generated"], g["n_real"], doc["n_labelled"], doc["confusion"]["total"]) == (2, 2, 4, 4)
     assert doc["confusion"]["labels"] == ["g", "g2", "none"] and "g under g2" in doc["cross_network"]
-    assert (tmp_path / "scatter.png").stat().st_size > 0
+    with Image.open(tmp_path / "scatter.png") as im:  # a 5x5 inch figure at 100 dpi, with something drawn on it
+        assert (im.format, im.size) == ("PNG", (500, 500))
+        grey = np.asarray(im.convert("L"))
+    assert (grey < 128).mean() > 0.01 and (grey > 250).mean() > 0.5
     r = runner.invoke(detect_app, args)
     assert r.exit_code == 0, r.output
     assert "g: threshold" in r.stdout and "true \\ predicted" in r.stdout and "AUC" in r.stdout
     # the old benchmark script is a thin wrapper giving the same JSON
     argv = sys.argv
+    capsys.readouterr()
     try:
         sys.argv = ["case_metrics.py", str(t / "case"), "--truth", "gen=g", "--truth", "real=none"]
         with pytest.raises(SystemExit) as exc:
@@ -252,6 +256,7 @@ def test_score_json_and_text(case, tmp_path):
         assert exc.value.code in (0, None)
     finally:
         sys.argv = argv
+    assert json.loads(capsys.readouterr().out) == doc  # the same JSON as `detect score --json`
     for bad, msg in ((["--truth", "gen"], "FOLDER=LABEL"), (["--truth", "gen=nobody"], "nobody")):
         r = runner.invoke(detect_app, ["score", str(t / "case"), *bad])
         assert r.exit_code == 2 and r.output.startswith("error: ") and msg in r.output, r.output

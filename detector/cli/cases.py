@@ -20,6 +20,7 @@ from stylegan.util.progress import Progress
 
 from . import app
 from .options import (
+    AlignOption,
     AlphaMinResolutionOption,
     AlphaOption,
     ClampOutputOption,
@@ -30,8 +31,12 @@ from .options import (
     LpipsWeightsOption,
     LrOption,
     MethodOption,
+    ModelJpegOption,
+    ModelResizeOption,
     PyramidOption,
+    SourceSizeOption,
     StepsOption,
+    StrictOption,
     case_errors,
     projector_settings,
 )
@@ -67,6 +72,11 @@ def batch(
     lpips_resolution: LpipsResolutionOption = None,
     clamp_output: ClampOutputOption = None,
     early_stop: EarlyStopOption = False,
+    strict: StrictOption = False,
+    model_jpeg: ModelJpegOption = None,
+    model_resize: ModelResizeOption = None,
+    source_size: SourceSizeOption = None,
+    align: AlignOption = None,
     lpips_net: LpipsNetOption = LpipsNet.vgg,
     lpips_weights: LpipsWeightsOption = None,
 ) -> None:
@@ -84,7 +94,8 @@ def batch(
         settings = projector_settings(steps, method=method, lr=lr, alpha=alpha,
                                       alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
-                                      clamp_output=clamp_output)
+                                      clamp_output=clamp_output, model_jpeg=model_jpeg,
+                                      model_resize=model_resize, source_size=source_size, align=align)
         if batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         rank = init_distributed()
@@ -97,8 +108,8 @@ def batch(
         with Progress("projecting", unit="images", enabled=rank == 0) as progress:
             try:
                 summary = run_batch(inputs, model, case, settings, distance, batch_size=batch_size, seed=seed,
-                                    threshold=threshold, early_stop=early_stop, progress=progress, rank=rank,
-                                    world_size=world_size, device=device)
+                                    threshold=threshold, early_stop=early_stop, strict=strict, progress=progress,
+                                    rank=rank, world_size=world_size, device=device)
             except ValueError as exc:
                 raise CaseError(str(exc)) from None
         for w in summary.warnings:

@@ -94,6 +94,23 @@ EarlyStopOption = Annotated[bool, typer.Option(
     help="Stop projecting an image once its distance has settled clearly on one side of the threshold (checked "
          "every 50 steps from step 500; same verdict, the distance is the one at that point). App. D runs all "
          "1000 steps.")]
+DEGRADED = "Degraded images"
+ModelJpegOption = Annotated[Optional[bool], typer.Option(
+    "--model-jpeg/--no-model-jpeg", rich_help_panel=DEGRADED,
+    help="Compare a JPEG file at the network's size with the JPEG of the re-synthesis, under the file's own "
+         "tables.")]
+ModelResizeOption = Annotated[Optional[bool], typer.Option(
+    "--model-resize/--no-model-resize", rich_help_panel=DEGRADED,
+    help="Compare an image that had to be resized with the same resize (down and back) of the re-synthesis.")]
+SourceSizeOption = Annotated[Optional[int], typer.Option(
+    "--source-size", metavar="PX", rich_help_panel=DEGRADED,
+    help="The images went through PX x PX (resized to it and back) before arriving at the network's size.")]
+AlignOption = Annotated[Optional[int], typer.Option(
+    "--align", metavar="PX", rich_help_panel=DEGRADED,
+    help="Search a shift of up to PX pixels against a short first projection and compare at it (0: off).")]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Refuse images that would need cropping or resizing to the network's size (exit 2, one line "
+                     "each) instead of changing them.")]
 ThresholdOption = Annotated[Optional[float], typer.Option(
     "--threshold", metavar="X",
     help="Decision threshold on the LPIPS distance, for every network (default: each network's calibration; "
@@ -103,7 +120,9 @@ ThresholdOption = Annotated[Optional[float], typer.Option(
 def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optional[float] = None,
                        alpha_min_resolution: Optional[int] = None,
                        pyramid: Optional[str] = None, lpips_resolution: Optional[int] = None,
-                       clamp_output: Optional[bool] = None, wplus: bool = False, method: Optional[str] = None):
+                       clamp_output: Optional[bool] = None, wplus: bool = False, method: Optional[str] = None,
+                       model_jpeg: Optional[bool] = None, model_resize: Optional[bool] = None,
+                       source_size: Optional[int] = None, align: Optional[int] = None):
     """ProjectorSettings from the shared command-line options (None: the projector's default); a bad value is a
     usage error."""
     from detector.settings import METHODS, ProjectorSettings
@@ -116,7 +135,8 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
         method = method.value
     given: dict = dict(METHODS[method]) if method is not None else {}
     options = {"lr": lr, "alpha": alpha, "pyramid": pyramid, "lpips_resolution": lpips_resolution,
-               "clamp_output": clamp_output}
+               "clamp_output": clamp_output, "model_jpeg": model_jpeg, "model_resize": model_resize,
+               "source_size": source_size, "align": align}
     given.update({k: v for k, v in options.items() if v is not None})  # an option given wins over the method
     if alpha_min_resolution is not None:
         if alpha_min_resolution < 0:

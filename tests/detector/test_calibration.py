@@ -323,9 +323,14 @@ def test_calibrate_end_to_end(tmp_path):
     assert rec.settings["lpips"]["weights_sha256"] == sha256_file(shared_file(LPIPS_WEIGHTS))  # the file used
     assert rec.settings["lpips"]["trunk_sha256"] == distance.trunk_sha256
     assert seen[-1] == (8 * 5, 8 * 5) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
-    fp, n_real = rate_at(rec.real_distances, rec.threshold)  # the record's rate is the reals' own, within target
-    assert n_real == 4 and rec.achieved_fpr == fp / n_real and fp <= 1
-    assert rec.auc == roc_auc(rec.generated_distances, rec.real_distances)
+    # G's own images come back closer than every noise photo (measured: 0.09-0.15 against 0.49-0.59), so AUC and
+    # TPR are 1; 25 % of 4 reals allows one false positive: the threshold sits just below the second-closest real.
+    gen, real = rec.generated_distances, rec.real_distances
+    assert len(real) == 4 and max(gen) < min(real)
+    assert rec.auc == 1.0 and rec.tpr == 1.0
+    assert rec.threshold == np.nextafter(sorted(real)[1], -np.inf)
+    assert sum(r <= rec.threshold for r in real) == 1 and rec.achieved_fpr == 0.25
+    assert rate_at(real, rec.threshold) == (1, 4) and rate_at(real, min(real)) == (1, 4)
     # the same inputs give the same distances (seeded generation and projection), whatever the batch size (up to
     # float32 rounding of batched convolutions, ~1e-5 after 5 steps)
     rec2 = calibrate(load_model(path), paths, n_generated=4, target_fpr=0.25, settings=settings,
@@ -530,8 +535,9 @@ def test_cli_self_calibration_without_real_images(cli_setup):
     doc = json.loads(r.stdout)
     assert doc["models"][0]["threshold"]["source"] == "self"
     c = doc["results"][0]["candidates"]["g"]
-    expected = "consistent" if c["distance"] <= rec["threshold"] else "not consistent"
-    assert c["verdict"] == f"{expected} with this network's own images"
+    # a noise photo, far beyond the network's own images (measured: 0.63 against a threshold of 0.16)
+    assert c["distance"] > rec["threshold"]
+    assert c["verdict"] == "not consistent with this network's own images"
     assert "false-positive rate" in r.stderr
 
 

@@ -51,8 +51,19 @@ def test_formats_crop_and_resize(tmp_path, fmt, ext, kwargs):
     assert isinstance(li, LoadedImage)
     assert li.format == fmt and li.original_size == (60, 40) and li.original_mode == "RGB"
     assert li.tensor.shape == (1, 3, 32, 32) and li.tensor.dtype == torch.float32
-    assert -1 <= li.tensor.min() and li.tensor.max() <= 1
-    assert li.notes == ["centre-cropped 60x40 to 40x40", "resized 40 -> 32 (Lanczos, antialiased)"]
+    # the pixels: Pillow's own decode, the centre 40x40 square, one Lanczos resize, mapped to [-1, 1]
+    ref = np.asarray(Image.open(path).convert("RGB").crop((10, 0, 50, 40)).resize((32, 32), Image.LANCZOS))
+    assert torch.equal(li.tensor[0], torch.from_numpy(ref.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    jpeg = ["JPEG file, quality 95, chroma 4:2:0"] if fmt == "JPEG" else []
+    assert li.notes == ["centre-cropped 60x40 to 40x40", "resized 40 -> 32 (Lanczos, antialiased)"] + jpeg
+    pre = li.preprocessing  # the same steps, structured
+    assert (pre.format, pre.original_size, pre.crop, pre.resized_from, pre.resolution) == (
+        fmt, (60, 40), (10, 0, 50, 40), 40, 32)
+    assert pre.jpeg == ({"quality": 95, "exact": True, "subsampling": "4:2:0"} if fmt == "JPEG" else None)
+    assert pre.summary().endswith("60x40 -> centre crop 40x40 -> resized 40 -> 32")
+    with pytest.raises(ImageInputError, match=r"60x40 px would need cropping and resizing .* --strict refuses"):
+        load_image(path, 32, strict=True)
+    assert load_image(path, 40, strict=False).preprocessing.resized_from is None
     assert li.path == path and len(li.sha256) == 64
     assert torch.equal(load_image(path, 32).tensor, li.tensor)  # deterministic
     with pytest.raises(dataclasses.FrozenInstanceError):

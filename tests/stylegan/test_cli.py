@@ -3,13 +3,19 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from stylegan.cli import app
 from stylegan.config import GeneratorConfig
+from stylegan.discriminator import Discriminator
+from stylegan.formats import load_generator
 from stylegan.generator import Generator
+from stylegan.metrics import perceptual_path_length
+from stylegan.perceptual import load_lpips
+from stylegan.presets import get_preset
 from stylegan.util.cli_support import parse_seeds
 from tests.conftest import shared_file
 
@@ -57,7 +63,10 @@ def test_init_info_convert_roundtrip(tmp_path):
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["config"]["img_resolution"] == 8 and info["num_ws"] == 4 and info["noise_inputs"] == 3
-    assert info["parameters"]["G_ema"] > 0 and info["format"] == "ours"
+    preset = get_preset("cpu-tiny", img_resolution=8)  # the counts of the networks `init` builds
+    assert info["parameters"] == {"G_ema": sum(p.numel() for p in Generator(preset.G).parameters()),
+                                  "D": sum(p.numel() for p in Discriminator(preset.D).parameters())}
+    assert info["format"] == "ours"
     r = runner.invoke(app, ["convert", str(shared_file("parity/ada32_nosrc.pkl")), str(tmp_path / "b.pt")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["info", str(tmp_path / "b.pt"), "--json"])
@@ -92,6 +101,10 @@ def test_metrics_ppl_prints_json(tmp_path, monkeypatch):
                             "--sampling", "full", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["num_samples"] == 8 and doc["mean"] > 0 and doc["settings"]["space"] == "z"
+    assert doc["num_samples"] == 8 and doc["settings"]["space"] == "z" and doc["settings"]["sampling"] == "full"
+    # the library's PPL of the same network with the same options (the metric itself: tests/stylegan/test_metrics.py)
+    ref = perceptual_path_length(load_generator(tmp_path / "g.pt"), load_lpips("vgg"), num_samples=8, space="z",
+                                 sampling="full")
+    assert (doc["mean"], doc["std"]) == pytest.approx((ref.mean, ref.std), rel=1e-6)
     r = runner.invoke(app, ["metrics", "ppl", "--model", str(tmp_path / "g.pt"), "--epsilon", "0"])
     assert r.exit_code == 2 and r.output.startswith("error: ")

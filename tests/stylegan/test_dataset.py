@@ -407,7 +407,6 @@ def test_batch_stream_resume(h5):
     stream = BatchStream(ds, batch_size=6, seed=5)
     first = next(stream)
     assert first.dtype == torch.float32 and first.shape == (6, 3, 8, 8)
-    assert first.min() >= -1 and first.max() <= 1
     u = stream.dataset.get_batch(InfiniteSampler(20, seed=5).take(6))
     torch.testing.assert_close(first, u.float() / 127.5 - 1)
     for _ in range(3):

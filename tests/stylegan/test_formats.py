@@ -14,6 +14,7 @@ import sys
 import types
 import zipfile
 from collections import OrderedDict
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -133,7 +134,11 @@ def test_ours_round_trip_with_metadata(tmp_path):
     meta = raw["metadata"]
     created = dt.datetime.fromisoformat(meta["created"].replace("Z", "+00:00"))
     assert created.utcoffset() == dt.timedelta(0)
-    assert isinstance(meta["tool_version"], str) and meta["tool_version"]
+    try:
+        installed = version("stylegan-forensics")
+    except PackageNotFoundError:
+        installed = "unknown"
+    assert meta["tool_version"] == installed
     assert meta["training"] == {"kimg": 12.0} and meta["dataset_fingerprint"] == "abc123"
     assert meta["source"] == {"note": "trained here"}
     assert meta["weights_sha256"] == weights_sha256(G_ema.state_dict())
@@ -679,7 +684,10 @@ def test_convert_records_the_source(fake_nvidia, tmp_path):
     assert detect_format(out) == "ours"
     m = load_model(out, with_training=True)
     assert m.metadata["source"] == {"file_name": "snap.pkl", "format": "nvidia-pkl", "sha256": sha256_file(src)}
-    assert torch.equal(_synth(m.G_ema), _synth(G_ema)) and m.D is not None
+    assert torch.equal(_synth(m.G_ema), _synth(G_ema))
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(m.D(x), D(x))  # the discriminator came along, weights and all
     # G_ema only: the same generator, no training networks, a smaller file
     small = convert(src, tmp_path / "snap-g.pt", g_ema_only=True)
     m_small = load_model(small, with_training=True)

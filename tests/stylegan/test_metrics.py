@@ -139,9 +139,14 @@ def test_deterministic_and_seeded():
     assert a.mean != c.mean
     d = json.loads(json.dumps(a.to_dict()))
     assert d["metric"] == "ppl" and d["settings"]["space"] == "z" and d["num_kept"] + d["filtered_count"] == 30
-    _, _, t_full = ppl_latents(10, 4, seed=0, sampling="full")
-    _, _, t_end = ppl_latents(10, 4, seed=0, sampling="end")
-    assert torch.all(t_end == 0) and torch.all((t_full >= 0) & (t_full < 1))
+    z0, z1, t_full = ppl_latents(10, 4, seed=0, sampling="full")
+    e0, e1, t_end = ppl_latents(10, 4, seed=0, sampling="end")
+    g = torch.Generator().manual_seed(0)  # the documented draws: z0, z1, then t ~ U[0, 1), all float64
+    for got, want in ((z0, torch.randn(10, 4, generator=g, dtype=torch.float64)),
+                      (z1, torch.randn(10, 4, generator=g, dtype=torch.float64)),
+                      (t_full, torch.rand(10, generator=g, dtype=torch.float64))):
+        assert torch.equal(got, want)
+    assert torch.equal(e0, z0) and torch.equal(e1, z1) and torch.equal(t_end, torch.zeros(10, dtype=torch.float64))
 
 
 def test_crop_and_downsampling_to_256():
@@ -196,7 +201,37 @@ def test_ppl_runs_on_stylegan1_and_stylegan2(space, sampling):
     for G in (G1, G2):
         G.train()
         r = perceptual_path_length(G, mse, num_samples=8, space=space, sampling=sampling, batch_size=4, seed=0)
-        assert math.isfinite(r.mean) and r.mean > 0 and r.num_samples == 8
+        assert math.isfinite(r.mean) and r.num_samples == 8
         assert G.training  # the mode is restored
         again = perceptual_path_length(G, mse, num_samples=8, space=space, sampling=sampling, batch_size=8, seed=0)
-        np.testing.assert_allclose(again.values, r.values, rtol=1e-3)
+        np.testing.assert_allclose(again.values, r.values, rtol=1e-3)  # (the noise strengths are still 0)
+        G.eval()
+        np.testing.assert_allclose(r.values[0], _first_ppl_sample(G, mse, space, sampling, 8, 4), rtol=2e-2)
+        with torch.no_grad():  # noise that matters: the two images of a pair must share their maps
+            for layer in G.synthesis.noise_layers():
+                layer.noise_strength.fill_(0.1)
+        noisy = perceptual_path_length(G, mse, num_samples=8, space=space, sampling=sampling, batch_size=4, seed=0)
+        np.testing.assert_allclose(noisy.values[0], _first_ppl_sample(G, mse, space, sampling, 8, 4), rtol=2e-2)
+        assert np.abs(noisy.values / r.values - 1).max() > 0.05
+
+
+def _first_ppl_sample(G, distance, space, sampling, num_samples, batch_size, seed=0, eps=1e-4):
+    """Sample 0 of perceptual_path_length(..., seed=seed, noise_mode='random') by hand: the pair's latents from the
+    documented draws, lerp in W or slerp in Z to t and t + eps, the same noise maps for both images (the first of
+    a batch's draws from a generator seeded seed + 1), distance / eps^2."""
+    g = torch.Generator().manual_seed(seed)
+    z0, z1 = (torch.randn(num_samples, G.z_dim, generator=g, dtype=torch.float64)[:1] for _ in range(2))
+    t = 0.0 if sampling == "end" else torch.rand(num_samples, generator=g, dtype=torch.float64)[0].item()
+    if space == "w":
+        ws = [G.mapping(z0.float()) + tt * (G.mapping(z1.float()) - G.mapping(z0.float())) for tt in (t, t + eps)]
+    else:
+        a, b = z0 / z0.norm(), z1 / z1.norm()
+        theta = torch.acos((a * b).sum())
+        ws = [G.mapping(((torch.sin((1 - tt) * theta) * a + torch.sin(tt * theta) * b) / torch.sin(theta)).float())
+              for tt in (t, t + eps)]
+    noise_gen = torch.Generator().manual_seed(seed + 1)
+    noise = [torch.randn(batch_size, *shape, generator=noise_gen)[:1].repeat(2, 1, 1, 1)
+             for shape in G.synthesis.noise_shapes]
+    with torch.no_grad():
+        img = G.synthesis(torch.cat(ws), noise=noise)
+    return distance(img[:1], img[1:]).item() / eps ** 2

