@@ -56,9 +56,13 @@ def store_calibration(record: Union[CalibrationRecord, Dict[str, Any]], model_pa
         obj["calibration"] = rec
         validate_network_dict(obj, str(model_path))
         return atomic_torch_save(obj, Path(out) if out is not None else model_path)
+    sha = sha256_file(model_path)
+    measured = rec.get("hashes", {}).get("model_file_sha256")
+    if measured is not None and measured != sha:  # the sidecar must bind the record to the bytes it measured
+        raise CalibrationError(f"{model_path}: the calibration was made on another file (sha256 {measured[:16]}..., "
+                               f"the file's {sha[:16]}...)")
     doc = {"format": RECORD_FORMAT + "-sidecar", "format_version": RECORD_VERSION,
-           "model_file": model_path.name, "model_file_sha256": sha256_file(model_path), "model_format": fmt,
-           "record": rec}
+           "model_file": model_path.name, "model_file_sha256": sha, "model_format": fmt, "record": rec}
     dest = Path(out) if out is not None else sidecar_path(model_path)
     return atomic_write_text(dest, json.dumps(doc, indent=2) + "\n")
 

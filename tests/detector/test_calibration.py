@@ -278,6 +278,11 @@ def test_sidecar_for_an_nvidia_pickle(tmp_path):
     sidecar_path(pkl).write_text("{not json")
     with pytest.warns(UserWarning):
         assert load_calibration(pkl, m) is None
+    # the file changed between calibrating and storing: the record is not bound to bytes it never measured
+    with open(pkl, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CalibrationError, match="made on another file"):
+        store_calibration(rec, pkl)
 
 
 # ----------------------------------------------------------------------------------------------------------------
