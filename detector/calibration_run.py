@@ -25,6 +25,7 @@ from stylegan.util.locking import exclusive_lock
 from .calibration import CalibrationError, CalibrationRecord, _plain, record_from_distances
 from .check import image_seed, load_targets
 from .images import to_uint8
+from .processing import CLEAN
 from .projector import Projector
 from .settings import ProjectorSettings, settings_identity
 from .statistics import allowed_false_positives, clopper_pearson
@@ -252,10 +253,21 @@ def _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, s
         gen_d, real_d, target_fpr, confidence,
         settings={"projector": settings.to_dict(), "lpips": provenance,
                   "generation": {"truncation_psi": float(truncation_psi), "noise": "random (seeded per image)",
-                                 "quantised": "uint8", "seed_rule": "10_000_000 + seed * 100_000 + i"}},
+                                 "quantised": "uint8", "seed_rule": "10_000_000 + seed * 100_000 + i"},
+                  "processing": {"generated": dict(CLEAN), "real": real_processing(loaded)}},
         seeds={"seed": int(seed), "generated_z_seeds": z_seeds, "generated_projection_seeds": gen_proj_seeds,
                "real_projection_seeds": real_proj_seeds},
         hashes=hashes, skipped=skipped)
+
+
+def real_processing(loaded: Sequence[Any]) -> Dict[str, Any]:
+    """What the calibration's real images went through (issue 26), as counts: how many there are, how many were
+    JPEG files (and their estimated qualities), resized or cropped on loading. The generated ones are always
+    rendered at the network's size and quantised to 8 bits (:data:`detector.processing.CLEAN`)."""
+    pres = [img.preprocessing for img in loaded if getattr(img, "preprocessing", None) is not None]
+    qualities = sorted(int(p.jpeg["quality"]) for p in pres if p.jpeg)
+    return {"n": len(loaded), "jpeg": len(qualities), "jpeg_qualities": sorted(set(qualities)),
+            "resized": sum(p.resized_from is not None for p in pres), "cropped": sum(p.crop is not None for p in pres)}
 
 
 def _name(fn: Any) -> str:

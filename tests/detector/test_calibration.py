@@ -323,6 +323,10 @@ def test_calibrate_end_to_end(tmp_path):
     assert rec.n_generated == 4 and rec.n_real == 4
     assert [s["path"] for s in rec.skipped] == [str(reals / "broken.png")]
     assert len(rec.hashes["real_images"]) == 4 and rec.hashes["model_file_sha256"] == sha256_file(path)
+    # what the images went through: generated ones clean, the 24x20 PNG reals cropped and resized to 16
+    assert rec.settings["processing"] == {"generated": {"jpeg": None, "resized": False, "cropped": False},
+                                          "real": {"n": 4, "jpeg": 0, "jpeg_qualities": [], "resized": 4,
+                                                   "cropped": 4}}
     assert rec.seeds["generated_z_seeds"] == generation_seeds(0, 4)
     assert rec.settings["projector"]["steps"] == 5 and rec.settings["lpips"]["net"] == "vgg"
     assert rec.settings["lpips"]["weights_sha256"] == sha256_file(shared_file(LPIPS_WEIGHTS))  # the file used
