@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -20,7 +19,7 @@ from stylegan.config import GeneratorConfig
 from stylegan.formats import save_network
 from stylegan.generator import Generator
 from stylegan.imageio import save_png
-from tests.conftest import shared_file
+from tests.conftest import shared_file, wait_for
 
 DETECT = [sys.executable, "-c", "import sys; from detector.cli import app; sys.argv[0] = 'detect'; app()"]
 
@@ -45,15 +44,6 @@ def env(tmp_path):
     return tmp_path, environ
 
 
-def _wait_for(cond, proc, what, timeout=180):
-    deadline = time.time() + timeout
-    while not cond():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"{what}: {proc.communicate()}")
-        time.sleep(0.05)
-
-
 def _groups(case: Path):
     out = []
     for f in sorted((case / "results").glob("batch-*.h5")):
@@ -71,7 +61,7 @@ def test_detect_batch_killed_mid_batch_then_rerun_has_every_input_once(env):
     t, environ = env
     proc = subprocess.Popen(_batch(t, "case", 60), env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    _wait_for(lambda: len(list((t / "case" / "results").glob("batch-*.h5"))) >= 1
+    wait_for(lambda: len(list((t / "case" / "results").glob("batch-*.h5"))) >= 1
               if (t / "case" / "results").is_dir() else False, proc, "no batch written")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -95,7 +85,7 @@ def test_two_batches_on_one_case_one_refuses_the_other_completes(env):
     first = subprocess.Popen(_batch(t, "case", 150), env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     lock = t / "case" / ".lock"
-    _wait_for(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), first, "no lock taken")
+    wait_for(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), first, "no lock taken")
     second = subprocess.run(_batch(t, "case", 150), env=environ, capture_output=True, text=True)
     assert second.returncode == 2, second.stderr
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
@@ -120,7 +110,7 @@ def test_detect_calibrate_killed_and_resumed_gives_the_same_record(env):
     progress = t / "killed.jsonl"
     proc = subprocess.Popen(_calibrate(t, "killed"), env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    _wait_for(lambda: progress.exists() and progress.read_text().count("\n") >= 3, proc, "no progress recorded")
+    wait_for(lambda: progress.exists() and progress.read_text().count("\n") >= 3, proc, "no progress recorded")
     second = subprocess.run(_calibrate(t, "killed"), env=environ, capture_output=True, text=True)
     assert second.returncode == 2 and "is in use by pid" in second.stderr, second.stderr  # one writer at a time
     proc.send_signal(signal.SIGKILL)

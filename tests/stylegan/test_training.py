@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from stylegan.formats.ours import read_network_file
 from stylegan.generator import Generator
 from stylegan.training import Trainer, TrainingError, latest_snapshot
 from stylegan.training_config import TrainingConfig, training_config_for
-from tests.conftest import shared_file
+from tests.conftest import shared_file, wait_for
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loss terms against hand-computed values
@@ -277,15 +276,6 @@ def _final_state(run: Path) -> dict:
     return read_network_file(run / "network-final.pt")
 
 
-def _wait_for(cond, proc, what: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not cond():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"{what}: {proc.communicate()}")
-        time.sleep(0.1)
-
-
 def test_sigterm_inside_an_iteration_resumes_bit_for_bit(tmp_path):
     """SIGTERM at several points inside an iteration (G step, path-length step, D step, R1 step, a generator
     pass): the iteration finishes, the snapshot is taken after it, and the resumed run ends with weights equal
@@ -329,7 +319,7 @@ def test_cli_train_signals_stop_cleanly_even_when_the_shell_ignored_sigint(tmp_p
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ONE_THREAD,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         log = run / "log.jsonl"
-        _wait_for(lambda log=log: log.exists() and log.read_text().count("\n") >= 2, proc, "no ticks logged")
+        wait_for(lambda log=log: log.exists() and log.read_text().count("\n") >= 2, proc, "no ticks logged")
         assert not list(run.glob("network-snapshot-*.pt"))  # --snap 1000: none written by the schedule
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
@@ -351,7 +341,7 @@ def test_sigkill_then_resume_and_a_second_process_is_refused(tmp_path):
     proc = subprocess.Popen(_TRAIN + ["--data", str(data), "--preset", "cpu-tiny", "--out", str(tmp_path / "runs"),
                                       "--run", "k", "--kimg", "100", "--tick", "0.008", "--snap", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ONE_THREAD)
-    _wait_for(lambda: len(list(run.glob("network-snapshot-*.pt"))) >= 1 and (run / ".lock").exists(), proc,
+    wait_for(lambda: len(list(run.glob("network-snapshot-*.pt"))) >= 1 and (run / ".lock").exists(), proc,
               "no snapshot")
     second = subprocess.run(_TRAIN + ["--resume", str(run)], env=_ONE_THREAD, capture_output=True, text=True)
     assert second.returncode == 2, second.stderr
