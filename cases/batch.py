@@ -14,9 +14,11 @@ in flight, and re-running the same command resumes.
 * An input that cannot be used (not an image, truncated ...) is recorded as an error result under its hash:
   it is reported, listed in the manifest's ``errors`` and not tried again (the same bytes would fail again).
   A file that cannot be read at all (no hash) is listed under ``unreadable`` and tried again at the next run.
-* Several networks: every image is projected under every network; the case's verdict for an image is the
-  network with the lowest distance among those within their own threshold, or none
-  (:func:`cases.records.attribute_records`).
+* Several networks: every image is projected under every network; the case's verdict for an image comes from the
+  calibrated rule (each distance in units of its own network's threshold, a margin over the runner-up;
+  :func:`cases.records.attribute_records`).
+* One run at a time: rank 0 holds the case folder's lock for the whole run, moves damaged batch files aside
+  (their images are projected again) and removes what a killed run left behind (:mod:`cases.store`).
 * Scale-out: with ``world_size`` > 1 (torchrun), the distinct inputs, ordered by their first path, are split by
   position, rank r taking every world_size-th one; the split depends only on the inputs, not on what is done,
   so ranks never overlap even when resuming with other ranks done at different points. Each rank writes only
