@@ -168,6 +168,11 @@ def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> 
     if any(m["threshold_source"] == "self" for m in s["models"]):
         warn += ("<p class='warning'><b>Note:</b> at least one network is calibrated on its own images only: the "
                  "false-positive rate of its verdicts is unknown.</p>")
+    weaker = sum(1 for img in doc["images"] if img.get("weaknesses"))
+    if weaker:
+        warn += (f"<p class='warning'><b>Note:</b> {weaker} of {len(doc['images'])} images went through processing "
+                 f"the calibration did not cover (JPEG, resizing or cropping; listed under each image): for them "
+                 f"the calibrated error rates are an optimistic bound.</p>")
     for d in doc["provenance"]["damaged_batches"]:
         warn += (f"<p class='warning'><b>Damaged result file</b> {_e(d['file'])} ({_e(d['error'])}): skipped, its "
                  f"images count as pending; the next <code>detect batch</code> moves it to quarantine/ and projects "

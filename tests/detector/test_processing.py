@@ -94,6 +94,7 @@ def test_case_records_and_report_keep_the_processing(setup):
     assert len(imgs["real.jpg"]["weaknesses"]) == 3 and imgs["fake.png"]["weaknesses"] == []
     html = (t / "case" / "report" / "report.html").read_text()
     assert "processing: JPEG q75 (4:2:0) 40x30 -&gt; centre crop 30x30 -&gt; resized 30 -&gt; 16" in html
+    assert "1 of 2 images went through processing the calibration did not cover" in html
     # --strict is part of a case's settings: a resumed case keeps its choice
     r = runner.invoke(app, ["batch", str(t / "in"), "--model", str(t / "g.pt"), "--case", str(t / "case"),
                             "--steps", "2", "--device", "cpu", "--strict"])
