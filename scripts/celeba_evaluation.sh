@@ -160,8 +160,10 @@ for stage in "$@"; do
     calibrate-f2) calibrate "$(named "$F2" celeba32-f2)" ;;
     batch-f)
       generated "$F" "$WORK/data/gen_f100" 2000000
+      # --trajectory 25: each image's clean distance every 25 steps, for issue 27's early decisions (free: the
+      # results are those of a run without it)
       detect batch "$WORK/data/gen_f100" "$WORK/data/real_eval100" --model "$MODELS/celeba32-f.pt" \
-        --case "$WORK/cases/f-100+100$SUFFIX" --steps 1000 "${MARGS[@]}"
+        --case "$WORK/cases/f-100+100$SUFFIX" --steps 1000 --trajectory 25 "${MARGS[@]}"
       detect report "$WORK/cases/f-100+100$SUFFIX"
       ;;
     self-fpr)

@@ -37,6 +37,7 @@ from .options import (
     SourceSizeOption,
     StepsOption,
     StrictOption,
+    TrajectoryOption,
     case_errors,
     projector_settings,
 )
@@ -77,6 +78,7 @@ def batch(
     model_resize: ModelResizeOption = None,
     source_size: SourceSizeOption = None,
     align: AlignOption = None,
+    trajectory: TrajectoryOption = None,
     lpips_net: LpipsNetOption = LpipsNet.vgg,
     lpips_weights: LpipsWeightsOption = None,
 ) -> None:
@@ -95,7 +97,8 @@ def batch(
                                       alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
                                       clamp_output=clamp_output, model_jpeg=model_jpeg,
-                                      model_resize=model_resize, source_size=source_size, align=align)
+                                      model_resize=model_resize, source_size=source_size, align=align,
+                                      trajectory=trajectory)
         if batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         rank = init_distributed()

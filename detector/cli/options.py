@@ -94,6 +94,10 @@ EarlyStopOption = Annotated[bool, typer.Option(
     help="Stop projecting an image once its distance has settled clearly on one side of the threshold (checked "
          "every 50 steps from step 500; same verdict, the distance is the one at that point). App. D runs all "
          "1000 steps.")]
+TrajectoryOption = Annotated[Optional[int], typer.Option(
+    "--trajectory", metavar="N", rich_help_panel=PROJECTOR,
+    help="Also record each image's clean distance every N steps from step N (for early-decision studies; the "
+         "results do not change; --early-stop then checks on the same schedule).")]
 DEGRADED = "Degraded images"
 ModelJpegOption = Annotated[Optional[bool], typer.Option(
     "--model-jpeg/--no-model-jpeg", rich_help_panel=DEGRADED,
@@ -122,7 +126,8 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
                        pyramid: Optional[str] = None, lpips_resolution: Optional[int] = None,
                        clamp_output: Optional[bool] = None, wplus: bool = False, method: Optional[str] = None,
                        model_jpeg: Optional[bool] = None, model_resize: Optional[bool] = None,
-                       source_size: Optional[int] = None, align: Optional[int] = None):
+                       source_size: Optional[int] = None, align: Optional[int] = None,
+                       trajectory: Optional[int] = None):
     """ProjectorSettings from the shared command-line options (None: the projector's default); a bad value is a
     usage error."""
     from detector.settings import METHODS, ProjectorSettings
@@ -142,6 +147,10 @@ def projector_settings(steps: int, *, lr: Optional[float] = None, alpha: Optiona
         if alpha_min_resolution < 0:
             raise UsageError("--alpha-min-resolution must be a resolution, or 0 for every resolution")
         given["alpha_min_resolution"] = alpha_min_resolution or None
+    if trajectory is not None:
+        if not 1 <= trajectory < steps:
+            raise UsageError(f"--trajectory must be between 1 and --steps - 1, got {trajectory}")
+        given.update(clean_checkpoints=True, early_stop_start=trajectory / steps, early_stop_every=trajectory)
     try:
         return ProjectorSettings(steps=steps, wplus=wplus, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:

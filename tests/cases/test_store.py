@@ -429,3 +429,23 @@ def test_leftover_temporaries_of_a_killed_run_are_removed(env):
     (env / "case" / ".manifest.json.xyz.tmp").write_text("{")
     run(env, "case")
     assert not list((env / "case").rglob("*.tmp"))
+
+
+def test_trajectories_are_recorded_without_changing_results(env):
+    """`detect batch --trajectory N` keeps each image's clean distance every N steps; the distances are the ones a
+    run without it gives (bit for bit), so a full run's trajectories can be studied for early decisions."""
+    from detector.cli.options import projector_settings
+
+    s = projector_settings(4, trajectory=1)
+    assert (s.clean_checkpoints, s.early_stop_start, s.early_stop_every, s.early_stop) == (True, 0.25, 1, None)
+    run_batch([env / "imgs"], [env / "g.pt"], env / "plain", SETTINGS, mse_distance, batch_size=2)
+    traced = ProjectorSettings(**{**SETTINGS.to_dict(), "clean_checkpoints": True, "early_stop_start": 0.25,
+                                  "early_stop_every": 1, "betas": tuple(SETTINGS.betas)})
+    run_batch([env / "imgs"], [env / "g.pt"], env / "traced", traced, mse_distance, batch_size=2)
+    plain = {r.key: r for r in CaseStore.open(env / "plain").results()}
+    recs = {r.key: r for r in CaseStore.open(env / "traced").results()}
+    assert plain.keys() == recs.keys() and len(recs) == 6
+    for k, r in recs.items():
+        assert r.distance == plain[k].distance
+        assert [step for step, _ in r.result.clean_trace] == [1, 2, 3]
+        assert plain[k].result.clean_trace == ()
