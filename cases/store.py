@@ -281,7 +281,19 @@ class CaseStore:
     def quarantine_damaged(self) -> List[Dict[str, str]]:
         """Move damaged batch files to ``quarantine/`` and record them in the manifest (``quarantined``); their
         images then count as not done and are projected again. Returns what was moved. Call with the case's
-        lock held (``detect batch`` does)."""
+        lock held (``detect batch`` does). A file without a recorded sha256 (cases made before they were kept) is
+        read whole first, since only its structure was checked; it gets its sha256 once it reads."""
+        hashes = self.manifest.get("batch_sha256") or {}
+        problems = self.__dict__.setdefault("_problems", {})
+        for f in self.all_batch_files():
+            if f.name not in hashes and self._problem(f) is None:
+                try:
+                    with h5py.File(f, "r") as h:
+                        for isha in h.keys():
+                            for msha in h[isha].keys():
+                                _read_record(h[isha][msha], isha, msha, True)
+                except Exception as exc:  # noqa: BLE001 - whatever the damage, the file is set aside
+                    problems[f.name] = f"unreadable ({one_line(exc, 160)})"
         moved = []
         for name, err in self.damaged().items():
             qdir = self.path / QUARANTINE
@@ -389,18 +401,21 @@ class CaseStore:
         current_shas = set(recorded.values())
         seen: Set[Key] = set()
         for f in self.batch_files():
-            with h5py.File(f, "r") as h:
-                for isha in sorted(h.keys()):
-                    g = h[isha]
-                    for msha in sorted(g.keys()):
-                        if (isha, msha) in seen:
-                            continue
-                        seen.add((isha, msha))
-                        rec = _read_record(g[msha], isha, msha, load)
-                        rec.batch_file = f.name
-                        rec.current = isha in current_shas or not recorded
-                        if rec.current or include_stale:
-                            yield rec
+            try:  # a file is read whole before its records are given out: a damaged one gives none
+                with h5py.File(f, "r") as h:
+                    recs = [_read_record(h[isha][msha], isha, msha, load)
+                            for isha in sorted(h.keys()) for msha in sorted(h[isha].keys())
+                            if (isha, msha) not in seen]
+            except Exception as exc:  # noqa: BLE001 - damage the structural check could not see (no hash kept)
+                self.__dict__.setdefault("_problems", {})[f.name] = f"unreadable ({one_line(exc, 160)})"
+                self.__dict__.get("_scanned", {}).pop(f.name, None)
+                continue
+            for rec in recs:
+                seen.add(rec.key)
+                rec.batch_file = f.name
+                rec.current = rec.input_sha256 in current_shas or not recorded
+                if rec.current or include_stale:
+                    yield rec
 
 
 def _batch_file_problem(f: Path, case_id: Optional[str], sha256: Optional[str]) -> Optional[str]:

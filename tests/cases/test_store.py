@@ -449,3 +449,25 @@ def test_trajectories_are_recorded_without_changing_results(env):
         assert r.distance == plain[k].distance
         assert [step for step, _ in r.result.clean_trace] == [1, 2, 3]
         assert plain[k].result.clean_trace == ()
+
+
+def test_a_file_damaged_inside_its_arrays_without_a_recorded_hash_is_found_and_quarantined(env):
+    """Cases made before batch files' sha256 were kept: damage the structural check cannot see (a stored array
+    unreadable) is found by reading the file whole, under the lock, before the run; its images are re-projected."""
+    run(env, "case")
+    store = CaseStore.open(env / "case")
+    victim = store.batch_files()[0]
+    with h5py.File(victim, "r+") as h:  # an array replaced by one of another kind: the record no longer loads
+        isha = sorted(h.keys())[0]
+        g = h[isha][sorted(h[isha].keys())[0]]
+        del g["target"]
+        g.create_dataset("target", data=np.array([b"garbage"]))
+    manifest = json.loads((env / "case" / "manifest.json").read_text())
+    manifest.pop("batch_sha256")
+    (env / "case" / "manifest.json").write_text(json.dumps(manifest))
+    assert CaseStore.open(env / "case").damaged() == {}  # the structure is intact
+    reading = CaseStore.open(env / "case")
+    assert len(list(reading.results())) == 4 and victim.name in reading.damaged()  # a full read skips it, says so
+    s = run(env, "case")
+    assert [q["file"] for q in s.quarantined] == [f"results/{victim.name}"] and s.processed == 2
+    assert len(list(CaseStore.open(env / "case").results())) == 6
