@@ -24,6 +24,7 @@ from stylegan.util.locking import exclusive_lock
 
 from .calibration import CalibrationError, CalibrationRecord, _plain, record_from_distances
 from .check import image_seed, load_targets
+from .degradation import DegradationSpec, project_degraded, spec_for
 from .images import to_uint8
 from .processing import CLEAN
 from .projector import Projector
@@ -127,10 +128,13 @@ class CalibrationProgress:
 
 def _project_missing(projector, kind: str, keys: List[Any], make_targets: Callable[[List[int]], torch.Tensor],
                      seeds: List[int], batch_size: int, progress: Optional[Callable[[int, int], None]], base: int,
-                     total: int, state: Optional[CalibrationProgress]) -> List[float]:
+                     total: int, state: Optional[CalibrationProgress],
+                     specs: Optional[Callable[[List[int]], List[Any]]] = None) -> List[float]:
     """Distances for ``keys`` (in order): those ``state`` already holds, the rest projected ``batch_size`` at a
     time (``make_targets(indices)`` builds their targets) and recorded in ``state`` after each batch.
-    ``progress(image_steps_done, total)`` counts from ``base``."""
+    ``progress(image_steps_done, total)`` counts from ``base``. When the settings model a degradation, each
+    image is compared through its own (``specs(indices)``: :func:`detector.degradation.spec_for`), as
+    `detect check` compares it (:func:`detector.degradation.project_degraded`)."""
     steps = projector.settings.steps
     out: List[Optional[float]] = [None if state is None else state.get(kind, k) for k in keys]
     todo = [i for i, d in enumerate(out) if d is None]
@@ -140,8 +144,11 @@ def _project_missing(projector, kind: str, keys: List[Any], make_targets: Callab
     for a in range(0, len(todo), batch_size):
         idx = todo[a:a + batch_size]
         cb = None if progress is None else (
-            lambda step, _steps, _losses, start=done, n=len(idx): progress(start + step * n, total))
-        results = projector.project(make_targets(idx), seeds=[seeds[i] for i in idx], progress=cb)
+            lambda step, of, _losses, start=done, n=len(idx): progress(start + round(step / of * steps) * n, total))
+        if specs is not None and projector.settings.models_degradation:
+            results, _ = project_degraded(projector, make_targets(idx), specs(idx), [seeds[i] for i in idx], cb)
+        else:
+            results = projector.project(make_targets(idx), seeds=[seeds[i] for i in idx], progress=cb)
         ds = [float(r.distance) for r in results]
         done += len(idx) * steps
         for i, d in zip(idx, ds):
@@ -236,11 +243,13 @@ def _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, s
     gen_proj_seeds = [image_seed(seed, _tensor_sha256(generate_images(G, [z], truncation_psi)[0])) for z in z_seeds]
     gen_d = _project_missing(projector, "generated", z_seeds,
                              lambda idx: generate_images(G, [z_seeds[i] for i in idx], truncation_psi).to(device),
-                             gen_proj_seeds, batch_size, progress, 0, total, state)
+                             gen_proj_seeds, batch_size, progress, 0, total, state,
+                             lambda idx: [DegradationSpec() for _ in idx])  # rendered clean: only a shift is sought
     real_proj_seeds = [image_seed(seed, img.sha256) for img in loaded]
     real_d = _project_missing(projector, "real", [img.sha256 for img in loaded],
                               lambda idx: torch.cat([loaded[i].tensor for i in idx]).to(device), real_proj_seeds,
-                              batch_size, progress, len(z_seeds) * steps, total, state)
+                              batch_size, progress, len(z_seeds) * steps, total, state,
+                              lambda idx: [spec_for(loaded[i], settings, G.img_resolution) for i in idx])
 
     hashes = {
         "model_file_sha256": model.file_sha256,

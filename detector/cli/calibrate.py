@@ -24,6 +24,7 @@ from stylegan.util.progress import Progress
 from . import app
 from .options import (
     OUTPUT,
+    AlignOption,
     AlphaMinResolutionOption,
     AlphaOption,
     ClampOutputOption,
@@ -33,7 +34,10 @@ from .options import (
     LpipsWeightsOption,
     LrOption,
     MethodOption,
+    ModelJpegOption,
+    ModelResizeOption,
     PyramidOption,
+    SourceSizeOption,
     StepsOption,
     detector_errors,
     projector_settings,
@@ -83,6 +87,10 @@ def calibrate(
     pyramid: PyramidOption = None,
     lpips_resolution: LpipsResolutionOption = None,
     clamp_output: ClampOutputOption = None,
+    model_jpeg: ModelJpegOption = None,
+    model_resize: ModelResizeOption = None,
+    source_size: SourceSizeOption = None,
+    align: AlignOption = None,
     lpips_net: LpipsNetOption = LpipsNet.vgg,
     lpips_weights: LpipsWeightsOption = None,
 ) -> None:
@@ -104,7 +112,8 @@ def calibrate(
         settings = projector_settings(steps, method=method, lr=lr, alpha=alpha,
                                       alpha_min_resolution=alpha_min_resolution,
                                       pyramid=pyramid, lpips_resolution=lpips_resolution,
-                                      clamp_output=clamp_output)
+                                      clamp_output=clamp_output, model_jpeg=model_jpeg,
+                                      model_resize=model_resize, source_size=source_size, align=align)
         if n_generated < 1:
             raise UsageError("--n-generated must be at least 1")
         if batch_size < 1:

@@ -156,3 +156,20 @@ def test_cli_options_reach_the_settings_and_the_record(tiny):
     assert shift_found is not None and all(abs(v) <= 2 for v in shift_found)
     assert any(n.startswith("compared through the re-synthesis JPEG q60") for n in res["notes"])
     assert Preprocessing.from_dict(res["preprocessing"]).jpeg["quality"] == 60
+
+
+def test_a_calibration_compares_like_check(tiny):
+    """With --align, a calibration searches each image's shift as `detect check` does, and records the setting."""
+    t, G = tiny
+    from detector.calibration_run import calibrate
+
+    def mse(a, b):
+        return (a - b).square().mean(dim=[1, 2, 3])
+
+    s = ProjectorSettings(steps=3, w_avg_samples=256, align=2, align_steps=2)
+    rec = calibrate(t / "g.pt", [t / "b.png", t / "a.jpg"], n_generated=2, settings=s, distance=mse,
+                    target_fpr=0.5)
+    assert rec.settings["projector"]["align"] == 2 and rec.n_real == 2 and rec.n_generated == 2
+    plain = calibrate(t / "g.pt", [t / "b.png", t / "a.jpg"], n_generated=2, distance=mse, target_fpr=0.5,
+                      settings=ProjectorSettings(steps=3, w_avg_samples=256))
+    assert rec.generated_distances != plain.generated_distances  # the shift search ran (a second pass)
