@@ -111,6 +111,10 @@ def test_html_is_self_contained(case):
     srcs = re.findall(r'src="([^"]*)"', text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert len(srcs) == 1 + 4 * 5  # histogram + (target, re-synthesis, difference, 2 noise maps) per good image
+    # the opening, in words: g's calibration of 5 + 5 at FPR 0.2 (TPR 5/5, one real of five claimed); g2 none
+    assert ("g: calibrated on 5 of its own images and 5 real ones; at its threshold it recognised 100.0 % of its "
+            "own images and wrongly claimed 20.0 % of the real ones (95 % interval 0.5 % to 71.6 %).") in text
+    assert "g2: not calibrated, so its distances get no verdict" in text
 
 
 def test_report_shows_changed_input_and_stale_result(case, tmp_path):

@@ -95,6 +95,10 @@ def test_case_records_and_report_keep_the_processing(setup):
     html = (t / "case" / "report" / "report.html").read_text()
     assert "processing: JPEG q75 (4:2:0) 40x30 -&gt; centre crop 30x30 -&gt; resized 30 -&gt; 16" in html
     assert "1 of 2 images went through processing the calibration did not cover" in html
+    # the opening says what was checked, found and how sure, in words
+    assert "<b>What was checked.</b> 2 distinct images against 1 network:" in html
+    assert "<b>What was found.</b> 2 without a verdict (no calibration)." in html
+    assert "g: not calibrated, so its distances get no verdict" in html
     # --strict is part of a case's settings: a resumed case keeps its choice
     r = runner.invoke(app, ["batch", str(t / "in"), "--model", str(t / "g.pt"), "--case", str(t / "case"),
                             "--steps", "2", "--device", "cpu", "--strict"])
