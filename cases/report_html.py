@@ -152,6 +152,11 @@ def _panel(img: Dict[str, Any], recs: List[ResultRecord], idx: int) -> str:
     return "".join(parts)
 
 
+def _num(x: Optional[float]) -> str:
+    """A rate or AUC for a table: four significant digits, '-' when absent."""
+    return "-" if x is None else f"{float(x):.4g}"
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -218,7 +223,7 @@ def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> 
     s = doc["summary"]
     model_rows = "".join(
         f"<tr><td>{_e(m['name'])}</td><td>{_fmt(m['threshold'])}</td><td>{_e(m['threshold_source'])}</td>"
-        f"<td>{_e(m['target_fpr'])}</td><td>{_e(m['achieved_fpr'])}</td><td>{_e(m['auc'])}</td>"
+        f"<td>{_num(m['target_fpr'])}</td><td>{_num(m['achieved_fpr'])}</td><td>{_num(m['auc'])}</td>"
         f"<td class='mono'>{_e(m['file_sha256'])}</td></tr>" for m in s["models"])
     verdict_rows = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in s["verdicts"].items())
     counts = ", ".join(f"{k} {s[k]}" for k in ("inputs", "distinct", "processed", "pending", "errors",
