@@ -54,7 +54,7 @@ import h5py
 
 from detector.settings import settings_identity
 from stylegan.formats.base import one_line
-from stylegan.util.files import _fsync_dir, atomic_write_text, sha256_file
+from stylegan.util.files import _fsync_dir, atomic_write_text, remove_leftover_temporaries, sha256_file
 
 from .inputs import InputFile
 from .provenance import library_versions, now_iso, tool_info
@@ -284,16 +284,9 @@ class CaseStore:
         lock held (``detect batch`` does). A file without a recorded sha256 (cases made before they were kept) is
         read whole first, since only its structure was checked; it gets its sha256 once it reads."""
         hashes = self.manifest.get("batch_sha256") or {}
-        problems = self.__dict__.setdefault("_problems", {})
         for f in self.all_batch_files():
             if f.name not in hashes and self._problem(f) is None:
-                try:
-                    with h5py.File(f, "r") as h:
-                        for isha in h.keys():
-                            for msha in h[isha].keys():
-                                _read_record(h[isha][msha], isha, msha, True)
-                except Exception as exc:  # noqa: BLE001 - whatever the damage, the file is set aside
-                    problems[f.name] = f"unreadable ({one_line(exc, 160)})"
+                self._read_whole(f, load=True)  # marks the file damaged when it does not read
         moved = []
         for name, err in self.damaged().items():
             qdir = self.path / QUARANTINE
@@ -319,12 +312,7 @@ class CaseStore:
 
     def clean_temporary(self, rank: int) -> None:
         """Remove temporary files a killed run of this rank left behind."""
-        if self.results_dir.is_dir():
-            for p in self.results_dir.glob(f".batch-r{rank:03d}-*.tmp"):
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
+        remove_leftover_temporaries(self.results_dir, f".batch-r{rank:03d}-*.tmp")
 
     def _next_batch_name(self, rank: int) -> Path:
         n = 0
@@ -394,6 +382,18 @@ class CaseStore:
         names.sort()
         return new
 
+    def _read_whole(self, f: Path, load: bool, skip: Set[Key] = frozenset()) -> Optional[List[ResultRecord]]:
+        """Every record of batch file ``f`` (keys in ``skip`` left out), or None when the file does not read
+        whole; it is then marked damaged (damage the structural check cannot see where no sha256 was kept)."""
+        try:
+            with h5py.File(f, "r") as h:
+                return [_read_record(h[isha][msha], isha, msha, load)
+                        for isha in sorted(h.keys()) for msha in sorted(h[isha].keys()) if (isha, msha) not in skip]
+        except Exception as exc:  # noqa: BLE001 - whatever the damage, the file is set aside
+            self.__dict__.setdefault("_problems", {})[f.name] = f"unreadable ({one_line(exc, 160)})"
+            self.__dict__.get("_scanned", {}).pop(f.name, None)
+            return None
+
     def results(self, load: bool = True, include_stale: bool = True) -> Iterator[ResultRecord]:
         """Every record of the case, once per key (first file in sorted order wins), with ``current`` set from
         the manifest's inputs. ``load=False`` skips the arrays (fast summaries)."""
@@ -401,16 +401,8 @@ class CaseStore:
         current_shas = set(recorded.values())
         seen: Set[Key] = set()
         for f in self.batch_files():
-            try:  # a file is read whole before its records are given out: a damaged one gives none
-                with h5py.File(f, "r") as h:
-                    recs = [_read_record(h[isha][msha], isha, msha, load)
-                            for isha in sorted(h.keys()) for msha in sorted(h[isha].keys())
-                            if (isha, msha) not in seen]
-            except Exception as exc:  # noqa: BLE001 - damage the structural check could not see (no hash kept)
-                self.__dict__.setdefault("_problems", {})[f.name] = f"unreadable ({one_line(exc, 160)})"
-                self.__dict__.get("_scanned", {}).pop(f.name, None)
-                continue
-            for rec in recs:
+            recs = self._read_whole(f, load, skip=seen)  # whole before given out: a damaged file gives none
+            for rec in recs or ():
                 seen.add(rec.key)
                 rec.batch_file = f.name
                 rec.current = rec.input_sha256 in current_shas or not recorded

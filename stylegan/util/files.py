@@ -115,12 +115,12 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return Path(path)
 
 
-def remove_leftover_temporaries(folder: PathLike) -> list:
-    """Remove the temporary files (``.NAME.*.tmp``) that writers here leave in ``folder`` when killed before the
-    rename; returns their names. Only for a folder whose writer holds its lock: another process's write in
-    progress looks the same."""
+def remove_leftover_temporaries(folder: PathLike, pattern: str = ".*.tmp") -> list:
+    """Remove the temporary files (``.NAME.*.tmp``, or ``pattern``) that writers here leave in ``folder`` when
+    killed before the rename; returns their names. Only for files no other process is writing: their writer holds
+    the folder's lock (or, as a case's ranks, owns the pattern)."""
     removed = []
-    for p in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+    for p in Path(folder).glob(pattern) if Path(folder).is_dir() else []:
         try:
             p.unlink()
             removed.append(p.name)
