@@ -126,31 +126,44 @@ class CalibrationProgress:
             os.fsync(f.fileno())
 
 
+class _StepCount:
+    """Image-steps done by a calibration, for ``progress(done, total)``: those resumed from its progress file are
+    reported once, before anything is projected, so that a progress bar's rate and time left count only the
+    work of this run (two separate jumps, one per kind, would read as work done in no time)."""
+
+    def __init__(self, progress: Optional[Callable[[int, int], None]], total: int, resumed: int):
+        self.progress, self.total, self.done = progress, total, resumed
+        if progress is not None and resumed > 0:
+            progress(resumed, total)
+
+    def step_callback(self, n_images: int, steps: int) -> Optional[Callable[[int, int, Any], None]]:
+        """The projector's per-step callback for a batch of ``n_images`` starting now."""
+        if self.progress is None:
+            return None
+        start = self.done
+        return lambda step, of, _losses: self.progress(start + round(step / of * steps) * n_images, self.total)
+
+
 def _project_missing(projector, kind: str, keys: List[Any], make_targets: Callable[[List[int]], torch.Tensor],
-                     seeds: List[int], batch_size: int, progress: Optional[Callable[[int, int], None]], base: int,
-                     total: int, state: Optional[CalibrationProgress],
+                     seeds: List[int], batch_size: int, count: _StepCount, state: Optional[CalibrationProgress],
                      specs: Optional[Callable[[List[int]], List[Any]]] = None) -> List[float]:
     """Distances for ``keys`` (in order): those ``state`` already holds, the rest projected ``batch_size`` at a
-    time (``make_targets(indices)`` builds their targets) and recorded in ``state`` after each batch.
-    ``progress(image_steps_done, total)`` counts from ``base``. When the settings model a degradation, each
-    image is compared through its own (``specs(indices)``: :func:`detector.degradation.spec_for`), as
-    `detect check` compares it (:func:`detector.degradation.project_degraded`)."""
+    time (``make_targets(indices)`` builds their targets) and recorded in ``state`` after each batch; ``count``
+    advances with them. When the settings model a degradation, each image is compared through its own
+    (``specs(indices)``: :func:`detector.degradation.spec_for`), as `detect check` compares it
+    (:func:`detector.degradation.project_degraded`)."""
     steps = projector.settings.steps
     out: List[Optional[float]] = [None if state is None else state.get(kind, k) for k in keys]
     todo = [i for i, d in enumerate(out) if d is None]
-    done = base + (len(keys) - len(todo)) * steps
-    if progress is not None and done > base:
-        progress(done, total)
     for a in range(0, len(todo), batch_size):
         idx = todo[a:a + batch_size]
-        cb = None if progress is None else (
-            lambda step, of, _losses, start=done, n=len(idx): progress(start + round(step / of * steps) * n, total))
+        cb = count.step_callback(len(idx), steps)
         if specs is not None and projector.settings.models_degradation:
             results, _ = project_degraded(projector, make_targets(idx), specs(idx), [seeds[i] for i in idx], cb)
         else:
             results = projector.project(make_targets(idx), seeds=[seeds[i] for i in idx], progress=cb)
         ds = [float(r.distance) for r in results]
-        done += len(idx) * steps
+        count.done += len(idx) * steps
         for i, d in zip(idx, ds):
             out[i] = d
         if state is not None:
@@ -241,14 +254,17 @@ def _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, s
     # Generated images are made from their z seeds alone, one at a time, whenever needed (cheap next to 1000
     # projection steps, and nothing large is held): once for their projection seeds, again for projecting.
     gen_proj_seeds = [image_seed(seed, _tensor_sha256(generate_images(G, [z], truncation_psi)[0])) for z in z_seeds]
+    resumed = 0 if state is None else (sum(state.get("generated", z) is not None for z in z_seeds)
+                                       + sum(state.get("real", img.sha256) is not None for img in loaded))
+    count = _StepCount(progress, total, resumed * steps)
     gen_d = _project_missing(projector, "generated", z_seeds,
                              lambda idx: generate_images(G, [z_seeds[i] for i in idx], truncation_psi).to(device),
-                             gen_proj_seeds, batch_size, progress, 0, total, state,
+                             gen_proj_seeds, batch_size, count, state,
                              lambda idx: [DegradationSpec() for _ in idx])  # rendered clean: only a shift is sought
     real_proj_seeds = [image_seed(seed, img.sha256) for img in loaded]
     real_d = _project_missing(projector, "real", [img.sha256 for img in loaded],
                               lambda idx: torch.cat([loaded[i].tensor for i in idx]).to(device), real_proj_seeds,
-                              batch_size, progress, len(z_seeds) * steps, total, state,
+                              batch_size, count, state,
                               lambda idx: [spec_for(loaded[i], settings, G.img_resolution) for i in idx])
 
     hashes = {

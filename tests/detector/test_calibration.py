@@ -357,6 +357,34 @@ def test_calibrate_end_to_end(tmp_path):
         calibrate(path, [reals / "broken.png"], n_generated=1, settings=settings, distance=distance)
 
 
+def test_resumed_calibration_reports_its_earlier_work_once(tmp_path):
+    """Images finished by an earlier run, generated and real alike, are reported in one jump before anything is
+    projected, so that a progress bar's rate and time left count only this run's work; the count then rises
+    to the total."""
+    path = save_network(tmp_path / "g.pt", _tiny_G())
+    reals = sorted(_real_images(tmp_path / "reals", 3).iterdir())
+    steps = 2
+    kw = dict(n_generated=2, target_fpr=0.34, settings=ProjectorSettings(steps=steps, w_avg_samples=500),
+              distance=lambda a, b: (a - b).square().mean(dim=(1, 2, 3)), batch_size=2)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first_real_batch(done, total):
+        if done > 4 * steps:
+            raise Killed
+
+    prog = tmp_path / "progress.jsonl"
+    with pytest.raises(Killed):
+        calibrate(path, reals, progress=die_after_first_real_batch, progress_file=prog, **kw)
+    reports = []
+    calibrate(path, reals, progress=lambda d, t: reports.append((d, t)), progress_file=prog, **kw)
+    total = 5 * steps
+    assert reports[0] == (4 * steps, total)  # 2 generated + 2 real resumed, one report
+    assert reports[1][0] > reports[0][0]  # the next report is work of this run
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports) and reports[-1] == (total, total)
+
+
 def test_interrupted_calibration_resumes_from_its_progress_file(tmp_path):
     """A calibration killed after its first batch continues from the progress file: the finished images are
     not projected again, a line cut short by the crash is dropped, and the record equals an uninterrupted one.
