@@ -34,10 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from detector.attribution import threshold_for
 from detector.calibration import calibration_for_lpips, calibration_mismatch, calibration_weakness
 from detector.calibration_store import load_calibration
-from detector.check import check_images, no_calibration_warning, unique_names
+from detector.check import check_images, early_bands, no_calibration_warning, unique_names
+from detector.early import early_unavailable
 from detector.images import iter_image_files
+from detector.scoring import DEFAULT_MARGIN
 from detector.settings import ProjectorSettings
 from stylegan.formats import load_model
 from stylegan.util.distributed import barrier, broadcast_object
@@ -132,7 +135,7 @@ def _barrier(world_size: int) -> None:
 
 
 def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, settings, seed: int,
-                   threshold: Optional[float], early_stop: bool, strict: bool,
+                   threshold: Optional[float], early_stop: bool, margin: float, strict: bool,
                    progress: Optional[Callable[[float], None]]) -> Tuple[List[ResultRecord], List[str]]:
     """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`.
     Returns (records, paths whose content changed since they were hashed)."""
@@ -146,6 +149,7 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
 
         recs = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
                             threshold=threshold, seed=seed, early_stop=early_stop, strict=strict,
+                            candidates=len(models), margin=margin,
                             progress=step_progress)
         for (sha, path), rec in zip(batch, recs):
             if rec.error is None and rec.sha256 != sha:
@@ -162,8 +166,8 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
 
 def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[PathLike, Sequence[PathLike]],
               case_dir: PathLike, settings=None, distance=None, *, batch_size: int = 16, seed: int = 0,
-              threshold: Optional[float] = None, early_stop: bool = False, strict: bool = False,
-              progress: Optional[BatchProgress] = None, rank: int = 0,
+              threshold: Optional[float] = None, early_stop: bool = False, margin: float = DEFAULT_MARGIN,
+              strict: bool = False, progress: Optional[BatchProgress] = None, rank: int = 0,
               world_size: int = 1, device: Optional[str] = None,
               models: Optional[Sequence[Any]] = None) -> BatchSummary:
     """Project every input not yet in the case ``case_dir`` (created on the first call) under every model.
@@ -173,10 +177,11 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     callable, e.g. :func:`stylegan.perceptual.load_lpips` (its ``provenance()`` is recorded when it has one).
     ``progress(images_done, images_total)`` (fractional within a batch) for this rank's share. ``models``:
     already-loaded :class:`stylegan.formats.LoadedModel` objects for ``model_paths`` (else they are loaded on
-    ``device``). ``early_stop``: see :func:`detector.check.check_images` (each network's band at its own
-    threshold); recorded with the settings, so a case is resumed with the same choice. ``strict``: inputs that
-    would need cropping or resizing are recorded as bad inputs (recorded with the settings too). See the module
-    docstring for resuming, changed and bad inputs, and ranks.
+    ``device``). ``early_stop``: see :func:`detector.check.check_images` (each network's bands from its own
+    calibration; with several networks at ``margin``, so that the case's verdicts at that margin or a smaller
+    one are those of full runs); recorded with the settings, so a case is resumed with the same choice.
+    ``strict``: inputs that would need cropping or resizing are recorded as bad inputs (recorded with the
+    settings too). See the module docstring for resuming, changed and bad inputs, and ranks.
     """
 
     if isinstance(inputs, (str, os.PathLike)):
@@ -221,7 +226,11 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     entries = [model_entry(p, m, n) for p, m, n in zip(model_paths, models, names)]
     settings_dict = settings.to_dict()
     if early_stop:
-        settings_dict["early_stop_at_threshold"] = True
+        settings_dict["early_decisions"] = {"margin": float(margin)}
+        for p, m in zip(model_paths, models):
+            th = threshold_for(m.calibration, threshold)
+            if th is not None and early_bands(m.calibration, th, settings, len(models), margin) is None:
+                warnings.append(f"{Path(p).name}: no early decisions, {early_unavailable(m.calibration, settings)}")
     if strict:  # which inputs are errors depends on it: recorded, so a case is resumed with the same choice
         settings_dict["strict"] = True
 
@@ -290,7 +299,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
                     progress(base + n * frac, total)
 
             records, moved = _project_batch(models, entries, batch, distance, settings, seed, threshold, early_stop,
-                                            strict, inner)
+                                            margin, strict, inner)
             summary.changed_during_run.extend(moved)
             path = store.write_batch(records, rank)
             if path is not None:

@@ -202,6 +202,11 @@ class CalibrationRecord:
                             'real_projection_seeds': [...]}
     hashes                  {'model_file_sha256', 'weights_sha256', 'real_images': [{'path', 'sha256'}, ...]}
     skipped                 real files that could not be read: [{'path', 'error'}, ...]
+    trajectories            each projection's clean distance every ``every`` steps (``{'every', 'steps',
+                            'generated': [[d, ...] or None, ...], 'real': [...]}``, in the order of the
+                            distances; None where an image was resumed from a progress file without one), from
+                            which :mod:`detector.early` sets the network's early-decision bands; {} when not
+                            recorded
     """
 
     threshold: float
@@ -221,6 +226,7 @@ class CalibrationRecord:
     skipped: List[Dict[str, str]] = field(default_factory=list)
     created: str = ""
     tool_version: str = ""
+    trajectories: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_self_calibration(self) -> bool:

@@ -7,6 +7,7 @@ images it finished.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -72,13 +73,13 @@ class CalibrationProgress:
 
     A JSON-lines file: a header line naming what is being calibrated (the network, projector settings, seed, the
     distance's provenance), then one line per projected image ``{"kind": "generated"|"real", "key": z seed or
-    file sha256, "distance": d}``, appended and fsync'ed after every batch. A line cut short by a crash is ignored
-    (that image is projected again); a file whose header names another calibration is refused, never silently
-    mixed in. The network is named by its weights' sha256 where the file records one (our ``.pt``), else by the
-    file's sha256, and LPIPS by its weights' hashes, not their paths: a network re-trained bit for bit (same
-    data, seed and thread count) on another machine, or re-saved with other metadata, continues the same
-    calibration. ``legacy_header`` is also accepted (files
-    written before that)."""
+    file sha256, "distance": d, "trajectory": [...]}`` (the trajectory where one was recorded), appended and
+    fsync'ed after every batch. A line cut short by a crash is ignored (that image is projected again); a file
+    whose header names another calibration is refused, never silently mixed in. The network is named by its
+    weights' sha256 where the file records one (our ``.pt``), else by the file's sha256, and LPIPS by its
+    weights' hashes, not their paths: a network re-trained bit for bit (same data, seed and thread count) on
+    another machine, or re-saved with other metadata, continues the same calibration. ``legacy_header`` is
+    also accepted (files written before that)."""
 
     def __init__(self, path: Union[str, Path], header: Dict[str, Any],
                  legacy_header: Optional[Dict[str, Any]] = None):
@@ -88,6 +89,7 @@ class CalibrationProgress:
         if legacy_header is not None:
             accepted.append({"calibration_progress": json.loads(json.dumps(_plain(legacy_header), sort_keys=True))})
         self.done: Dict[Tuple[str, str], float] = {}
+        self.trajectories: Dict[Tuple[str, str], List[float]] = {}
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({"calibration_progress": self.header}, sort_keys=True) + "\n")
@@ -105,21 +107,40 @@ class CalibrationProgress:
         for line in lines[1:]:
             try:
                 rec = json.loads(line)
-                self.done[(str(rec["kind"]), str(rec["key"]))] = float(rec["distance"])
+                k = (str(rec["kind"]), str(rec["key"]))
+                d = float(rec["distance"])
+                traj = rec.get("trajectory")
+                traj = None if traj is None else [float(v) for v in traj]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 clean = False  # the last line of a run killed while writing it
+                continue
+            self.done[k] = d
+            if traj is not None:
+                self.trajectories[k] = traj
         if not (clean and text.endswith("\n")):  # rewrite without it before appending
-            atomic_write_text(self.path, "\n".join([lines[0]] + [
-                json.dumps({"kind": k, "key": key, "distance": d}) for (k, key), d in self.done.items()]) + "\n")
+            atomic_write_text(self.path, "\n".join([lines[0]] + [self._line(k, key, d) for (k, key), d in
+                                                                  self.done.items()]) + "\n")
+
+    def _line(self, kind: str, key: str, distance: float) -> str:
+        rec: Dict[str, Any] = {"kind": kind, "key": key, "distance": float(distance)}
+        if (kind, key) in self.trajectories:
+            rec["trajectory"] = self.trajectories[(kind, key)]
+        return json.dumps(rec)
 
     def get(self, kind: str, key: Any) -> Optional[float]:
         return self.done.get((kind, str(key)))
 
-    def add(self, kind: str, keys: Sequence[Any], distances: Sequence[float]) -> None:
+    def trajectory(self, kind: str, key: Any) -> Optional[List[float]]:
+        return self.trajectories.get((kind, str(key)))
+
+    def add(self, kind: str, keys: Sequence[Any], distances: Sequence[float],
+            trajectories: Optional[Sequence[Optional[List[float]]]] = None) -> None:
         lines = []
-        for key, d in zip(keys, distances):
+        for j, (key, d) in enumerate(zip(keys, distances)):
             self.done[(kind, str(key))] = float(d)
-            lines.append(json.dumps({"kind": kind, "key": str(key), "distance": float(d)}) + "\n")
+            if trajectories is not None and trajectories[j] is not None:
+                self.trajectories[(kind, str(key))] = [float(v) for v in trajectories[j]]
+            lines.append(self._line(kind, str(key), d) + "\n")
         with open(self.path, "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
@@ -144,16 +165,29 @@ class _StepCount:
         return lambda step, of, _losses: self.progress(start + round(step / of * steps) * n_images, self.total)
 
 
+#: Checkpoints per run at which a calibration records each projection's clean distance (detector.early).
+TRAJECTORY_POINTS = 40
+
+
+def trajectory_every(steps: int) -> int:
+    """Steps between a calibration's trajectory checkpoints: about :data:`TRAJECTORY_POINTS` per run (25 of
+    1000 steps); checkpoints at every, 2 every, ... below ``steps``."""
+    return max(1, int(steps) // TRAJECTORY_POINTS)
+
+
 def _project_missing(projector, kind: str, keys: List[Any], make_targets: Callable[[List[int]], torch.Tensor],
                      seeds: List[int], batch_size: int, count: _StepCount, state: Optional[CalibrationProgress],
-                     specs: Optional[Callable[[List[int]], List[Any]]] = None) -> List[float]:
+                     specs: Optional[Callable[[List[int]], List[Any]]] = None
+                     ) -> Tuple[List[float], List[Optional[List[float]]]]:
     """Distances for ``keys`` (in order): those ``state`` already holds, the rest projected ``batch_size`` at a
     time (``make_targets(indices)`` builds their targets) and recorded in ``state`` after each batch; ``count``
     advances with them. When the settings model a degradation, each image is compared through its own
     (``specs(indices)``: :func:`detector.degradation.spec_for`), as `detect check` compares it
-    (:func:`detector.degradation.project_degraded`)."""
+    (:func:`detector.degradation.project_degraded`). Also returns each image's trajectory (its clean distances
+    at the projector's checkpoints; None where it was resumed without one)."""
     steps = projector.settings.steps
     out: List[Optional[float]] = [None if state is None else state.get(kind, k) for k in keys]
+    trajs: List[Optional[List[float]]] = [None if state is None else state.trajectory(kind, k) for k in keys]
     todo = [i for i, d in enumerate(out) if d is None]
     for a in range(0, len(todo), batch_size):
         idx = todo[a:a + batch_size]
@@ -163,12 +197,13 @@ def _project_missing(projector, kind: str, keys: List[Any], make_targets: Callab
         else:
             results = projector.project(make_targets(idx), seeds=[seeds[i] for i in idx], progress=cb)
         ds = [float(r.distance) for r in results]
+        ts = [[float(f"{d:.6g}") for _, d in r.clean_trace] or None for r in results]
         count.done += len(idx) * steps
-        for i, d in zip(idx, ds):
-            out[i] = d
+        for i, d, t in zip(idx, ds, ts):
+            out[i], trajs[i] = d, t
         if state is not None:
-            state.add(kind, [keys[i] for i in idx], ds)
-    return [float(d) for d in out]  # type: ignore[arg-type]
+            state.add(kind, [keys[i] for i in idx], ds, ts)
+    return [float(d) for d in out], trajs  # type: ignore[misc]
 
 
 def calibrate(model: Any, real_paths: Sequence[Union[str, Path]], n_generated: int = 200,
@@ -233,7 +268,14 @@ def _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, s
         raise CalibrationError(f"no readable real images among {len(records)} given{first}")
 
     z_seeds = generation_seeds(seed, int(n_generated))
-    projector = Projector(G, distance, settings)
+    if settings.early_stop is not None or settings.early_stop_schedule:
+        raise CalibrationError("a calibration projects every image in full: no early stopping")
+    every = trajectory_every(settings.steps)
+    # The trajectories for detector.early: clean distances every `every` steps, which change no result (the
+    # checkpoints only read the parameters), so the settings recorded and checked are the caller's.
+    projector = Projector(G, distance, dataclasses.replace(settings, clean_checkpoints=True,
+                                                           early_stop_start=every / settings.steps,
+                                                           early_stop_every=every))
     device = G.mapping.w_avg.device
     steps = settings.steps
     total = (len(z_seeds) + len(loaded)) * steps
@@ -257,12 +299,12 @@ def _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, s
     resumed = 0 if state is None else (sum(state.get("generated", z) is not None for z in z_seeds)
                                        + sum(state.get("real", img.sha256) is not None for img in loaded))
     count = _StepCount(progress, total, resumed * steps)
-    gen_d = _project_missing(projector, "generated", z_seeds,
+    gen_d, gen_t = _project_missing(projector, "generated", z_seeds,
                              lambda idx: generate_images(G, [z_seeds[i] for i in idx], truncation_psi).to(device),
                              gen_proj_seeds, batch_size, count, state,
                              lambda idx: [DegradationSpec() for _ in idx])  # rendered clean: only a shift is sought
     real_proj_seeds = [image_seed(seed, img.sha256) for img in loaded]
-    real_d = _project_missing(projector, "real", [img.sha256 for img in loaded],
+    real_d, real_t = _project_missing(projector, "real", [img.sha256 for img in loaded],
                               lambda idx: torch.cat([loaded[i].tensor for i in idx]).to(device), real_proj_seeds,
                               batch_size, count, state,
                               lambda idx: [spec_for(loaded[i], settings, G.img_resolution) for i in idx])
@@ -282,7 +324,8 @@ def _calibrate(model, real_paths, n_generated, target_fpr, settings, distance, s
                   "processing": {"generated": dict(CLEAN), "real": real_processing(loaded)}},
         seeds={"seed": int(seed), "generated_z_seeds": z_seeds, "generated_projection_seeds": gen_proj_seeds,
                "real_projection_seeds": real_proj_seeds},
-        hashes=hashes, skipped=skipped)
+        hashes=hashes, skipped=skipped,
+        trajectories={"every": every, "steps": int(settings.steps), "generated": gen_t, "real": real_t})
 
 
 def real_processing(loaded: Sequence[Any]) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ from .attribution import Threshold, threshold_for, verdict
 from .calibration import calibration_for_lpips, calibration_mismatch, calibration_weakness
 from .calibration_store import load_calibration
 from .degradation import describe_spec, project_degraded, spec_for
+from .early import DecisionBands, calibration_bands, early_unavailable
 from .images import ImageInputError, LoadedImage, load_image, save_image
 from .processing import Preprocessing, weaknesses
 from .projector import Projector
@@ -94,28 +95,43 @@ def image_seed(seed: int, sha256: str) -> int:
     return (seed * 1_000_003 + int(sha256[:8], 16)) % 2**32
 
 
-def effective_settings(settings: Optional[ProjectorSettings], threshold: Optional[Threshold],
-                       early_stop: bool) -> ProjectorSettings:
-    """The projector settings a check runs with: ``settings`` (default App. D), with the early-stopping band at
-    the decision threshold when ``early_stop`` (no threshold: no early stopping)."""
+def effective_settings(settings: Optional[ProjectorSettings], bands: Optional[DecisionBands] = None,
+                       allow_under: bool = True) -> ProjectorSettings:
+    """The projector settings a check runs with: ``settings`` (default App. D), with the early-decision
+    schedule of ``bands`` (:mod:`detector.early`) when given."""
     settings = settings or ProjectorSettings()
-    if early_stop and threshold is not None:
-        settings = dataclasses.replace(settings, early_stop=(threshold.value, threshold.value))
+    if bands is not None:
+        settings = dataclasses.replace(settings, early_stop_schedule=bands.schedule(allow_under))
     return settings
+
+
+def early_bands(calibration: Optional[dict], threshold: Optional[Threshold], settings: ProjectorSettings,
+                candidates: int = 1, margin: float = DEFAULT_MARGIN) -> Optional[DecisionBands]:
+    """The early-decision bands of one network for a check: from its calibration's trajectories at the threshold
+    in use, the far side at ``margin`` x threshold when there are several candidates
+    (:func:`detector.early.calibration_bands`); None without a threshold or usable trajectories."""
+    if threshold is None:
+        return None
+    return calibration_bands(calibration, threshold.value, settings,
+                             factor=1.0 if candidates <= 1 else margin)
 
 
 def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, *,
                  settings: Optional[ProjectorSettings] = None, calibration: Optional[dict] = None,
                  threshold: Optional[float] = None, seed: int = 0, early_stop: bool = False, strict: bool = False,
+                 candidates: int = 1, margin: float = DEFAULT_MARGIN,
                  progress: Optional[Callable[[int, int, np.ndarray], None]] = None) -> List[CheckRecord]:
     """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``
     (with ``strict``, also images that would need cropping or resizing).
 
-    ``early_stop``: freeze an image once its verdict is settled, with the band of undecided distances at the
-    decision threshold (:class:`detector.settings.ProjectorSettings` ``early_stop``, margin and patience as
-    set there); it changes how long an image runs, never which side of the threshold it ends on."""
+    ``early_stop``: stop an image where its verdict can no longer change, by the bands measured on the
+    network's calibration trajectories (:mod:`detector.early`; none recorded: every image runs in full). Among
+    ``candidates`` > 1 networks only the far side stops (at ``margin`` x threshold), which keeps every verdict
+    of :func:`detector.scoring.decide` at that margin or a smaller one."""
     th: Optional[Threshold] = threshold_for(calibration, threshold)
-    settings = effective_settings(settings, th, early_stop)
+    settings = settings or ProjectorSettings()
+    bands = early_bands(calibration, th, settings, candidates, margin) if early_stop else None
+    settings = effective_settings(settings, bands, allow_under=candidates <= 1)
     records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels, strict)
     if not loaded:
         return records
@@ -229,7 +245,8 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
                 progress(k, step, total, losses)
         per_network[c.name] = check_images(c.G, paths, distance, settings=settings, calibration=c.calibration,
                                            threshold=threshold, seed=seed, early_stop=early_stop,
-                                           strict=strict, progress=step_progress)
+                                           strict=strict, candidates=len(candidates), margin=margin,
+                                           progress=step_progress)
     refs = {c.name: Reference.from_calibration(c.name, c.calibration, threshold) for c in candidates}
     out = []
     for i, p in enumerate(paths):
@@ -297,15 +314,19 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
         weak = th.source == "calibration" and calibration_weakness(cal.get("auc"), cal.get("tpr"))
         if weak:
             warnings.append(f"{name}: {weak}")
-    if early_stop and len(loaded) > 1:
-        warnings.append("early stopping is for one network (its band is that network's threshold); with several "
-                        "networks every image runs all steps")
-        early_stop = False
+    if early_stop:
+        for name, cal in zip(names, calibrations):
+            th = threshold_for(cal, threshold)
+            if th is not None and early_bands(cal, th, settings, len(loaded), margin) is None:
+                warnings.append(f"{name}: no early decisions, {early_unavailable(cal, settings)}; its images run "
+                                f"all {settings.steps} steps")
     candidates = [Candidate(n, m.G_ema, cal) for n, m, cal in zip(names, loaded, calibrations)]
     images = check_networks(candidates, paths, distance, settings=settings, threshold=threshold, seed=seed,
                             early_stop=early_stop, margin=margin, strict=strict, progress=progress)
-    th0 = threshold_for(calibrations[0], threshold) if len(candidates) == 1 else None
-    return CheckRun(models, images, effective_settings(settings, th0, early_stop), lpips, margin, warnings)
+    bands = None
+    if early_stop and len(candidates) == 1:
+        bands = early_bands(calibrations[0], threshold_for(calibrations[0], threshold), settings)
+    return CheckRun(models, images, effective_settings(settings, bands), lpips, margin, warnings)
 
 
 def difference_image(target: torch.Tensor, resynth: torch.Tensor, gain: float = 4.0) -> torch.Tensor:

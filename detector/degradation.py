@@ -176,8 +176,9 @@ def project_degraded(projector: Any, targets: torch.Tensor, specs: List[Degradat
         return out
 
     if s.align:
-        short = dataclasses.replace(s, steps=s.align_steps, early_stop=None, clean_checkpoints=False, starts=1,
-                                    keep_starts=1, refine_steps=0, align=0, trace_every=0)
+        short = dataclasses.replace(s, steps=s.align_steps, early_stop=None, early_stop_schedule=None,
+                                    clean_checkpoints=False, starts=1, keep_starts=1, refine_steps=0, align=0,
+                                    trace_every=0)
         first = grouped(Projector(projector.G, projector.distance, short), float(s.align_steps))
         with torch.no_grad():
             for k, r in enumerate(first):

@@ -327,6 +327,9 @@ class Projector:
 
         steps = int(s.steps)
         total = steps + int(s.refine_steps)
+        schedule = {a: (b, c) for a, b, c in (s.early_stop_schedule or ())}
+        # e.g. start 7/25 of 25 steps: 7 / 25 * 25 is 7.000000000000001 in floating point, and its ceil 8
+        first_checkpoint = math.ceil(s.early_stop_start * steps - 1e-9)
         for step in range(total):
             if step < steps:  # App. D's schedule
                 t = step / steps
@@ -388,17 +391,21 @@ class Projector:
                     by_image.setdefault(k, []).append(r)
                 keep_rows(sorted(r for rs in by_image.values() for r in sorted(rs, key=lambda r: d_np[r])[:kept]))
             selected = K == kept or done >= s.start_steps
-            if (selected and (s.early_stop is not None or s.clean_checkpoints) and done < steps
-                    and done / steps >= s.early_stop_start
-                    and (done - math.ceil(s.early_stop_start * steps)) % s.early_stop_every == 0):
+            on_cadence = ((s.early_stop is not None or s.clean_checkpoints) and done >= first_checkpoint
+                          and (done - first_checkpoint) % s.early_stop_every == 0)
+            if selected and done < steps and (on_cadence or done in schedule):
                 ws_c, img_c, d_c = clean_eval()
                 d_np = d_c.cpu().numpy()
                 freeze = []
+                band = schedule.get(done)
                 for r, row in enumerate(active_list):
-                    history[row].append((done, float(d_np[r])))
-                    if s.early_stop is not None and _settled(history[row][-s.early_stop_patience:],
-                                                             s.early_stop_patience, s.early_stop,
-                                                             s.early_stop_margin, steps):
+                    d_r = float(d_np[r])
+                    history[row].append((done, d_r))
+                    if band is not None and (d_r < band[0] or d_r > band[1]):
+                        freeze.append(r)  # outside the measured undecided band (detector.early)
+                    elif on_cadence and s.early_stop is not None and _settled(
+                            history[row][-s.early_stop_patience:], s.early_stop_patience, s.early_stop,
+                            s.early_stop_margin, steps):
                         freeze.append(r)
                 if freeze:
                     finish(freeze, ws_c, img_c, d_c, done, done)

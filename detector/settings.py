@@ -8,6 +8,7 @@ is what it is: see docs/measurements.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -110,6 +111,10 @@ class ProjectorSettings:
                      through (resized to it and back), when known
     align            the largest shift (px) searched for between the image and a first projection of
                      ``align_steps`` steps (0: none); the image is then compared at that shift
+    early_stop_schedule None, or ((step, under, far), ...): at each of these steps the clean distance of each active
+                     image is evaluated, and the image is frozen when it is below ``under`` or above ``far``
+                     (inf: never). The bands come from measured trajectories (:mod:`detector.early`), so no
+                     patience or extrapolation is involved.
     clean_checkpoints evaluate the clean distance at the early-stopping checkpoints (start, every) even
                      without early stopping, and return them as ``ProjectionResult.clean_trace``: one full run
                      then tells what any early-stopping band would have saved
@@ -141,6 +146,7 @@ class ProjectorSettings:
     early_stop_every: int = 50
     early_stop_patience: int = 3
     early_stop_margin: float = 0.01
+    early_stop_schedule: Optional[Tuple[Tuple[int, float, float], ...]] = None
     clean_checkpoints: bool = False
     starts: int = 1
     start_fraction: float = 0.2
@@ -187,6 +193,17 @@ class ProjectorSettings:
             if len(self.early_stop) != 2 or not self.early_stop[0] <= self.early_stop[1]:
                 bad(f"early_stop must be None or (low, high) with low <= high, got {self.early_stop!r}")
             object.__setattr__(self, "early_stop", tuple(float(v) for v in self.early_stop))
+        if self.early_stop_schedule is not None:
+            try:
+                sched = tuple((int(a), float(b), math.inf if c is None else float(c))
+                              for a, b, c in self.early_stop_schedule)
+            except (TypeError, ValueError):
+                sched = None
+            if (not sched or [a for a, _, _ in sched] != sorted({a for a, _, _ in sched})
+                    or any(not 0 < a < self.steps or not b >= 0 or not c > 0 for a, b, c in sched)):
+                bad("early_stop_schedule must be None or ((step, under, far), ...) with steps rising strictly "
+                    f"within (0, steps), under >= 0 and far > 0, got {self.early_stop_schedule!r}")
+            object.__setattr__(self, "early_stop_schedule", sched)
         if not 0 <= self.early_stop_start <= 1:
             bad(f"early_stop_start must be in [0, 1], got {self.early_stop_start}")
         if self.early_stop_every < 1 or self.early_stop_patience < 1:
@@ -196,7 +213,7 @@ class ProjectorSettings:
                 bad(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.starts < 1 or self.keep_starts < 1:
             bad(f"starts and keep_starts must be >= 1, got {self.starts}, {self.keep_starts}")
-        if self.early_stop is not None and min(self.starts, self.keep_starts) > 1:
+        if (self.early_stop is not None or self.early_stop_schedule) and min(self.starts, self.keep_starts) > 1:
             bad("early stopping needs one start per image after the selection (keep_starts 1)")
         if not 0 < self.start_fraction < 1:
             bad(f"start_fraction must be in (0, 1), got {self.start_fraction}")
@@ -250,6 +267,8 @@ class ProjectorSettings:
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
+        if self.early_stop_schedule is not None:  # JSON has no infinity: None stands for "never"
+            d["early_stop_schedule"] = [[a, b, c if math.isfinite(c) else None] for a, b, c in self.early_stop_schedule]
         return d
 
     @classmethod
@@ -269,7 +288,7 @@ class ProjectorSettings:
 _INACTIVE = ((("starts", 1), ("keep_starts", "start_fraction", "start_psi")),
              (("refine_steps", 0), ("refine_lr", "refine_mse")),
              (("model_jpeg", False), ()), (("model_resize", False), ()), (("source_size", None), ()),
-             (("align", 0), ("align_steps",)))
+             (("align", 0), ("align_steps",)), (("early_stop_schedule", None), ()))
 
 
 def settings_identity(d: Dict[str, Any]) -> Dict[str, Any]:

@@ -91,13 +91,13 @@ ClampOutputOption = Annotated[Optional[bool], typer.Option(
          "see docs/measurements.md).")]
 EarlyStopOption = Annotated[bool, typer.Option(
     "--early-stop/--no-early-stop", rich_help_panel=PROJECTOR,
-    help="Stop projecting an image once its distance has settled clearly on one side of the threshold (checked "
-         "every 50 steps from step 500; same verdict, the distance is the one at that point). App. D runs all "
-         "1000 steps.")]
+    help="Stop projecting an image where its verdict can no longer change, by bands measured on the network's "
+         "calibration trajectories (every 25 steps; with several networks only images far from a network stop "
+         "under it). The distance is the one at that point. Needs a calibration made by this version.")]
 TrajectoryOption = Annotated[Optional[int], typer.Option(
     "--trajectory", metavar="N", rich_help_panel=PROJECTOR,
     help="Also record each image's clean distance every N steps from step N (for early-decision studies; the "
-         "results do not change; --early-stop then checks on the same schedule).")]
+         "results do not change).")]
 DEGRADED = "Degraded images"
 ModelJpegOption = Annotated[Optional[bool], typer.Option(
     "--model-jpeg/--no-model-jpeg", rich_help_panel=DEGRADED,

@@ -419,11 +419,18 @@ def test_interrupted_calibration_resumes_from_its_progress_file(tmp_path):
         f.write('{"kind": "real", "key": "abc", "dist')  # a write cut short
     calls.clear()
     resumed = calibrate(path, reals, progress_file=prog, **kw)
-    # 3 steps + 1 clean evaluation per projection call: 1 generated + 3 reals left, in batches of 1 and 2 + 1
-    assert sum(calls) == (1 + 2 + 1) * (settings.steps + 1)
+    # 3 steps + 1 final clean evaluation + 2 trajectory checkpoints (steps 1 and 2) per projection call:
+    # 1 generated + 3 reals left, in batches of 1 and 2 + 1
+    assert sum(calls) == (1 + 2 + 1) * (settings.steps + 1 + 2)
     assert resumed.generated_distances == pytest.approx(straight.generated_distances, abs=1e-6)
     assert resumed.real_distances == pytest.approx(straight.real_distances, abs=1e-6)
     assert resumed.threshold == straight.threshold
+    # every image's trajectory (checkpoints at steps 1 and 2), the resumed ones read back from the file
+    assert resumed.trajectories["every"] == 1 and resumed.trajectories["steps"] == 3
+    for kind in ("generated", "real"):
+        assert [len(t) for t in resumed.trajectories[kind]] == [2, 2, 2]
+        for a, b in zip(resumed.trajectories[kind], straight.trajectories[kind]):
+            assert a == pytest.approx(b, rel=1e-4)
     assert len(prog.read_text().splitlines()) == 1 + 6  # header and one line per image, the broken one gone
     with pytest.raises(CalibrationError, match="another calibration"):
         calibrate(path, reals, progress_file=prog, **dict(kw, settings=ProjectorSettings(steps=4, w_avg_samples=500)))

@@ -128,16 +128,39 @@ def test_result_of_an_image_does_not_depend_on_its_companions(setup):
     assert both[1].verdict == alone[0].verdict
 
 
-def test_early_stop_band_sits_at_the_threshold(setup):
-    """--early-stop sets the projector's band of undecided distances to [threshold, threshold]."""
+def test_early_stop_uses_the_calibration_trajectories(setup):
+    """--early-stop takes its bands from the calibration's trajectories: without any, a warning and full runs;
+    with them, the schedule (under and far side for one network) reaches the projector."""
+    from detector.calibration import record_from_distances
+    from detector.calibration_store import store_calibration
+
     t = setup
-    args = ["check", str(t / "fake.png"), "--model", str(t / "g.pt"), "--steps", "4", "--json", "--threshold",
-            "0.3", "--device", "cpu"]
-    on = json.loads(runner.invoke(app, args + ["--early-stop"]).stdout)
+    args = ["check", str(t / "fake.png"), "--model", str(t / "g.pt"), "--steps", "40", "--json", "--device", "cpu"]
+    rng = np.random.RandomState(0)
+    gen = list(rng.uniform(0.01, 0.05, 30))
+    real = list(rng.uniform(0.3, 0.6, 30))
+    store_calibration(record_from_distances(gen, real, 0.05), t / "g.pt")
+    r = runner.invoke(app, args + ["--early-stop"])
+    assert r.exit_code == 0, r.output
+    assert "no early decisions" in r.stderr and "no trajectories" in r.stderr
+    assert json.loads(r.stdout)["settings"]["early_stop_schedule"] is None
+
+    def trajectory(final):  # every 1 step (40-step runs): falling towards the final distance
+        return [final * (1 + 3 * (1 - s / 40)) for s in range(1, 40)]
+
+    store_calibration(record_from_distances(gen, real, 0.05, trajectories={
+        "every": 1, "steps": 40, "generated": [trajectory(d) for d in gen], "real": [trajectory(d) for d in real]}),
+        t / "g.pt")
+    on = runner.invoke(app, args + ["--early-stop"])
+    assert on.exit_code == 0, on.output
+    assert "no early decisions" not in on.stderr
+    sched = json.loads(on.stdout)["settings"]["early_stop_schedule"]
+    assert [s for s, _, _ in sched] == list(range(1, 40))
+    assert all(0 < u < f for _, u, f in sched)  # both sides stop with one network
+    cand = json.loads(on.stdout)["results"][0]["candidates"]["g"]
+    assert cand["projection"]["settings"]["early_stop_schedule"] == sched
     off = json.loads(runner.invoke(app, args).stdout)
-    assert on["settings"]["early_stop"] == [0.3, 0.3]
-    assert off["settings"]["early_stop"] is None
-    assert on["results"][0]["candidates"]["g"]["projection"]["settings"]["early_stop"] == [0.3, 0.3]
+    assert off["settings"]["early_stop_schedule"] is None
 
 
 def test_projector_options_reach_the_projector_and_a_calibration_made_otherwise_is_flagged(setup):

@@ -435,6 +435,34 @@ def test_simulated_early_stop_equals_a_real_early_stopped_run(G):
         simulate_early_stop(r.clean_trace, r.distance, (0.1, 0.2), plain)
 
 
+def test_early_stop_schedule_freezes_where_the_bands_say(G):
+    """A schedule of measured bands (detector.early) freezes each image at the first checkpoint where it is
+    outside the band, exactly where stop_point predicts from a full run of the same image, and reports the clean
+    distance there; the schedule survives to_dict/from_dict (inf as None)."""
+    from detector.early import decision_bands, stop_point
+
+    targets = torch.cat([generated_images(G, 2), real_like_images(2)])
+    full = project(G, targets, ProjectorSettings(steps=40, w_avg_samples=1000, clean_checkpoints=True,
+                                                 early_stop_start=0.25, early_stop_every=5),
+                   distance=mse, seed=[1, 2, 3, 4])
+    finals = [r.distance for r in full]
+    threshold = (min(finals[2:]) + max(finals[:2])) / 2  # generated below, real-like above (checked next)
+    assert max(finals[:2]) < threshold < min(finals[2:])
+    bands = decision_bands([r.clean_trace for r in full], finals, threshold, steps=40, slack=0.0)
+    settings = ProjectorSettings(steps=40, w_avg_samples=1000, early_stop_schedule=bands.schedule())
+    assert ProjectorSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    stopped = project(G, targets, settings, distance=mse, seed=[1, 2, 3, 4])
+    for f, r in zip(full, stopped):
+        n, d, side = stop_point(f.clean_trace, f.distance, bands)
+        assert r.steps_run == n and r.distance == pytest.approx(d, abs=1e-5)
+        assert (r.stopped_at_step is None) == (side is None)
+    assert sum(r.steps_run for r in stopped) < 4 * 40  # the bands, with no slack, stop something here
+    with pytest.raises(ValueError, match="early_stop_schedule"):
+        ProjectorSettings(steps=40, early_stop_schedule=((45, 0.0, 1.0),))
+    with pytest.raises(ValueError, match="early_stop_schedule"):
+        ProjectorSettings(steps=40, early_stop_schedule=((20, 0.0, 1.0), (10, 0.0, 1.0)))
+
+
 def test_trace_every_and_progress(G):
     targets = real_like_images(2)
     results = project(G, targets, ProjectorSettings(steps=12, trace_every=5, w_avg_samples=1000), distance=mse)
@@ -480,7 +508,8 @@ def test_settings_and_validation(G):
         ProjectorSettings(lr=0.0)
     # Records written before the start and refinement fields existed name the same projection when those idle.
     before = {k: v for k, v in ProjectorSettings(lr=0.1).to_dict().items()
-              if not k.startswith(("start", "keep_start", "refine", "model_", "source_size", "align"))}
+              if not k.startswith(("start", "keep_start", "refine", "model_", "source_size", "align",
+                                   "early_stop_schedule"))}
     assert settings_identity(ProjectorSettings(lr=0.1).to_dict()) == settings_identity(before) == before
     # so do those written before the degradation fields (issue 26); a modelled degradation names itself
     assert settings_identity(ProjectorSettings(align=4).to_dict())["align_steps"] == 100
