@@ -214,8 +214,15 @@ def format_case_metrics(metrics: dict) -> str:
 
 
 def scatter(report: dict, truth: Dict[str, str], path: Union[str, Path]) -> None:
+    """:func:`scatter_png` written to ``path``."""
+    Path(path).write_bytes(scatter_png(report, truth))
+
+
+def scatter_png(report: dict, truth: Dict[str, str]) -> bytes:
     """Distance under the case's first network against its second, one colour per true source, with both
-    thresholds (two-network cases)."""
+    thresholds (two-network cases), as PNG bytes."""
+    import io
+
     import matplotlib  # lazy: only --scatter draws, and matplotlib costs ~0.5 s to import
 
     matplotlib.use("Agg", force=False)
@@ -248,9 +255,11 @@ def scatter(report: dict, truth: Dict[str, str], path: Union[str, Path]) -> None
            ylabel=f"LPIPS under {b}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    return buf.getvalue()
 
 
 __all__ = ["CaseMetricsError", "load_case_report", "parse_truth", "true_label", "case_metrics",
-           "format_case_metrics", "scatter"]
+           "format_case_metrics", "scatter", "scatter_png"]

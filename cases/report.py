@@ -28,6 +28,9 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                            achieved_fpr: float|None}]}
     histogram   {bins: [float], models: [{name: str, case: [int], generated: [int]|None, real: [int]|None}]}
                 counts per bin (len(bins) - 1 each); generated/real from the calibration record
+    evaluation  None, or (``detect report --truth``) :func:`cases.metrics.case_metrics` of the case against the
+                known sources of its inputs: truth, per_network, cross_network, confusion {labels, matrix,
+                total, accuracy}, ambiguous, margin_sweep, ...
     images      [{paths: [str], sha256: str, verdict: str, attributed_to: str|None, runner_up: str|None,
                   margin: float|None   runner-up's threshold ratio over the best's (detector.scoring.decide)
                   distances: {model name: float|None},
@@ -89,6 +92,7 @@ REPORT_SCHEMA = {
                 "changed": _I, "stale_results": _I, "verdicts": _D, "models": [MODEL_SCHEMA]},
     "histogram": {"bins": [_F], "models": [{"name": _S, "case": [_I], "generated": ([_I], _N),
                                              "real": ([_I], _N)}]},
+    "evaluation": (_D, _N),
     "images": [IMAGE_SCHEMA],
     "errors": [{"path": _S, "sha256": (_S, _N), "error": _S}],
     "changed": [{"path": _S, "old_sha256": _S, "new_sha256": _S, "detected": _S}],
@@ -249,6 +253,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                     "stale_results": stale, "verdicts": dict(sorted(verdicts.items())),
                     "models": [_model_summary(e, override) for e in models]},
         "histogram": _histogram(models, by_model),
+        "evaluation": None,
         "images": images,
         "errors": err_list,
         "changed": list(m.get("changed", [])),
@@ -265,11 +270,18 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
     return doc, records
 
 
-def write_report(case_dir, out_dir=None) -> Tuple[Path, Path]:
+def write_report(case_dir, out_dir=None, truth: Optional[Dict[str, str]] = None) -> Tuple[Path, Path]:
     """Write ``report.html`` and ``report.json`` for a case (default folder ``CASE/report``); returns their
-    paths. Both are written atomically; the JSON is validated against :data:`REPORT_SCHEMA` first."""
+    paths. Both are written atomically; the JSON is validated against :data:`REPORT_SCHEMA` first. ``truth``
+    (``{FOLDER: network name or 'none'}``, as ``detect score --truth``) adds ``evaluation``: the case's
+    figures against the known sources (:func:`cases.metrics.case_metrics`: confusion table under the
+    calibrated rule, per-network rates), shown in the report's opening with the scatter of distances."""
     store = CaseStore.open(case_dir)
     doc, records = build_report(store)
+    if truth:
+        from .metrics import case_metrics
+
+        doc["evaluation"] = json.loads(json.dumps(case_metrics(doc, dict(truth))))
     validate_report(doc)
     out = Path(out_dir) if out_dir is not None else store.path / "report"
     out.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,8 @@ width:720px}
 .panel figure img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ddd}
 .panel figcaption{font-size:11px}
 .mono{font-family:monospace;font-size:12px;word-break:break-all}
-#histogram img{max-width:100%}
+#histogram img{max-width:100%} .confusion td.diag{background:#e8f4e8;font-weight:bold}
+img.scatter{width:400px}
 pre{background:#f6f6f6;padding:8px;font-size:11px;overflow-x:auto}
 """
 
@@ -208,15 +209,54 @@ def _overview(doc: Dict[str, Any]) -> str:
         found.append(f"{s['pending']} still waiting to be projected")
     sure = "".join(f"<li>{_how_sure(e, m, prov.get('threshold_override'))}</li>"
                    for e, m in zip(prov["models"], s["models"]))
-    return f"""<section id="overview"><h2>In short</h2>
+    return f"""<section id="overview"><h2>In short</h2>{_known_truth(doc)}
 <p><b>What was checked.</b> {_count(s['distinct'], 'distinct image')} against {_count(n_models, 'network')}:
 {names}. For each network
 the tool searched for the input from which the network reproduces the image most closely (StyleGAN2 §5) and
 measured how close that reproduction is (LPIPS distance: smaller is closer). A network's own images come back
 almost exactly; other images do not.</p>
 <p><b>What was found.</b> {'; '.join(found) if found else 'nothing yet'}.</p>
-<p><b>How sure.</b></p><ul>{sure}</ul></section>
+<p><b>How sure.</b></p><ul>{sure}</ul>{_evaluation(doc)}</section>
 """
+
+
+def _known_truth(doc: Dict[str, Any]) -> str:
+    """A one-line pointer to the evaluation when the sources of the inputs are known (``--truth``)."""
+    ev = doc.get("evaluation")
+    if not ev:
+        return ""
+    c = ev["confusion"]
+    right = sum(c["matrix"][i][i] for i in range(len(c["labels"])))
+    return (f"<p><b>Where the true source is known</b> ({ev['n_labelled']} images): {right} of {c['total']} "
+            f"verdicts name it (a real image's is 'not attributed'). The table and plot below show the rest.</p>")
+
+
+def _evaluation(doc: Dict[str, Any]) -> str:
+    """The confusion table (true source x verdict, calibrated rule) and, for two networks, the scatter of every
+    image's distances under both, when the report has an evaluation."""
+    ev = doc.get("evaluation")
+    if not ev:
+        return ""
+    from .metrics import scatter_png
+
+    c = ev["confusion"]
+    label = {lab: ("real (none)" if lab == "none" else lab) for lab in c["labels"]}
+    head = "".join(f"<th>{_e('none' if lab == 'none' else lab)}</th>" for lab in c["labels"])
+    rows = "".join(f"<tr><th>{_e(label[lab])}</th>" + "".join(
+        f"<td{' class=diag' if i == j else ''}>{v}</td>" for j, v in enumerate(row)) + "</tr>"
+                   for i, (lab, row) in enumerate(zip(c["labels"], c["matrix"])))
+    amb = ", ".join(f"{_e(label.get(k, k))} {n}" for k, n in ev.get("ambiguous", {}).items() if n)
+    plot = ""
+    if len(doc["summary"]["models"]) == 2:
+        plot = (f"<figure><img class='scatter' alt='distance under each network, one colour per true source' "
+                f"src='{_png_uri(scatter_png(doc, ev['truth']))}'><figcaption>Each image's distance under both "
+                f"networks (log scales); dashed: each network's threshold. A network's own images sit low on its "
+                f"axis and high on the other's.</figcaption></figure>")
+    return (f"<h3>Against the known sources</h3><table class='confusion'><tr><th>true source \\ verdict</th>"
+            f"{head}</tr>{rows}</table>"
+            f"<p>Rows: where the images came from; columns: the network the verdict names ('none': not attributed"
+            f"{', or too close to call' if amb else ''}). {('Too close to call: ' + amb + '.') if amb else ''}</p>"
+            f"{plot}")
 
 
 def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> str:

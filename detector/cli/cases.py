@@ -143,15 +143,21 @@ def report(
         "--out", "-o", metavar="DIR", help="Folder for report.html and report.json (default: CASE/report).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report's summary and file names as "
                                                          "JSON.")] = False,
+    truth: Annotated[Optional[List[str]], typer.Option(
+        "--truth", metavar="FOLDER=LABEL",
+        help="Where inputs came from, when known (as `detect score`): every input under a folder FOLDER is "
+             "from network LABEL, or 'none' for real images. Adds the confusion table (and, for two networks, "
+             "the scatter of distances) to the report's opening.")] = None,
 ) -> None:
     """Write a case's HTML and JSON reports.
 
     The HTML report is self-contained (images embedded).
     """
     with user_errors(case_errors()):
+        from cases.metrics import parse_truth
         from cases.report import write_report
 
-        html_path, json_path = write_report(case, out)
+        html_path, json_path = write_report(case, out, truth=parse_truth(truth or []))
         doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
         for d in doc["provenance"]["damaged_batches"]:
             typer.echo(f"warning: {d['file']} is damaged ({d['error']}): skipped, its images count as pending; "

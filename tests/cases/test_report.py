@@ -174,3 +174,40 @@ def test_html_in_headless_chromium(case, tmp_path):
         assert needle in dom, needle
     assert dom.count('class="panel') == 5
     assert dom.count("data:image/png;base64,") == 4 * 5 + 1  # 5 images per panel + the histogram
+
+
+def test_report_with_known_sources_shows_the_confusion_table_and_scatter(tmp_path, lpips_weights):
+    """`detect report --truth`: the report's evaluation is the case scored against the known sources (each
+    confusion cell the count of images of that source whose verdict names that network), shown in the opening
+    with the scatter of distances under the two networks; a label that is not a network is refused."""
+    from tests.cases.test_store import tiny_generator as tiny
+
+    G = tiny(0)
+    save_network(tmp_path / "g.pt", G, calibration=CALIBRATION)
+    save_network(tmp_path / "h.pt", tiny(1), calibration=CALIBRATION)
+    make_images(tmp_path / "imgs" / "gen_g", n_fake=2, n_real=0, G=G)
+    make_images(tmp_path / "imgs" / "real", n_fake=0, n_real=2, G=G)
+    r = runner.invoke(app, ["batch", str(tmp_path / "imgs"), "--model", str(tmp_path / "g.pt"), "--model",
+                            str(tmp_path / "h.pt"), "--case", str(tmp_path / "case"), "--steps", "3"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["report", str(tmp_path / "case"), "--truth", "gen_g=g", "--truth", "real=none"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "case" / "report" / "report.json").read_text())
+    validate_report(doc)
+    ev = doc["evaluation"]
+    assert ev["truth"] == {"gen_g": "g", "real": "none"} and ev["n_labelled"] == 4
+    labels = ev["confusion"]["labels"]
+    assert labels == ["g", "h", "none"]
+    expected = [[0] * 3 for _ in labels]
+    for img in doc["images"]:
+        source = "g" if "/gen_g/" in img["paths"][0] else "none"
+        expected[labels.index(source)][labels.index(img["attributed_to"] or "none")] += 1
+    assert ev["confusion"]["matrix"] == expected
+    html = (tmp_path / "case" / "report" / "report.html").read_text()
+    assert "Against the known sources" in html and "class='scatter'" in html
+    assert "Where the true source is known</b> (4 images)" in html
+    bad = runner.invoke(app, ["report", str(tmp_path / "case"), "--truth", "gen_g=nonesuch"])
+    assert bad.exit_code == 2 and "nonesuch" in bad.stderr
+    plain = runner.invoke(app, ["report", str(tmp_path / "case")])
+    assert plain.exit_code == 0
+    assert json.loads((tmp_path / "case" / "report" / "report.json").read_text())["evaluation"] is None
