@@ -299,12 +299,13 @@ def test_fetch_weights_json(tmp_path, monkeypatch):
 def test_demo_json(tmp_path, monkeypatch):
     from detector.cli import demo as demo_mod
 
-    if not (demo_mod.ASSETS / demo_mod.DEMO_NETWORK).is_file():
+    if not (demo_mod.ASSETS / demo_mod.DEMO_NETWORKS[0]).is_file():
         pytest.skip("demo network not built")
     monkeypatch.setenv("DETECT_LPIPS_WEIGHTS", str(shared_file(VGG)))
     doc = _json(detect_app, ["demo", "--out", str(tmp_path / "d"), "--steps", "1", "--n-generated", "1",
                              "--device", "cpu"])
-    assert doc["n_generated"] == 1 and doc["n_real"] == 6 and Path(doc["report_html"]).is_file()
+    assert doc["n_generated"] == {n: 1 for n in doc["networks"]} and doc["n_real"] == 6
+    assert Path(doc["report_html"]).is_file() and doc["confusion"]["labels"] == doc["networks"] + ["none"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
