@@ -87,16 +87,18 @@ class Degradation(torch.nn.Module):
         top, bottom, left, right = self.box
         return x[..., top:bottom, left:right]
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, photometric: bool = True) -> torch.Tensor:
+        """``photometric`` False: the shift's crop only (no resize, no JPEG), for the steps before
+        ``ProjectorSettings.degrade_from``."""
         s, R = self.spec, self.resolution
         x = img
-        if s.via_size is not None:
+        if photometric and s.via_size is not None:
             # the 8-bit path of Pillow (what a file on disk went through), on the 0..255 scale
             v = (x.clamp(-1, 1) + 1) * 127.5
             v = resize(v, s.via_size, "lanczos3", reducing_gap=REDUCING_GAP, quantize=True)
             v = resize(v, R, "lanczos3", reducing_gap=REDUCING_GAP, quantize=True)
             x = v / 127.5 - 1
-        if self.jpeg is not None:
+        if photometric and self.jpeg is not None:
             x = self.jpeg(x)
         if s.shift != (0, 0):
             x = self._crop(shift(x, s.shift[0], s.shift[1]))

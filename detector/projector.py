@@ -236,8 +236,13 @@ class Projector:
                 dist_res = None  # a crop (shift) is compared at its own size, not stretched back
         dist = _Distance(self.distance, dist_res)
 
-        def observed(img: torch.Tensor) -> torch.Tensor:  # what the distance compares with the target
-            return img if degrade is None else degrade(img)
+        # the step from which the modelled JPEG / resize enters the loss (the reported distance always has it)
+        degrade_from_step = math.ceil(s.degrade_from * s.steps - 1e-9)
+
+        def observed(img: torch.Tensor, step: Optional[int] = None) -> torch.Tensor:  # what the distance compares
+            if degrade is None:
+                return img
+            return degrade(img, photometric=step is None or step >= degrade_from_step)
 
         prepared_all = dist.prepare(compared)
         if K > 1:
@@ -352,7 +357,7 @@ class Projector:
                 img = synthesis(ws, noise=chunk_maps, fused_modconv=s.fused_modconv)
                 if s.clamp_output:
                     img = img.clamp(-1, 1)
-                img = observed(img)
+                img = observed(img, step)
                 d = dist(img, _Distance.rows(prepared, a, b))
                 if alpha:
                     reg = noise_regularization(chunk_maps, s.pyramid)

@@ -109,6 +109,9 @@ class ProjectorSettings:
     model_resize     compare an image that was resized to the network's size with the same resize (down and
                      back) of the re-synthesis; ``source_size``: the size a file at the network's size went
                      through (resized to it and back), when known
+    degrade_from     the fraction of ``steps`` from which the modelled JPEG and resize enter the loss (0: from the
+                     start; 1: only the reported distance, the optimisation itself compares the plain
+                     re-synthesis); a shift's crop always applies
     align            the largest shift (px) searched for between the image and a first projection of
                      ``align_steps`` steps (0: none); the image is then compared at that shift
     early_stop_schedule None, or ((step, under, far), ...): at each of these steps the clean distance of each active
@@ -158,6 +161,7 @@ class ProjectorSettings:
     model_jpeg: bool = False
     model_resize: bool = False
     source_size: Optional[int] = None
+    degrade_from: float = 0.0
     align: int = 0
     align_steps: int = 100
 
@@ -227,6 +231,8 @@ class ProjectorSettings:
             bad("several starts are for W; W+ is not for attribution")
         if self.source_size is not None and (int(self.source_size) != self.source_size or self.source_size < 2):
             bad(f"source_size must be None or an integer >= 2, got {self.source_size!r}")
+        if not 0 <= self.degrade_from <= 1:
+            bad(f"degrade_from must be in [0, 1], got {self.degrade_from}")
         if int(self.align) != self.align or self.align < 0 or int(self.align_steps) != self.align_steps \
                 or self.align_steps < 1:
             bad(f"align must be >= 0 and align_steps >= 1, got {self.align}, {self.align_steps}")
@@ -288,7 +294,8 @@ class ProjectorSettings:
 _INACTIVE = ((("starts", 1), ("keep_starts", "start_fraction", "start_psi")),
              (("refine_steps", 0), ("refine_lr", "refine_mse")),
              (("model_jpeg", False), ()), (("model_resize", False), ()), (("source_size", None), ()),
-             (("align", 0), ("align_steps",)), (("early_stop_schedule", None), ()))
+             (("align", 0), ("align_steps",)), (("early_stop_schedule", None), ()),
+             (("degrade_from", 0.0), ()))
 
 
 def settings_identity(d: Dict[str, Any]) -> Dict[str, Any]:

@@ -144,6 +144,35 @@ def test_mixed_processing_in_one_run_equals_one_by_one(tiny):
     assert plain.distance != pytest.approx(both[0].distance, abs=1e-6)  # the comparison did change
 
 
+def test_degrade_from_one_optimises_plainly_and_reports_through_the_model(tiny):
+    """degrade_from=1: the optimisation is plain projection's (same w and noise), only the reported distance is
+    taken through the modelled JPEG; 0.5: the model enters the loss half-way, so the path differs."""
+    t, G = tiny
+    from detector.check import check_images
+    from detector.degradation import Degradation
+    from detector.images import load_image
+    from stylegan.perceptual import load_lpips
+
+    dist = load_lpips("vgg")
+    kw = dict(steps=6, w_avg_samples=256)
+    plain = check_images(G, [t / "a.jpg"], dist, settings=ProjectorSettings(**kw), threshold=0.5)[0]
+    late = check_images(G, [t / "a.jpg"], dist, settings=ProjectorSettings(**kw, model_jpeg=True, degrade_from=1.0),
+                        threshold=0.5)[0]
+    assert torch.equal(plain.result.w, late.result.w)
+    assert all(torch.equal(a, b) for a, b in zip(plain.result.noise, late.result.noise))
+    settings = ProjectorSettings(**kw, model_jpeg=True)
+    spec = spec_for(load_image(t / "a.jpg", 16, 3), settings, 16)
+    assert spec.jpeg_quality == 60
+    through = Degradation(spec, 16)(late.result.image[None])
+    assert late.distance == pytest.approx(float(dist(through, late.target[None])), abs=1e-5)
+    assert late.distance != pytest.approx(plain.distance, abs=1e-6)
+    half = check_images(G, [t / "a.jpg"], dist, settings=ProjectorSettings(**kw, model_jpeg=True, degrade_from=0.5),
+                        threshold=0.5)[0]
+    assert not torch.equal(half.result.w, late.result.w)
+    with pytest.raises(ValueError, match="degrade_from"):
+        ProjectorSettings(degrade_from=1.5)
+
+
 def test_cli_options_reach_the_settings_and_the_record(tiny):
     t, _ = tiny
     r = CliRunner().invoke(app, ["check", str(t / "a.jpg"), "--model", str(t / "g.pt"), "--steps", "4",
