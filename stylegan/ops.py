@@ -84,17 +84,35 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padd
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(N, C, H * up, W * up)
     px0, px1, py0, py1 = _parse_padding(padding)
+    if C >= DEPTHWISE_MIN_CHANNELS:
+        # A depthwise convolution (groups=C) with the 2-D filter, padding and striding included: one pass over
+        # the activations, forward and backward. On CPU 3.5-5x faster than the shifted multiply-adds below at
+        # 128 channels (f+b of [1, 128, 65, 65]: 6.9 against 25.5 ms; [16, 128, 65, 65]: 243 against 915 ms).
+        same = px0 == px1 == py0 == py1 and px0 >= 0
+        if not same and any((px0, px1, py0, py1)):
+            x = _pad_or_crop(x, px0, px1, py0, py1)
+        taps = f.detach().to(x.dtype).flip(0) * math.sqrt(gain)
+        k = taps.numel()
+        kernel = (taps[:, None] * taps[None, :]).flip([0, 1]).reshape(1, 1, k, k).expand(C, 1, k, k)
+        return F.conv2d(x, kernel, stride=down, padding=px0 if same else 0, groups=C)
     if any((px0, px1, py0, py1)):
-        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-        x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-    # True convolution (flipped taps) with the separable filter, one pass per axis, every channel alike. The
-    # taps are constants, so the filter is a few shifted multiply-adds: on CPU far faster (forward and backward)
-    # than a single-channel convolution over N*C planes.
+        x = _pad_or_crop(x, px0, px1, py0, py1)
+    # Few channels (an RGB skip image): the separable filter as a few shifted multiply-adds per axis (true
+    # convolution, flipped taps), faster there than a convolution.
     taps = (f.detach().flip(0).double() * math.sqrt(gain)).tolist()
     y = _fir1d(_fir1d(x, taps, dim=3), taps, dim=2)
     if down > 1:
         y = y[:, :, ::down, ::down]
     return y
+
+
+#: From this many channels on, upfirdn2d filters with a depthwise convolution (below: shifted multiply-adds).
+DEPTHWISE_MIN_CHANNELS = 16
+
+
+def _pad_or_crop(x: torch.Tensor, px0: int, px1: int, py0: int, py1: int) -> torch.Tensor:
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    return x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
 
 def _fir1d(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
