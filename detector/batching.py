@@ -5,7 +5,7 @@ distance evaluated at its resolution (with the targets' features computed once w
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,9 +41,31 @@ def distance_resolution(img_resolution: int, lpips_resolution: Optional[int]) ->
     return min(img_resolution, LPIPS_MAX_RESOLUTION)
 
 
-def auto_chunk_size(img_resolution: int) -> int:
-    """Images per forward/backward pass when ``chunk_size`` is None: 32768 / R^2 (8 at 64 px, 32 at 32 px, 1 from
-    256 px on), the largest pass that was not slower per image on CPU (docs/measurements.md)."""
+#: Synthesis activations (conv outputs, summed over layers) one forward/backward pass may hold: what 32 images of
+#: the 32 px, 128-channel networks hold (346,112 each), the largest pass not slower per image on CPU there and
+#: at 64 px (8 images; docs/measurements.md).
+ACTIVATION_BUDGET = 32 * 346_112
+MAX_CHUNK = 64
+
+
+def synthesis_activations(G: Any) -> Optional[int]:
+    """Values one image's synthesis layers output (sum of out_channels x resolution^2 over the 3x3 layers), or
+    None for a generator without such layers."""
+    total = 0
+    for m in G.modules():
+        out, res = getattr(m, "out_channels", None), getattr(m, "resolution", None)
+        if out is not None and res is not None and hasattr(m, "noise_strength"):
+            total += int(out) * int(res) ** 2
+    return total or None
+
+
+def auto_chunk_size(img_resolution: int, activations: Optional[int] = None) -> int:
+    """Images per forward/backward pass when ``chunk_size`` is None. With the generator's
+    :func:`synthesis_activations`: :data:`ACTIVATION_BUDGET` / activations, rounded, 1 to :data:`MAX_CHUNK` (so
+    the pass adapts to channel counts as well as resolution); without: 32768 / R^2. Both give 32 at 32 px and 8
+    at 64 px for 128 channels, and 1 at 256 px and above for NVIDIA's usual channel counts."""
+    if activations:
+        return int(min(MAX_CHUNK, max(1, round(ACTIVATION_BUDGET / activations))))
     return max(1, 32768 // (img_resolution * img_resolution))
 
 

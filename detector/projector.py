@@ -63,6 +63,7 @@ from .batching import (
     auto_chunk_size,
     distance_resolution,
     image_seeds,
+    synthesis_activations,
 )
 from .results import TRACE_DTYPE, ProjectionResult
 from .settings import DEFAULT_PYRAMID, PYRAMIDS, ProjectorSettings
@@ -225,7 +226,8 @@ class Projector:
         K = int(s.starts)  # rows: start j of image k is row k * K + j; start 0 is App. D's (mu_w, the image's seed)
         kept = min(K, int(s.keep_starts))
         num_ws, w_dim = G.num_ws, G.w_dim
-        chunk = s.chunk_size if s.chunk_size is not None else auto_chunk_size(G.img_resolution)
+        chunk = (s.chunk_size if s.chunk_size is not None
+                 else auto_chunk_size(G.img_resolution, synthesis_activations(G)))
         dist_res = distance_resolution(G.img_resolution, s.lpips_resolution)
         targets = targets.detach().to(device=device, dtype=torch.float32)
         compared = targets
