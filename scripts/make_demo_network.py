@@ -141,8 +141,8 @@ def training_config(data: Path, args):
                         channel_base=2048, channel_max=64)
     D = DiscriminatorConfig(img_resolution=32, img_channels=1, channel_base=2048, channel_max=64)
     base = training_config_for("cpu-tiny", img_resolution=32, data=str(data), batch_size=32, pl_weight=2.0,
-                               r1_gamma=args.r1_gamma, total_kimg=args.total_kimg, tick_kimg=0.5, image_ticks=4,
-                               snapshot_ticks=4, keep_snapshots=2, seed=args.seed)
+                               r1_gamma=args.r1_gamma, g_lr=args.lr, d_lr=args.lr, total_kimg=args.total_kimg,
+                               tick_kimg=0.5, image_ticks=4, snapshot_ticks=4, keep_snapshots=2, seed=args.seed)
     return base.replace(G=G, D=D)
 
 
@@ -255,6 +255,7 @@ def main(argv=None) -> None:
     ap.add_argument("--fpr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--r1-gamma", type=float, default=1.0, help="R1 weight (cpu-tiny's 1.0 made the first asset)")
+    ap.add_argument("--lr", type=float, default=0.0025, help="G and D learning rate (cpu-tiny's 0.0025)")
     ap.add_argument("--diversity", type=Path, metavar="MODEL",
                     help="only measure a digit network's diversity (class shares of 1,000 images) and print it")
     ap.add_argument("--out", type=Path, default=ASSET,
