@@ -100,7 +100,7 @@ width:720px}
 .panel figcaption{font-size:11px}
 .mono{font-family:monospace;font-size:12px;word-break:break-all}
 #histogram img{max-width:100%} .confusion td.diag{background:#e8f4e8;font-weight:bold}
-img.scatter{width:400px}
+img.scatter{width:400px} img.scatter.wide{width:100%;max-width:1200px}
 pre{background:#f6f6f6;padding:8px;font-size:11px;overflow-x:auto}
 """
 
@@ -232,8 +232,8 @@ def _known_truth(doc: Dict[str, Any]) -> str:
 
 
 def _evaluation(doc: Dict[str, Any]) -> str:
-    """The confusion table (true source x verdict, calibrated rule) and, for two networks, the scatter of every
-    image's distances under both, when the report has an evaluation."""
+    """The confusion table (true source x verdict, calibrated rule) and the scatter of every image's distances
+    under each pair of networks, when the report has an evaluation."""
     ev = doc.get("evaluation")
     if not ev:
         return ""
@@ -247,11 +247,13 @@ def _evaluation(doc: Dict[str, Any]) -> str:
                    for i, (lab, row) in enumerate(zip(c["labels"], c["matrix"])))
     amb = ", ".join(f"{_e(label.get(k, k))} {n}" for k, n in ev.get("ambiguous", {}).items() if n)
     plot = ""
-    if len(doc["summary"]["models"]) == 2:
-        plot = (f"<figure><img class='scatter' alt='distance under each network, one colour per true source' "
-                f"src='{_png_uri(scatter_png(doc, ev['truth']))}'><figcaption>Each image's distance under both "
-                f"networks (log scales); dashed: each network's threshold. A network's own images sit low on its "
-                f"axis and high on the other's.</figcaption></figure>")
+    n_models = len(doc["summary"]["models"])
+    if n_models >= 2:
+        plot = (f"<figure><img class='scatter{' wide' if n_models > 2 else ''}' alt='distance under each network, "
+                f"one colour per true source' src='{_png_uri(scatter_png(doc, ev['truth']))}'><figcaption>Each "
+                f"image's distance under {'both networks' if n_models == 2 else 'two networks, per pair'} (log "
+                f"scales); dashed: each network's threshold. A network's own images sit low on its axis and high "
+                f"on the other's.</figcaption></figure>")
     return (f"<h3>Against the known sources</h3><table class='confusion'><tr><th>true source \\ verdict</th>"
             f"{head}</tr>{rows}</table>"
             f"<p>Rows: where the images came from; columns: the network the verdict names ('none': not attributed"

@@ -26,8 +26,8 @@ def score(
     confidence: Annotated[float, typer.Option(
         "--confidence", metavar="X", help="Confidence level of the FPR intervals (Clopper-Pearson).")] = 0.95,
     scatter_png: Annotated[Optional[Path], typer.Option(
-        "--scatter", metavar="FILE", help="Also draw each image's distance under the first network against the "
-                                          "second's (two-network cases) into this PNG.")] = None,
+        "--scatter", metavar="FILE", help="Also draw each image's distance under one network against another's "
+                                          "(one panel per pair of networks) into this PNG.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score a finished case against the true sources of its inputs.

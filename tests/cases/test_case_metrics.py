@@ -51,3 +51,25 @@ def test_margin_sweep_redecides_the_case_at_each_margin():
     assert "margin 2 " in format_case_metrics(m)
     old = dict(report, summary={"models": [dict(_model("A", 0.01), threshold_source="default"), _model("B", 0.005)]})
     assert case_metrics(old, {"genA": "A", "genB": "B", "real": "none"})["margin_sweep"][0]["own"] == 3
+
+
+def test_scatter_has_one_panel_per_pair_of_networks():
+    import io
+
+    import pytest
+    from PIL import Image
+
+    from cases.metrics import CaseMetricsError, scatter_png
+
+    report = {"case": {"case_id": "c"}, "summary": {"models": [_model("A", 0.01), _model("B", 0.005),
+                                                               _model("C", 0.02)]},
+              "images": [_image("genA", 0, {"A": 0.0015, "B": 0.012, "C": 0.03}, "", None),
+                         _image("real", 0, {"A": 0.02, "B": 0.01, "C": 0.04}, "", None)]}
+    truth = {"genA": "A", "real": "none"}
+    with Image.open(io.BytesIO(scatter_png(report, truth))) as im:
+        assert im.size == (1500, 500)  # A-B, A-C, B-C, 5 x 5 inches each at 100 dpi
+    two = dict(report, summary={"models": report["summary"]["models"][:2]})
+    with Image.open(io.BytesIO(scatter_png(two, truth))) as im:
+        assert im.size == (500, 500)
+    with pytest.raises(CaseMetricsError):
+        scatter_png(dict(report, summary={"models": report["summary"]["models"][:1]}), truth)
