@@ -256,6 +256,12 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
             out.append(ImageCheck(str(p), records, None, error))
             continue
         decision = decide({name: r.distance for name, r in records.items()}, refs, margin)
+        early = [f"{name} at step {r.result.stopped_at_step}" for name, r in records.items()
+                 if r.result is not None and r.result.stopped_at_step is not None]
+        if early:
+            decision = dataclasses.replace(decision, notes=decision.notes + (
+                f"decided early ({', '.join(early)}): those distances, and any margin built on them, are the ones "
+                f"at that step; the verdict is the one the full run would give (detector.early)",))
         out.append(ImageCheck(str(p), records, decision))
     return out
 
