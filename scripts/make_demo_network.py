@@ -183,7 +183,8 @@ def export(args, trainer, digits: np.ndarray, data_fingerprint: str) -> None:
         "source": "scripts/make_demo_network.py: MNIST test digits 0..8999 (LeCun, Cortes, Burges; CC BY-SA 3.0)",
         "training": {"kimg": round(trainer.cur_nimg / 1000, 3), "iterations": trainer.iteration,
                      "preset": cfg.preset, "batch_size": cfg.batch_size, "pl_weight": cfg.pl_weight,
-                     "r1_gamma": cfg.r1_gamma, "seed": cfg.seed, "elapsed_s": round(trainer.elapsed, 1)},
+                     "r1_gamma": cfg.r1_gamma, "g_lr": cfg.g_lr, "d_lr": cfg.d_lr, "seed": cfg.seed,
+                     "elapsed_s": round(trainer.elapsed, 1)},
         "dataset_fingerprint": data_fingerprint,
     })
     size = out.stat().st_size
