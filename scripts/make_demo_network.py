@@ -139,7 +139,8 @@ def training_config(data: Path, args):
 
     G = GeneratorConfig(img_resolution=32, img_channels=1, z_dim=128, w_dim=128, mapping_layers=4,
                         channel_base=2048, channel_max=64)
-    D = DiscriminatorConfig(img_resolution=32, img_channels=1, channel_base=2048, channel_max=64)
+    D = DiscriminatorConfig(img_resolution=32, img_channels=1, channel_base=2048, channel_max=64,
+                            mbstd_group_size=args.mbstd_group)
     base = training_config_for("cpu-tiny", img_resolution=32, data=str(data), batch_size=32, pl_weight=args.pl_weight,
                                style_mixing_prob=args.mixing,
                                r1_gamma=args.r1_gamma, g_lr=args.lr, d_lr=args.lr, total_kimg=args.total_kimg,
@@ -260,6 +261,7 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=0.0025, help="G and D learning rate (cpu-tiny's 0.0025)")
     ap.add_argument("--pl-weight", type=float, default=2.0, help="path-length regularisation weight")
     ap.add_argument("--mixing", type=float, default=0.9, help="style-mixing probability")
+    ap.add_argument("--mbstd-group", type=int, default=4, help="D's minibatch-std group size")
     ap.add_argument("--diversity", type=Path, metavar="MODEL",
                     help="only measure a digit network's diversity (class shares of 1,000 images) and print it")
     ap.add_argument("--out", type=Path, default=ASSET,
