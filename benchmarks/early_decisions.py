@@ -17,12 +17,17 @@ trajectories themselves are written to ``--trajectories`` (JSON lines) for the r
 
     python benchmarks/early_decisions.py --case CASE --calibration celeba32-f=cal-f.json \\
         --bands-from celeba32-f=cal-f1.json --trajectories traj.jsonl > record.json
+
+Without a case, ``--loo-calibration CAL.json`` tests a calibration record's bands on its own projections, each
+left out in turn (:func:`detector.early.leave_one_out`): one network (both sides, at the threshold) and one of
+several (far side only, at the margin).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -85,11 +90,33 @@ def replay(images: Dict[str, dict], names: List[str], refs: Dict[str, Reference]
             "verdicts_changed": len(changed), "changed": changed, "images": per_image}
 
 
+def calibration_loo(record: dict, margin: float, slack: float) -> dict:
+    """Leave-one-out of a calibration record's bands on its own projections: one network and one of several."""
+    runs = early._calibration_runs(record)
+    _, steps, trajs, finals = runs
+    if not trajs:
+        sys.exit("the calibration record holds no trajectories")
+    th = float(record["threshold"])
+    n_gen = sum(1 for t in (record.get("trajectories") or {}).get("generated") or [] if t)
+    out = {"threshold": th, "steps": steps, "n": len(trajs), "n_generated": n_gen, "n_real": len(trajs) - n_gen,
+           "slack": slack, "margin": margin}
+    for key, factor, under in (("one_network", 1.0, True), ("several_networks", margin, False)):
+        r = early.leave_one_out(trajs, finals, th, steps, factor, slack, allow_under=under)
+        gen_steps, real_steps = r["steps"][:n_gen], r["steps"][n_gen:]
+        out[key] = {"wrong": r["wrong"], "closest": r["closest"] if math.isfinite(r["closest"]) else None,
+                    "mean_steps": r["mean_steps"],
+                    "mean_steps_generated": statistics.fmean(gen_steps) if gen_steps else None,
+                    "mean_steps_real": statistics.fmean(real_steps) if real_steps else None}
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--case", type=Path, required=True)
-    ap.add_argument("--calibration", action="append", default=[], metavar="NAME=FILE", required=True,
+    ap.add_argument("--case", type=Path)
+    ap.add_argument("--calibration", action="append", default=[], metavar="NAME=FILE",
                     help="each network's calibration record (its threshold and reference)")
+    ap.add_argument("--loo-calibration", type=Path, metavar="FILE",
+                    help="instead of a case: leave-one-out on this calibration record's own trajectories")
     ap.add_argument("--bands-from", action="append", default=[], metavar="NAME=FILE",
                     help="also replay with the bands of this calibration record's trajectories for NAME")
     ap.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
@@ -98,6 +125,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
                     help="fewest trajectories a side of --bands-from bands rests on (as --early-stop)")
     ap.add_argument("--trajectories", type=Path, help="write every run's trajectory here (JSON lines)")
     a = ap.parse_args(argv)
+    if a.loo_calibration is not None:
+        doc = calibration_loo(named_files([f"cal={a.loo_calibration}"], "--loo-calibration")["cal"], a.margin,
+                              a.slack)
+        print(json.dumps(dict(doc, calibration=str(a.loo_calibration)), indent=1))
+        return doc
+    if a.case is None or not a.calibration:
+        sys.exit("give --case and --calibration, or --loo-calibration")
 
     names, steps, images = case_runs(a.case)
     cals = named_files(a.calibration, "--calibration")
