@@ -1,6 +1,5 @@
 """Early decisions from measured trajectories (detector.early, issue 27)."""
 
-import math
 import random
 
 import pytest
