@@ -1,17 +1,20 @@
-"""`detect demo`: the whole pipeline on the network and images the package ships, in a few minutes on a CPU.
+"""`detect demo`: the whole pipeline on the networks and images the package ships, in a few minutes on a CPU.
 
 The embedded default (``detector/assets/``, made by ``scripts/make_demo_network.py``):
 
-* ``demo_mnist32.pt``: a small 1-channel 32x32 StyleGAN2 (config F, path-length regularisation on) trained by our
-  trainer on MNIST test digits 0..8,999 (LeCun, Cortes, Burges; CC BY-SA 3.0), G_ema only, with its calibration
-  inside (projections of generated digits and of held-out real digits 9,000.. at :data:`DEFAULT_STEPS` steps);
+* :data:`DEMO_NETWORKS`: small 1-channel 32x32 StyleGAN2 networks (config F, path-length regularisation on)
+  trained by our trainer on MNIST test digits 0..8,999 (LeCun, Cortes, Burges; CC BY-SA 3.0), G_ema only, each
+  with its calibration inside (projections of generated digits and of held-out real digits 9,000.. at
+  :data:`DEFAULT_STEPS` steps);
 * ``demo_real/``: six held-out real digits (MNIST test indices 9,500..9,505) and a README with their origin.
 
-:func:`run_demo` writes ``OUT/inputs/generated/`` (fresh digits the network makes, seeded), ``OUT/inputs/real/``
-(the bundled digits), projects all of them as a ``detect batch`` case in ``OUT/case`` and writes its report
-(``OUT/case/report/report.html`` and ``report.json``). The LPIPS weights are found as ``detect check`` finds them;
-when none resolve, :func:`stylegan.perceptual.fetch_weights` (``detect fetch-weights``) is tried once and the
-resolution retried. Re-running on the same folder resumes the case (finished images are not projected again).
+:func:`run_demo` writes ``OUT/inputs/generated_NAME/`` (fresh digits each network makes, seeded) and
+``OUT/inputs/real/`` (the bundled digits), projects all of them under every network as a ``detect batch`` case in
+``OUT/case``, attributes each with the calibrated rule, and writes the case's report with the known sources
+(``OUT/case/report/report.html`` and ``report.json``: confusion table and scatter in its opening). The LPIPS
+weights are found as ``detect check`` finds them; when none resolve, :func:`stylegan.perceptual.fetch_weights`
+(``detect fetch-weights``) is tried once and the resolution retried. Re-running on the same folder resumes the
+case (finished images are not projected again).
 """
 
 from __future__ import annotations
