@@ -34,11 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from detector.attribution import threshold_for
 from detector.calibration import calibration_for_lpips, calibration_mismatch, calibration_weakness
 from detector.calibration_store import load_calibration
-from detector.check import check_images, early_bands, no_calibration_warning, unique_names
-from detector.early import early_unavailable
+from detector.check import check_images, no_calibration_warning, no_early_decisions_warning, unique_names
 from detector.images import iter_image_files
 from detector.scoring import DEFAULT_MARGIN
 from detector.settings import ProjectorSettings
@@ -227,10 +225,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     settings_dict = settings.to_dict()
     if early_stop:
         settings_dict["early_decisions"] = {"margin": float(margin)}
-        for p, m in zip(model_paths, models):
-            th = threshold_for(m.calibration, threshold)
-            if th is not None and early_bands(m.calibration, th, settings, len(models), margin) is None:
-                warnings.append(f"{Path(p).name}: no early decisions, {early_unavailable(m.calibration, settings)}")
+        warnings += [w for p, m in zip(model_paths, models)
+                     if (w := no_early_decisions_warning(Path(p).name, m.calibration, threshold, settings))]
     if strict:  # which inputs are errors depends on it: recorded, so a case is resumed with the same choice
         settings_dict["strict"] = True
 

@@ -116,6 +116,18 @@ def early_bands(calibration: Optional[dict], threshold: Optional[Threshold], set
                              factor=1.0 if candidates <= 1 else margin)
 
 
+def no_early_decisions_warning(name: str, calibration: Optional[dict], threshold: Optional[float],
+                               settings: ProjectorSettings) -> Optional[str]:
+    """What `check` and `batch` say of a network that `--early-stop` cannot stop early (None when it can, or when
+    the network has no threshold and so no verdict to decide)."""
+    if threshold_for(calibration, threshold) is None:
+        return None
+    reason = early_unavailable(calibration, settings)
+    if reason is None:
+        return None
+    return f"{name}: no early decisions, {reason}; its images run all {settings.steps} steps"
+
+
 def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, *,
                  settings: Optional[ProjectorSettings] = None, calibration: Optional[dict] = None,
                  threshold: Optional[float] = None, seed: int = 0, early_stop: bool = False, strict: bool = False,
@@ -321,11 +333,8 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
         if weak:
             warnings.append(f"{name}: {weak}")
     if early_stop:
-        for name, cal in zip(names, calibrations):
-            th = threshold_for(cal, threshold)
-            if th is not None and early_bands(cal, th, settings, len(loaded), margin) is None:
-                warnings.append(f"{name}: no early decisions, {early_unavailable(cal, settings)}; its images run "
-                                f"all {settings.steps} steps")
+        warnings += [w for name, cal in zip(names, calibrations)
+                     if (w := no_early_decisions_warning(name, cal, threshold, settings))]
     candidates = [Candidate(n, m.G_ema, cal) for n, m, cal in zip(names, loaded, calibrations)]
     images = check_networks(candidates, paths, distance, settings=settings, threshold=threshold, seed=seed,
                             early_stop=early_stop, margin=margin, strict=strict, progress=progress)

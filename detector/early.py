@@ -179,7 +179,7 @@ def leave_one_out(trajectories: Sequence[Trajectory], finals: Sequence[float], t
 MIN_TRAJECTORIES = 20
 
 
-def _calibration_runs(calibration: Optional[Mapping[str, Any]]) -> Tuple[int, int, list, list]:
+def calibration_runs(calibration: Optional[Mapping[str, Any]]) -> Tuple[int, int, list, list]:
     """(every, steps, trajectories, finals) of the projections a calibration record measured with a trajectory."""
     tr = (calibration or {}).get("trajectories") or {}
     every, steps = int(tr.get("every") or 0), int(tr.get("steps") or 0)
@@ -192,14 +192,18 @@ def _calibration_runs(calibration: Optional[Mapping[str, Any]]) -> Tuple[int, in
     return every, steps, trajs, finals
 
 
-def early_unavailable(calibration: Optional[Mapping[str, Any]], settings: Any) -> str:
-    """Why :func:`calibration_bands` gives no bands for a run with ``settings`` (a short phrase)."""
-    every, steps, trajs, _ = _calibration_runs(calibration)
+def early_unavailable(calibration: Optional[Mapping[str, Any]], settings: Any,
+                      min_count: int = MIN_TRAJECTORIES) -> Optional[str]:
+    """Why :func:`calibration_bands` gives no bands for a run with ``settings`` (a short phrase), or None when
+    it gives them."""
+    _, steps, trajs, _ = calibration_runs(calibration)
     if not trajs:
         return "its calibration recorded no trajectories (recalibrate with this version)"
     if steps != settings.steps:
         return f"its calibration's trajectories are of {steps}-step runs, not {settings.steps}"
-    return f"its calibration has {len(trajs)} trajectories, fewer than {MIN_TRAJECTORIES}"
+    if len(trajs) < max(min_count, 1):
+        return f"its calibration has {len(trajs)} trajectories, fewer than {min_count}"
+    return None
 
 
 def calibration_bands(calibration: Optional[Mapping[str, Any]], threshold: float, settings: Any,
@@ -208,11 +212,11 @@ def calibration_bands(calibration: Optional[Mapping[str, Any]], threshold: float
     """A network's bands from the trajectories its calibration record holds (generated and real projections
     alike, each with its final distance), for a run of ``settings.steps`` steps at ``threshold``; None when the
     calibration recorded no trajectories, fewer than ``min_count``, or runs of another length."""
-    _, steps, trajs, finals = _calibration_runs(calibration)
-    if len(trajs) < max(min_count, 1) or steps != settings.steps:
+    if early_unavailable(calibration, settings, min_count) is not None:
         return None
+    _, steps, trajs, finals = calibration_runs(calibration)
     return decision_bands(trajs, finals, threshold, steps, factor, slack)
 
 
 __all__ = ["DecisionBands", "decision_bands", "stop_point", "simulate", "leave_one_out", "calibration_bands",
-           "early_unavailable", "DEFAULT_SLACK", "MIN_TRAJECTORIES"]
+           "calibration_runs", "early_unavailable", "DEFAULT_SLACK", "MIN_TRAJECTORIES"]
