@@ -158,8 +158,9 @@ def test_degrade_from_one_optimises_plainly_and_reports_through_the_model(tiny):
     plain = check_images(G, [t / "a.jpg"], dist, settings=ProjectorSettings(**kw), threshold=0.5)[0]
     late = check_images(G, [t / "a.jpg"], dist, settings=ProjectorSettings(**kw, model_jpeg=True, degrade_from=1.0),
                         threshold=0.5)[0]
-    assert torch.equal(plain.result.w, late.result.w)
-    assert all(torch.equal(a, b) for a, b in zip(plain.result.noise, late.result.noise))
+    # equal up to the run-to-run jitter of multi-threaded CPU kernels (~4e-7 on two threads; 0 on one)
+    assert torch.allclose(plain.result.w, late.result.w, rtol=0, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(plain.result.noise, late.result.noise))
     settings = ProjectorSettings(**kw, model_jpeg=True)
     spec = spec_for(load_image(t / "a.jpg", 16, 3), settings, 16)
     assert spec.jpeg_quality == 60
@@ -168,7 +169,7 @@ def test_degrade_from_one_optimises_plainly_and_reports_through_the_model(tiny):
     assert late.distance != pytest.approx(plain.distance, abs=1e-6)
     half = check_images(G, [t / "a.jpg"], dist, settings=ProjectorSettings(**kw, model_jpeg=True, degrade_from=0.5),
                         threshold=0.5)[0]
-    assert not torch.equal(half.result.w, late.result.w)
+    assert float((half.result.w - late.result.w).abs().max()) > 1e-3
     with pytest.raises(ValueError, match="degrade_from"):
         ProjectorSettings(degrade_from=1.5)
 
