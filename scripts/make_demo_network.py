@@ -144,8 +144,11 @@ def training_config(data: Path, args):
     base = training_config_for("cpu-tiny", img_resolution=32, data=str(data), batch_size=32, pl_weight=args.pl_weight,
                                style_mixing_prob=args.mixing,
                                r1_gamma=args.r1_gamma, g_lr=args.lr, d_lr=args.lr, total_kimg=args.total_kimg,
-                               tick_kimg=0.5, image_ticks=4, snapshot_ticks=4, keep_snapshots=2, seed=args.seed)
-    return base.replace(G=G, D=D)
+                               ema_kimg=args.ema_kimg,
+                               tick_kimg=0.5, image_ticks=4, snapshot_ticks=4, keep_snapshots=args.keep_snapshots,
+                               seed=args.seed)
+    # training_config_for drops None overrides, so "no ramp-up" is set here
+    return base.replace(G=G, D=D, ema_rampup=args.ema_rampup or None)
 
 
 def train(args, data: Path):
@@ -262,6 +265,10 @@ def main(argv=None) -> None:
     ap.add_argument("--pl-weight", type=float, default=2.0, help="path-length regularisation weight")
     ap.add_argument("--mixing", type=float, default=0.9, help="style-mixing probability")
     ap.add_argument("--mbstd-group", type=int, default=4, help="D's minibatch-std group size")
+    ap.add_argument("--ema-kimg", type=float, default=1.0, help="G_ema half-life in kimg (cpu-tiny's 1.0)")
+    ap.add_argument("--ema-rampup", type=float, default=0.05,
+                    help="G_ema half-life ramp-up: at most this fraction of the images seen (0: none)")
+    ap.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept in --work (older are deleted)")
     ap.add_argument("--diversity", type=Path, metavar="MODEL",
                     help="only measure a digit network's diversity (class shares of 1,000 images) and print it")
     ap.add_argument("--out", type=Path, default=ASSET,
