@@ -14,7 +14,12 @@ NVIDIA's projector is compared in units of the same run's reference conv, never 
 machine: one of its steps (one image) costs about 10.9 reference GFLOP at 32 px and 20.7 at 64 px (seconds per
 step x the reference GFLOP/s of the run that timed it, measured side by side with this projector; issue 27).
 Each row gives this projector's reference GFLOP per image-step (its seconds per image-step x the mean of this
-run's reference at start and end) and NVIDIA's over it.
+run's reference at start and end) and NVIDIA's over it. It also counts the floating-point work of one image-step
+(``torch.utils.flop_counter``: synthesis forward + backward to w and the noise maps, LPIPS forward + backward with
+the target's features cached; the generator's weights frozen, as in the projector): at the reference conv's rate
+a step could take no less than that many reference GFLOP, so NVIDIA's figure over it is the largest speed-up this
+amount of work allows, and the counted work over the measured units is the share of the reference conv's rate the
+step achieves.
 """
 
 from __future__ import annotations
@@ -164,6 +169,32 @@ def time_parts(G, lpips_plain, lpips_cached, batch: int, reps: int) -> dict:
     return {name + "_min_s": round(t, 5) for name, t in best.items()}
 
 
+def count_gflop(G, lpips_cached, batch: int = 1) -> dict:
+    """GFLOP per image of one projection step's two parts, counted by torch.utils.flop_counter (G frozen)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    res = G.img_resolution
+    saved = [p.requires_grad for p in G.parameters()]
+    G.requires_grad_(False)
+    try:
+        ws = G.mapping(torch.randn(batch, G.z_dim)).detach().requires_grad_(True)
+        maps = [torch.randn(batch, *s).requires_grad_(True) for s in G.synthesis.noise_shapes]
+        target = torch.rand(batch, 3, res, res) * 2 - 1
+        feats = [f.detach() for f in lpips_cached.target_features(target)]
+        with FlopCounterMode(display=False) as gen:
+            img = G.synthesis(ws, noise=maps)
+            img.backward(torch.ones_like(img))
+        a = img.detach().clone().requires_grad_(True)
+        with FlopCounterMode(display=False) as lp:
+            lpips_cached.distance_to_features(a, feats).sum().backward()
+    finally:
+        for p, rg in zip(G.parameters(), saved):
+            p.requires_grad_(rg)
+    g, d = gen.get_total_flops() / 1e9 / batch, lp.get_total_flops() / 1e9 / batch
+    return {"generator_gflop_per_image_step": round(g, 3), "lpips_gflop_per_image_step": round(d, 3),
+            "gflop_per_image_step": round(g + d, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps")
@@ -197,6 +228,7 @@ def main() -> None:
                 row[f"{label}_s_per_step_min"] = round(low, 4)
                 row[f"{label}_s_per_1000step_image"] = round(med * 1000 / batch, 2)
             row.update(time_parts(G, lp, lp_cached, batch, reps=max(2, steps // 2)))
+            row.update(count_gflop(G, lp_cached))
             row["_best_s_per_image_step"] = min(row[f"{label}_s_per_step"] for label, _, _ in variants) / batch
             out["results"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -208,6 +240,9 @@ def main() -> None:
         row["reference_gflop_per_image_step"] = round(units, 2)
         nvidia = NVIDIA_REFERENCE_GFLOP_PER_STEP.get(row["img_resolution"])
         row["speedup_vs_nvidia_per_image"] = None if nvidia is None else round(nvidia / units, 2)
+        row["share_of_reference_conv_rate"] = round(row["gflop_per_image_step"] / units, 3)
+        row["largest_speedup_vs_nvidia_at_reference_rate"] = (
+            None if nvidia is None else round(nvidia / row["gflop_per_image_step"], 2))
     print(json.dumps(out, indent=2))
 
 

@@ -110,17 +110,18 @@ def digit_classifier(digits: np.ndarray, labels: np.ndarray, epochs: int = 3, se
     return net, acc
 
 
-def diversity(model_path: Path, digits: np.ndarray, labels: np.ndarray, n: int = 1000) -> dict:
+def diversity(model_path: Path, digits: np.ndarray, labels: np.ndarray, n: int = 1000, classifier=None) -> dict:
     """How varied a digit network's images are (issue 28): the share of each digit class among ``n`` images
     generated from seeds 0 .. n-1 (random noise), as the classifier of :func:`digit_classifier` sees them, the
     number of classes holding at least 2 % of them, and the normalised entropy of the shares (1: all ten equally
-    often; 0: one class only). A mode-collapsed network scores few classes and low entropy."""
+    often; 0: one class only). A mode-collapsed network scores few classes and low entropy. ``classifier``: a
+    ``(net, accuracy)`` pair from :func:`digit_classifier`, to measure several networks with one classifier."""
     import torch
 
     from stylegan.formats import load_model
     from stylegan.generator import generate_seeded
 
-    net, acc = digit_classifier(digits, labels)
+    net, acc = classifier or digit_classifier(digits, labels)
     G = load_model(model_path).G_ema
     with torch.no_grad():
         imgs = torch.cat([generate_seeded(G, s, 1.0) for s in range(n)]).clamp(-1, 1)
@@ -269,8 +270,9 @@ def main(argv=None) -> None:
     ap.add_argument("--ema-rampup", type=float, default=0.05,
                     help="G_ema half-life ramp-up: at most this fraction of the images seen (0: none)")
     ap.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept in --work (older are deleted)")
-    ap.add_argument("--diversity", type=Path, metavar="MODEL",
-                    help="only measure a digit network's diversity (class shares of 1,000 images) and print it")
+    ap.add_argument("--diversity", type=Path, metavar="MODEL", nargs="+",
+                    help="only measure digit networks' diversity (class shares of 1,000 images each) and print "
+                         "one JSON line per network")
     ap.add_argument("--out", type=Path, default=ASSET,
                     help="network file to write (and calibrate); default the shipped asset. Another path (with "
                          "another --seed) makes a second network of the same recipe, e.g. for the two-network "
@@ -284,7 +286,10 @@ def main(argv=None) -> None:
 
     digits = load_mnist(args.mnist)
     if args.diversity is not None:
-        print(json.dumps(diversity(args.diversity, digits, load_labels(args.mnist))), flush=True)
+        labels = load_labels(args.mnist)
+        classifier = digit_classifier(digits, labels)
+        for model in args.diversity:
+            print(json.dumps(diversity(model, digits, labels, classifier=classifier)), flush=True)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     if args.calibrate_only:
