@@ -46,6 +46,17 @@ def _tensor_png(t) -> str:
     return _png_uri(buf.getvalue())
 
 
+def _thumb_png(t, size: int = 96) -> str:
+    """[C, H, W] in [-1, 1] -> data URI of a PNG at most ``size`` px on its long side (for the contact sheet)."""
+    a = to_uint8(t.clamp(-1, 1)).permute(1, 2, 0).cpu().numpy()
+    img = Image.fromarray(a[:, :, 0], mode="L") if a.shape[2] == 1 else Image.fromarray(a, mode="RGB")
+    if max(img.size) > size:
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return _png_uri(buf.getvalue())
+
+
 def _noise_png(n) -> str:
     """A noise map [1, H, W], min-max normalised to [0, 1] grey."""
     x = n.detach().float()
@@ -98,6 +109,10 @@ width:720px}
 .panel figure{display:inline-block;margin:4px;text-align:center}
 .panel figure img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ddd}
 .panel figcaption{font-size:11px}
+.sheet figure{display:inline-block;margin:3px;text-align:center;vertical-align:top}
+.sheet figure img{width:64px;height:64px;image-rendering:pixelated;border:3px solid #bbb}
+.sheet figure.generated img{border-color:#c0392b} .sheet figure.ambiguous img{border-color:#e67e22}
+.sheet figcaption{font-size:11px}
 .mono{font-family:monospace;font-size:12px;word-break:break-all}
 #histogram img{max-width:100%} .confusion td.diag{background:#e8f4e8;font-weight:bold}
 img.scatter{width:400px} img.scatter.wide{width:100%;max-width:1200px}
@@ -153,6 +168,43 @@ def _panel(img: Dict[str, Any], recs: List[ResultRecord], idx: int) -> str:
     return "".join(parts)
 
 
+#: Thumbnails shown in the report's opening at most (the rest are in the per-image panels).
+SHEET_LIMIT = 60
+
+
+def _short_verdict(img: Dict[str, Any]) -> str:
+    """What the verdict names, in a word or two: the network, 'none', 'ambiguous', 'no verdict', 'error'."""
+    if img.get("attributed_to"):
+        return str(img["attributed_to"])
+    v = img.get("verdict") or ""
+    return ("ambiguous" if v.startswith("ambiguous") else "none" if v == "not attributed" else v or "pending")
+
+
+def _contact_sheet(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> str:
+    """Every checked image as a thumbnail (up to :data:`SHEET_LIMIT`), captioned with the network its verdict
+    names and linked to its panel: the opening shows what was looked at, not only counts."""
+    figs, shown = [], 0
+    for i, img in enumerate(doc["images"]):
+        rec = next((r for r in records.get(img["sha256"], []) if r.result is not None), None)
+        if rec is None:
+            continue
+        shown += 1
+        if shown > SHEET_LIMIT:
+            continue
+        v = img.get("verdict") or ""
+        cls = "generated" if img.get("attributed_to") else "ambiguous" if v.startswith("ambiguous") else ""
+        name = img["paths"][0].replace("\\", "/").rsplit("/", 1)[-1] if img.get("paths") else img["sha256"][:12]
+        figs.append(f'<figure class="{cls}"><a href="#panel-{i}"><img alt="{_e(name)}" title="{_e(name)}: '
+                    f'{_e(v)}" src="{_thumb_png(rec.target)}"></a><figcaption>{_e(_short_verdict(img))}'
+                    f'</figcaption></figure>')
+    if not figs:
+        return ""
+    more = f" The first {SHEET_LIMIT} of {shown} are shown." if shown > SHEET_LIMIT else ""
+    return (f'<div class="sheet"><p><b>The images.</b> Each checked image, with the network its verdict names '
+            f'under it (red frame; \'none\': not attributed). Click one for its details.{more}</p>'
+            f'{"".join(figs)}</div>')
+
+
 def _num(x: Optional[float]) -> str:
     """A rate or AUC for a table: four significant digits, '-' when absent."""
     return "-" if x is None else f"{float(x):.4g}"
@@ -182,7 +234,7 @@ def _how_sure(entry: Dict[str, Any], summary: Dict[str, Any], override: Optional
             f"{_pct(cal.get('achieved_fpr'))} of the real ones (95 % interval {_pct(lo)} to {_pct(hi)}).")
 
 
-def _overview(doc: Dict[str, Any]) -> str:
+def _overview(doc: Dict[str, Any], records: Optional[Dict[str, List[ResultRecord]]] = None) -> str:
     """The report's opening, for a reader who has never heard of projection: what was checked, what was found,
     how sure."""
     s, prov = doc["summary"], doc["provenance"]
@@ -216,6 +268,7 @@ the tool searched for the input from which the network reproduces the image most
 measured how close that reproduction is (LPIPS distance: smaller is closer). A network's own images come back
 almost exactly; other images do not.</p>
 <p><b>What was found.</b> {'; '.join(found) if found else 'nothing yet'}.</p>
+{_contact_sheet(doc, records or {})}
 <p><b>How sure.</b></p><ul>{sure}</ul>{_evaluation(doc)}</section>
 """
 
@@ -228,7 +281,8 @@ def _known_truth(doc: Dict[str, Any]) -> str:
     c = ev["confusion"]
     right = sum(c["matrix"][i][i] for i in range(len(c["labels"])))
     return (f"<p><b>Where the true source is known</b> ({ev['n_labelled']} images): {right} of {c['total']} "
-            f"verdicts name it (a real image's is 'not attributed'). The table and plot below show the rest.</p>")
+            f"verdicts are right (for a real image the right verdict is 'not attributed'). The table below shows "
+            f"which verdicts each source got.</p>")
 
 
 def _evaluation(doc: Dict[str, Any]) -> str:
@@ -297,7 +351,7 @@ def render_html(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> 
 <html lang="en"><head><meta charset="utf-8"><title>Case {_e(doc['case']['case_id'])}</title>
 <style>{_CSS}</style></head><body>
 <h1>Attribution report — case {_e(doc['case']['case_id'])}</h1>
-{_overview(doc)}<section id="summary"><h2>Summary</h2>
+{_overview(doc, records)}<section id="summary"><h2>Summary</h2>
 <p>{_e(counts)}</p>{warn}
 <table class="verdicts"><tr><th>verdict</th><th>images</th></tr>{verdict_rows}</table>
 <table class="models"><tr><th>network</th><th>threshold</th><th>source</th><th>target FPR</th>

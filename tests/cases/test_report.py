@@ -110,11 +110,33 @@ def test_html_is_self_contained(case):
     assert "<script" not in text.lower() and "@import" not in text and "url(" not in text
     srcs = re.findall(r'src="([^"]*)"', text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert len(srcs) == 1 + 4 * 5  # histogram + (target, re-synthesis, difference, 2 noise maps) per good image
+    # histogram + (target, re-synthesis, difference, 2 noise maps) per good image + its thumbnail in the opening
+    assert len(srcs) == 1 + 4 * 5 + 4
     # the opening, in words: g's calibration of 5 + 5 at FPR 0.2 (TPR 5/5, one real of five claimed); g2 none
     assert ("g: calibrated on 5 of its own images and 5 real ones; at its threshold it recognised 100.0 % of its "
             "own images and wrongly claimed 20.0 % of the real ones (95 % interval 0.5 % to 71.6 %).") in text
     assert "g2: not calibrated, so its distances get no verdict" in text
+
+
+def test_the_opening_shows_each_image_up_to_a_limit(case, monkeypatch):
+    """The opening's thumbnails: one per image with results, captioned with what the verdict names and linked
+    to the image's panel; past SHEET_LIMIT the rest are counted, not drawn."""
+    from cases import report_html
+
+    t, _ = case
+    text = write_report(t / "case")[0].read_text()
+    sheet = text.split('<div class="sheet">', 1)[1].split("</div>", 1)[0]
+    assert sheet.count("<figure") == 4 and "The first" not in sheet
+    doc = json.loads((t / "case" / "report" / "report.json").read_text())
+    for i, img in enumerate(doc["images"]):
+        if f'href="#panel-{i}"' in sheet:
+            caption = img["attributed_to"] or ("none" if img["verdict"] == "not attributed" else img["verdict"])
+            assert f'<figcaption>{caption}</figcaption>' in sheet.split(f'href="#panel-{i}"', 1)[1].split(
+                "</figure>", 1)[0]
+    monkeypatch.setattr(report_html, "SHEET_LIMIT", 2)
+    text = write_report(t / "case")[0].read_text()
+    sheet = text.split('<div class="sheet">', 1)[1].split("</div>", 1)[0]
+    assert sheet.count("<figure") == 2 and "The first 2 of 4 are shown." in sheet
 
 
 def test_report_shows_changed_input_and_stale_result(case, tmp_path):
@@ -173,7 +195,10 @@ def test_html_in_headless_chromium(case, tmp_path):
     for needle in ('id="summary"', 'id="histogram"', 'id="provenance"', 'class="panel'):
         assert needle in dom, needle
     assert dom.count('class="panel') == 5
-    assert dom.count("data:image/png;base64,") == 4 * 5 + 1  # 5 images per panel + the histogram
+    assert dom.count('class="sheet"') == 1  # the opening's thumbnails, one per image, linked to the panels
+    assert dom.count('href="#panel-') == 4  # the four images with results
+    # 5 images per panel with results, a thumbnail each in the opening, the histogram
+    assert dom.count("data:image/png;base64,") == 4 * 5 + 4 + 1
 
 
 def test_report_with_known_sources_shows_the_confusion_table_and_scatter(tmp_path, lpips_weights):
