@@ -50,6 +50,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "detector" / "assets"
 ASSET = ASSETS / "demo_mnist32.pt"
+#: The two demo networks of one recipe (issue 28): name -> training seed; files ``demo_mnist32_NAME.pt``.
+NETWORKS = {"a": 0, "b": 1}
+
+
+def network_asset(name: str) -> Path:
+    """The shipped file of demo network ``name`` (``a`` or ``b``)."""
+    return ASSETS / f"demo_mnist32_{name}.pt"
 DEMO_REAL = ASSETS / "demo_real"
 
 N_TRAIN = 9000
@@ -197,8 +204,8 @@ def export(args, trainer, digits: np.ndarray, data_fingerprint: str) -> None:
     print(f"wrote {out} ({size / 1024:.0f} KiB) at {trainer.cur_nimg / 1000:.1f} kimg", flush=True)
     if size > MAX_ASSET_BYTES:
         sys.exit(f"{out} is {size} bytes, over the 2 MB budget")
-    if out.resolve() != ASSET.resolve():
-        return  # another network (e.g. a second seed), not the shipped asset: the demo's images stay as they are
+    if out.resolve() not in (ASSET.resolve(), network_asset("a").resolve()):
+        return  # another network (e.g. network b), not the first shipped one: the demo's images stay as they are
 
     # The demo's bundled real images.
     if DEMO_REAL.exists():
@@ -248,6 +255,9 @@ def calibrate(args, digits: np.ndarray) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mnist", type=Path, default=Path("/work/shared/data/mnist_test"))
+    ap.add_argument("--network", choices=sorted(NETWORKS),
+                    help="make one of the demo's two networks: its file in detector/assets and its seed (a: 0, b: 1) "
+                         "unless given, and its run in --work/NAME; network a also writes demo_real/")
     ap.add_argument("--work", type=Path, default=Path("demo-network-work"))
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget of this call")
     ap.add_argument("--total-kimg", type=float, default=2000.0)
@@ -260,7 +270,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=DEMO_STEPS, help="projector steps of the calibration")
     ap.add_argument("--n-calib", type=int, default=24)
     ap.add_argument("--fpr", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default 0, or the --network's)")
     ap.add_argument("--r1-gamma", type=float, default=1.0, help="R1 weight (cpu-tiny's 1.0 made the first asset)")
     ap.add_argument("--lr", type=float, default=0.0025, help="G and D learning rate (cpu-tiny's 0.0025)")
     ap.add_argument("--pl-weight", type=float, default=2.0, help="path-length regularisation weight")
@@ -273,11 +283,16 @@ def main(argv=None) -> None:
     ap.add_argument("--diversity", type=Path, metavar="MODEL", nargs="+",
                     help="only measure digit networks' diversity (class shares of 1,000 images each) and print "
                          "one JSON line per network")
-    ap.add_argument("--out", type=Path, default=ASSET,
-                    help="network file to write (and calibrate); default the shipped asset. Another path (with "
-                         "another --seed) makes a second network of the same recipe, e.g. for the two-network "
-                         "attribution of scripts/mnist_two_networks.sh")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="network file to write (and calibrate); default the --network's file in detector/assets, "
+                         "else the single-network asset demo_mnist32.pt")
     args = ap.parse_args(argv)
+    if args.network is not None:
+        args.work = args.work / args.network
+    if args.seed is None:
+        args.seed = NETWORKS.get(args.network, 0)
+    if args.out is None:
+        args.out = ASSET if args.network is None else network_asset(args.network)
 
     import torch
 
