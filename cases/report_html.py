@@ -37,21 +37,13 @@ def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _tensor_png(t) -> str:
-    """[C, H, W] in [-1, 1] -> data URI of an 8-bit PNG."""
+def _tensor_png(t, max_size: Optional[int] = None) -> str:
+    """[C, H, W] in [-1, 1] -> data URI of an 8-bit PNG; with ``max_size`` shrunk (Lanczos) to at most that many
+    pixels on its long side (the opening's thumbnails)."""
     a = to_uint8(t.clamp(-1, 1)).permute(1, 2, 0).cpu().numpy()
     img = Image.fromarray(a[:, :, 0], mode="L") if a.shape[2] == 1 else Image.fromarray(a, mode="RGB")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return _png_uri(buf.getvalue())
-
-
-def _thumb_png(t, size: int = 96) -> str:
-    """[C, H, W] in [-1, 1] -> data URI of a PNG at most ``size`` px on its long side (for the contact sheet)."""
-    a = to_uint8(t.clamp(-1, 1)).permute(1, 2, 0).cpu().numpy()
-    img = Image.fromarray(a[:, :, 0], mode="L") if a.shape[2] == 1 else Image.fromarray(a, mode="RGB")
-    if max(img.size) > size:
-        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    if max_size is not None and max(img.size) > max_size:
+        img.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return _png_uri(buf.getvalue())
@@ -112,6 +104,7 @@ width:720px}
 .sheet figure{display:inline-block;margin:3px;text-align:center;vertical-align:top}
 .sheet figure img{width:64px;height:64px;image-rendering:pixelated;border:3px solid #bbb}
 .sheet figure.generated img{border-color:#c0392b} .sheet figure.ambiguous img{border-color:#e67e22}
+.sheet figure.consistent img{border-color:#c0392b;border-style:dashed}
 .sheet figcaption{font-size:11px}
 .mono{font-family:monospace;font-size:12px;word-break:break-all}
 #histogram img{max-width:100%} .confusion td.diag{background:#e8f4e8;font-weight:bold}
@@ -173,10 +166,12 @@ SHEET_LIMIT = 60
 
 
 def _short_verdict(img: Dict[str, Any]) -> str:
-    """What the verdict names, in a word or two: the network, 'none', 'ambiguous', 'no verdict', 'error'."""
-    if img.get("attributed_to"):
-        return str(img["attributed_to"])
+    """What the verdict names, in a word or two: the network ('consistent with N' for a self-calibrated one),
+    'none', 'ambiguous', 'no verdict', 'error'."""
     v = img.get("verdict") or ""
+    if img.get("attributed_to"):
+        name = str(img["attributed_to"])
+        return f"consistent with {name}" if v.startswith("consistent with") else name
     return ("ambiguous" if v.startswith("ambiguous") else "none" if v == "not attributed" else v or "pending")
 
 
@@ -192,16 +187,19 @@ def _contact_sheet(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) 
         if shown > SHEET_LIMIT:
             continue
         v = img.get("verdict") or ""
-        cls = "generated" if img.get("attributed_to") else "ambiguous" if v.startswith("ambiguous") else ""
+        cls = ("consistent" if v.startswith("consistent with") else "generated" if img.get("attributed_to")
+               else "ambiguous" if v.startswith("ambiguous") else "")
         name = img["paths"][0].replace("\\", "/").rsplit("/", 1)[-1] if img.get("paths") else img["sha256"][:12]
         figs.append(f'<figure class="{cls}"><a href="#panel-{i}"><img alt="{_e(name)}" title="{_e(name)}: '
-                    f'{_e(v)}" src="{_thumb_png(rec.target)}"></a><figcaption>{_e(_short_verdict(img))}'
+                    f'{_e(v)}" src="{_tensor_png(rec.target, 96)}"></a><figcaption>{_e(_short_verdict(img))}'
                     f'</figcaption></figure>')
     if not figs:
         return ""
     more = f" The first {SHEET_LIMIT} of {shown} are shown." if shown > SHEET_LIMIT else ""
+    dashed = ("; dashed: only consistent with a network calibrated on its own images"
+              if any('class="consistent"' in f for f in figs) else "")
     return (f'<div class="sheet"><p><b>The images.</b> Each checked image, with the network its verdict names '
-            f'under it (red frame; \'none\': not attributed). Click one for its details.{more}</p>'
+            f'under it (red frame{dashed}; \'none\': not attributed). Click one for its details.{more}</p>'
             f'{"".join(figs)}</div>')
 
 
