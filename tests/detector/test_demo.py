@@ -41,6 +41,27 @@ def test_asset_is_a_small_calibrated_mnist_stylegan2():
     assert "MNIST" in readme and "CC BY-SA 3.0" in readme and "9500" in readme
 
 
+def test_early_decisions_only_when_every_calibration_has_trajectories_of_the_demos_length():
+    from types import SimpleNamespace
+
+    from detector.early import MIN_TRAJECTORIES
+    from detector.settings import ProjectorSettings
+
+    def model(steps, n):
+        traj = [[0.05, 0.02, 0.01]] * n
+        return SimpleNamespace(calibration={"generated_distances": [0.004] * n, "real_distances": [0.1] * n,
+                                            "trajectories": {"every": steps // 4, "steps": steps,
+                                                             "generated": traj, "real": traj}})
+
+    at = ProjectorSettings(steps=300)
+    n = MIN_TRAJECTORIES  # generated + real: twice the minimum
+    assert demo_mod.early_decisions_available([model(300, n), model(300, n)], at)
+    assert not demo_mod.early_decisions_available([model(300, n), model(200, n)], at)  # runs of another length
+    assert not demo_mod.early_decisions_available([model(300, n), SimpleNamespace(calibration=None)], at)
+    assert not demo_mod.early_decisions_available([model(300, n)], ProjectorSettings(steps=3))
+    assert not demo_mod.early_decisions_available([], at)
+
+
 def test_asset_path_finds_package_data():
     assert demo_mod.asset_path(demo_mod.DEMO_REAL) == demo_mod.ASSETS / demo_mod.DEMO_REAL
 
@@ -61,6 +82,7 @@ def test_run_demo_writes_case_and_report(tmp_path, monkeypatch):
     assert doc["summary"]["processed"] == n_images and len(doc["images"]) == n_images
     assert r.networks == names and r.n_generated == dict.fromkeys(names, 2) and r.n_real == 6
     assert not r.fetched_weights
+    assert not r.early_stop  # the calibrations' runs are of DEFAULT_STEPS steps, not 3
     # Even at 3 steps the networks' own digits come back under their calibrated thresholds and the real digits
     # stay far above them: every verdict is the right one.
     assert r.own == dict.fromkeys(names, 2) and r.wrong == dict.fromkeys(names, 0) and r.real_attributed == 0
