@@ -92,8 +92,7 @@ def replay(images: Dict[str, dict], names: List[str], refs: Dict[str, Reference]
 
 def calibration_loo(record: dict, margin: float, slack: float) -> dict:
     """Leave-one-out of a calibration record's bands on its own projections: one network and one of several."""
-    runs = early.calibration_runs(record)
-    _, steps, trajs, finals = runs
+    _, steps, trajs, finals = early.calibration_runs(record)
     if not trajs:
         sys.exit("the calibration record holds no trajectories")
     th = float(record["threshold"])

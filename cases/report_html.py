@@ -178,7 +178,7 @@ def _short_verdict(img: Dict[str, Any]) -> str:
 def _contact_sheet(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> str:
     """Every checked image as a thumbnail (up to :data:`SHEET_LIMIT`), captioned with the network its verdict
     names and linked to its panel: the opening shows what was looked at, not only counts."""
-    figs, shown = [], 0
+    figs, shown, dashed = [], 0, False
     for i, img in enumerate(doc["images"]):
         rec = next((r for r in records.get(img["sha256"], []) if r.result is not None), None)
         if rec is None:
@@ -189,6 +189,7 @@ def _contact_sheet(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) 
         v = img.get("verdict") or ""
         cls = ("consistent" if v.startswith("consistent with") else "generated" if img.get("attributed_to")
                else "ambiguous" if v.startswith("ambiguous") else "")
+        dashed = dashed or cls == "consistent"
         name = img["paths"][0].replace("\\", "/").rsplit("/", 1)[-1] if img.get("paths") else img["sha256"][:12]
         figs.append(f'<figure class="{cls}"><a href="#panel-{i}"><img alt="{_e(name)}" title="{_e(name)}: '
                     f'{_e(v)}" src="{_tensor_png(rec.target, 96)}"></a><figcaption>{_e(_short_verdict(img))}'
@@ -196,10 +197,9 @@ def _contact_sheet(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) 
     if not figs:
         return ""
     more = f" The first {SHEET_LIMIT} of {shown} are shown." if shown > SHEET_LIMIT else ""
-    dashed = ("; dashed: only consistent with a network calibrated on its own images"
-              if any('class="consistent"' in f for f in figs) else "")
+    legend = "; dashed: only consistent with a network calibrated on its own images" if dashed else ""
     return (f'<div class="sheet"><p><b>The images.</b> Each checked image, with the network its verdict names '
-            f'under it (red frame{dashed}; \'none\': not attributed). Click one for its details.{more}</p>'
+            f'under it (red frame{legend}; \'none\': not attributed). Click one for its details.{more}</p>'
             f'{"".join(figs)}</div>')
 
 
@@ -232,7 +232,7 @@ def _how_sure(entry: Dict[str, Any], summary: Dict[str, Any], override: Optional
             f"{_pct(cal.get('achieved_fpr'))} of the real ones (95 % interval {_pct(lo)} to {_pct(hi)}).")
 
 
-def _overview(doc: Dict[str, Any], records: Optional[Dict[str, List[ResultRecord]]] = None) -> str:
+def _overview(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> str:
     """The report's opening, for a reader who has never heard of projection: what was checked, what was found,
     how sure."""
     s, prov = doc["summary"], doc["provenance"]
@@ -266,7 +266,7 @@ the tool searched for the input from which the network reproduces the image most
 measured how close that reproduction is (LPIPS distance: smaller is closer). A network's own images come back
 almost exactly; other images do not.</p>
 <p><b>What was found.</b> {'; '.join(found) if found else 'nothing yet'}.</p>
-{_contact_sheet(doc, records or {})}
+{_contact_sheet(doc, records)}
 <p><b>How sure.</b></p><ul>{sure}</ul>{_evaluation(doc)}</section>
 """
 

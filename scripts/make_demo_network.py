@@ -50,6 +50,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "detector" / "assets"
 ASSET = ASSETS / "demo_mnist32.pt"
+DEMO_REAL = ASSETS / "demo_real"
 #: The two demo networks of one recipe (issue 28): name -> training seed; files ``demo_mnist32_NAME.pt``.
 NETWORKS = {"a": 0, "b": 1}
 
@@ -57,7 +58,7 @@ NETWORKS = {"a": 0, "b": 1}
 def network_asset(name: str) -> Path:
     """The shipped file of demo network ``name`` (``a`` or ``b``)."""
     return ASSETS / f"demo_mnist32_{name}.pt"
-DEMO_REAL = ASSETS / "demo_real"
+
 
 N_TRAIN = 9000
 CALIB_START = 9000

@@ -138,8 +138,7 @@ def early_decisions_available(models: List[Any], settings: Any) -> bool:
     images can stop where their verdict can no longer change (``detect batch --early-stop``, issue 27)."""
     from detector.early import early_unavailable
 
-    return bool(models) and all(m.calibration and early_unavailable(m.calibration, settings) is None
-                                for m in models)
+    return bool(models) and all(early_unavailable(m.calibration, settings) is None for m in models)
 
 
 def write_generated(G, folder: Path, n: int) -> List[Path]:
