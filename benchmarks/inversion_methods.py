@@ -57,12 +57,12 @@ def parse_method(text: str) -> tuple:
     return name, over
 
 
-def real_images(src: str, n: int, resolution: int) -> torch.Tensor:
+def real_images(src: str, n: int, resolution: int, channels: int = 3) -> torch.Tensor:
     out: list = []
     for _, im in iter_source_images(src) if n > 0 else ():
         if isinstance(im, Exception):
             continue
-        out.append(torch.from_numpy(prepare_image(im, resolution, crop="none")))
+        out.append(torch.from_numpy(prepare_image(im, resolution, crop="none", channels=channels)))
         if len(out) == n:
             break
     if len(out) < n:
@@ -131,7 +131,7 @@ def main() -> None:
         distance = load_lpips("vgg", args.lpips_weights, device=args.device)
         G_model = load_model(args.model, device=args.device).G_ema.eval()
         gen = generate_images(G_model, [args.seed_offset + i for i in range(args.n_gen)])
-        real = real_images(args.real, args.n_real, G_model.img_resolution)
+        real = real_images(args.real, args.n_real, G_model.img_resolution, G_model.img_channels)
         for spec in args.method:
             name, over = parse_method(spec)
             settings = ProjectorSettings(**{"steps": args.steps, **over})

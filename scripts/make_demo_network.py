@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Reproduce the network that ``detect demo`` ships: ``detector/assets/demo_mnist32.pt`` and ``demo_real/``.
+"""Reproduce the two networks ``detect demo`` ships (``detector/assets/demo_mnist32_a.pt`` and ``_b.pt``) and its
+real digits (``demo_real/``).
 
 Data: the MNIST test set (LeCun, Cortes, Burges; CC BY-SA 3.0, redistributable with attribution), from the two
 IDX.gz files in ``--mnist`` (default ``/work/shared/data/mnist_test``; any copy of ``t10k-images-idx3-ubyte.gz``
@@ -7,27 +8,32 @@ works, MD5 ``9fb629c4189551a2d022fa330f9573f3``). Each 28x28 digit is padded wit
 
 * Digits 0 .. 8,999 are the training set (PNGs -> ``stylegan.data.build_dataset(..., channels=1)``).
 * Digits 9,000 .. 9,023 (``--n-calib``) are the held-out reals of the calibration.
-* Digits 9,500 .. 9,505 are copied to ``detector/assets/demo_real/`` as the demo's bundled real images.
+* Digits 9,500 .. 9,505 are copied to ``detector/assets/demo_real/`` (with network ``a``) as the demo's real images.
 
 Network: a small 1-channel StyleGAN2 (config F: skip G, resnet D, path-length regularisation on, as in the
 paper), z/w 128, mapping 4 layers, 64 channels at every resolution (``channel_base 2048``, ``channel_max 64``),
-trained with :class:`stylegan.training.Trainer` on the ``cpu-tiny`` training settings at batch 32 for
-``--minutes`` of wall-clock time (``Trainer.deadline``: it stops at a tick boundary with a snapshot). Run again
-with ``--resume`` to continue training from the latest snapshot in ``--work``; ``--no-train`` only exports and
-calibrates the latest snapshot.
+trained with :class:`stylegan.training.Trainer` on the ``cpu-tiny`` settings at batch 32 with R1 gamma 10 for
+100 kimg (it stops at the first tick past it: 100.352 kimg, ~2 h on one core). The two networks differ only in the
+training seed (``--network a``: 0, ``b``: 1). Shorter runs or cpu-tiny's R1 gamma 1 leave a network that makes
+only a few digit classes (the first demo network, 47 kimg at gamma 1: 4 classes, entropy 0.51; see
+``docs/measurements.md``, "What the collapse is"). ``--minutes`` stops a call at a tick boundary with a snapshot;
+``--resume`` continues the run in ``--work/NAME``; ``--no-train`` only exports and calibrates its latest snapshot.
 
 Export: the G_ema of the run is written with :func:`stylegan.formats.save_network` (G_ema only: no G, D or
-training state, so the file stays well under 2 MB), then calibrated with :func:`detector.calibration_run.calibrate`
-on ``--n-calib`` generated + ``--n-calib`` held-out real digits at the demo's projector settings (``--steps``
-steps; ``detect demo`` uses the same number by default) and the record stored inside the file
-(:func:`detector.calibration_store.store_calibration`).
+training state, about 1.7 MB), its diversity measured (:func:`diversity`: digit classes of 1,000 of its images
+as a small CNN trained on the training digits sees them), then it is calibrated with
+:func:`detector.calibration_run.calibrate` on ``--n-calib`` generated + ``--n-calib`` held-out real digits at the
+demo's projector settings (``--steps``; ``detect demo`` uses the same number), trajectories included (so that
+the demo may stop images early), and the record stored inside the file.
 
-Usage (2 CPU cores; the published asset was made this way)::
+Usage (one core each; the published networks were made this way)::
 
-    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --minutes 30
-    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --minutes 20 --resume  # more
-    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --no-train  # re-export only
-    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --work /tmp/demo_work --calibrate-only  # asset as is
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --network a --work /tmp/demo_work
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --network b --work /tmp/demo_work
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --network a --work /tmp/demo_work --minutes 60  # part
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --network a --work /tmp/demo_work --resume  # the rest
+    OMP_NUM_THREADS=1 python scripts/make_demo_network.py --network a --calibrate-only  # the asset as it is
+    python scripts/make_demo_network.py --diversity detector/assets/demo_mnist32_*.pt
 
 Needs the LPIPS-VGG weights for the calibration (as ``detect check``: ``DETECT_LPIPS_WEIGHTS`` or
 ``detect fetch-weights``).
@@ -49,7 +55,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "detector" / "assets"
-ASSET = ASSETS / "demo_mnist32.pt"
 DEMO_REAL = ASSETS / "demo_real"
 #: The two demo networks of one recipe (issue 28): name -> training seed; files ``demo_mnist32_NAME.pt``.
 NETWORKS = {"a": 0, "b": 1}
@@ -172,7 +177,8 @@ def train(args, data: Path):
         trainer.start()
     if args.no_train:
         return trainer, 0.0
-    trainer.deadline = time.time() + args.minutes * 60
+    if args.minutes is not None:
+        trainer.deadline = time.time() + args.minutes * 60
 
     def progress(e):
         if "tick" in e:
@@ -205,8 +211,8 @@ def export(args, trainer, digits: np.ndarray, data_fingerprint: str) -> None:
     print(f"wrote {out} ({size / 1024:.0f} KiB) at {trainer.cur_nimg / 1000:.1f} kimg", flush=True)
     if size > MAX_ASSET_BYTES:
         sys.exit(f"{out} is {size} bytes, over the 2 MB budget")
-    if out.resolve() not in (ASSET.resolve(), network_asset("a").resolve()):
-        return  # another network (e.g. network b), not the first shipped one: the demo's images stay as they are
+    if out.resolve() != network_asset("a").resolve():
+        return  # network b, or a file elsewhere: the demo's real images stay as they are
 
     # The demo's bundled real images.
     if DEMO_REAL.exists():
@@ -223,8 +229,9 @@ def export(args, trainer, digits: np.ndarray, data_fingerprint: str) -> None:
         "Licence: MNIST is distributed under the Creative Commons Attribution-Share Alike 3.0 licence\n"
         "(CC BY-SA 3.0, <https://creativecommons.org/licenses/by-sa/3.0/>); these derived images are\n"
         "distributed under the same licence.\n\n"
-        "None of these digits were used to train `../demo_mnist32.pt` (trained on test-set indices 0..8999) or\n"
-        "to calibrate it (indices 9000..). Made by `scripts/make_demo_network.py`.\n")
+        "None of these digits were used to train the demo networks `../demo_mnist32_a.pt` and\n"
+        "`../demo_mnist32_b.pt` (trained on test-set indices 0..8999) or to calibrate them (indices 9000..).\n"
+        "Made by `scripts/make_demo_network.py --network a`.\n")
 
 
 def calibrate(args, digits: np.ndarray) -> None:
@@ -257,11 +264,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mnist", type=Path, default=Path("/work/shared/data/mnist_test"))
     ap.add_argument("--network", choices=sorted(NETWORKS),
-                    help="make one of the demo's two networks: its file in detector/assets and its seed (a: 0, b: 1) "
-                         "unless given, and its run in --work/NAME; network a also writes demo_real/")
+                    help="which of the demo's two networks to make (required unless --diversity): its file in "
+                         "detector/assets and its seed (a: 0, b: 1) unless given, and its run in --work/NAME; "
+                         "network a also writes demo_real/")
     ap.add_argument("--work", type=Path, default=Path("demo-network-work"))
-    ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget of this call")
-    ap.add_argument("--total-kimg", type=float, default=2000.0)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="wall-clock training budget of this call (default: none); a call that stops before "
+                         "--total-kimg exports nothing: continue it with --resume")
+    ap.add_argument("--total-kimg", type=float, default=100.0, help="training length (the recipe's 100)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --work")
     ap.add_argument("--no-train", action="store_true", help="export and calibrate the latest snapshot only")
     ap.add_argument("--no-calibrate", action="store_true")
@@ -272,7 +282,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n-calib", type=int, default=24)
     ap.add_argument("--fpr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=None, help="training seed (default 0, or the --network's)")
-    ap.add_argument("--r1-gamma", type=float, default=1.0, help="R1 weight (cpu-tiny's 1.0 made the first asset)")
+    ap.add_argument("--r1-gamma", type=float, default=10.0,
+                    help="R1 weight (the recipe's 10; cpu-tiny's 1.0 collapsed)")
     ap.add_argument("--lr", type=float, default=0.0025, help="G and D learning rate (cpu-tiny's 0.0025)")
     ap.add_argument("--pl-weight", type=float, default=2.0, help="path-length regularisation weight")
     ap.add_argument("--mixing", type=float, default=0.9, help="style-mixing probability")
@@ -285,15 +296,17 @@ def main(argv=None) -> None:
                     help="only measure digit networks' diversity (class shares of 1,000 images each) and print "
                          "one JSON line per network")
     ap.add_argument("--out", type=Path, default=None,
-                    help="network file to write (and calibrate); default the --network's file in detector/assets, "
-                         "else the single-network asset demo_mnist32.pt")
+                    help="network file to write (and calibrate); default the --network's file in "
+                         "detector/assets")
     args = ap.parse_args(argv)
+    if args.network is None and args.diversity is None:
+        ap.error("--network a|b is required (or --diversity MODEL ...)")
     if args.network is not None:
         args.work = args.work / args.network
-    if args.seed is None:
-        args.seed = NETWORKS.get(args.network, 0)
-    if args.out is None:
-        args.out = ASSET if args.network is None else network_asset(args.network)
+        if args.seed is None:
+            args.seed = NETWORKS[args.network]
+        if args.out is None:
+            args.out = network_asset(args.network)
 
     import torch
 
@@ -322,6 +335,10 @@ def main(argv=None) -> None:
         fingerprint = ds.fingerprint
     trainer, wall = train(args, data)
     print(f"trained {wall / 60:.1f} min in this call; now at {trainer.cur_nimg / 1000:.1f} kimg", flush=True)
+    if trainer.stopped is not None and not args.no_train:
+        print(f"stopped ({trainer.stopped}) before {args.total_kimg:g} kimg; nothing exported: continue with "
+              f"--resume (or export this snapshot with --no-train)", flush=True)
+        return
     export(args, trainer, digits, fingerprint)
     print(json.dumps({"diversity": diversity(args.out, digits, load_labels(args.mnist))}), flush=True)
     if not args.no_calibrate:

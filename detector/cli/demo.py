@@ -2,10 +2,10 @@
 
 The embedded default (``detector/assets/``, made by ``scripts/make_demo_network.py``):
 
-* :data:`DEMO_NETWORKS`: small 1-channel 32x32 StyleGAN2 networks (config F, path-length regularisation on)
-  trained by our trainer on MNIST test digits 0..8,999 (LeCun, Cortes, Burges; CC BY-SA 3.0), G_ema only, each
-  with its calibration inside (projections of generated digits and of held-out real digits 9,000.. at
-  :data:`DEFAULT_STEPS` steps);
+* :data:`DEMO_NETWORKS`: two small 1-channel 32x32 StyleGAN2 networks (config F, path-length regularisation on)
+  of one recipe and two training seeds, trained by our trainer on MNIST test digits 0..8,999 (LeCun, Cortes,
+  Burges; CC BY-SA 3.0), G_ema only, each with its calibration inside (projections of generated digits and of
+  held-out real digits 9,000.. at :data:`DEFAULT_STEPS` steps, with trajectories);
 * ``demo_real/``: six held-out real digits (MNIST test indices 9,500..9,505) and a README with their origin.
 
 :func:`run_demo` writes ``OUT/inputs/generated_NAME/`` (fresh digits each network makes, seeded) and
@@ -14,8 +14,9 @@ The embedded default (``detector/assets/``, made by ``scripts/make_demo_network.
 (``OUT/case/report/report.html`` and ``report.json``: confusion table and scatter in its opening). The LPIPS
 weights are found as ``detect check`` finds them; when none resolve, :func:`stylegan.perceptual.fetch_weights`
 (``detect fetch-weights``) is tried once and the resolution retried. Re-running on the same folder resumes the
-case (finished images are not projected again). When every network's calibration recorded trajectories of runs
-of the demo's length, images stop early where their verdict can no longer change (as ``--early-stop``).
+case (finished images are not projected again). All images are projected as one batch per network, each for the
+whole schedule: early decisions (``detect batch --early-stop``) are off unless asked for, since with several
+candidates they would cut short only the real digits, and one batch of 18 saves more time than they do.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-#: The demo's networks (files in ``detector/assets``): one recipe, different training seeds.
-DEMO_NETWORKS: Tuple[str, ...] = ("demo_mnist32.pt",)
+#: The demo's networks (files in ``detector/assets``): one recipe, training seeds 0 and 1.
+DEMO_NETWORKS: Tuple[str, ...] = ("demo_mnist32_a.pt", "demo_mnist32_b.pt")
 DEMO_REAL = "demo_real"
 #: Projector steps of the demo; the shipped calibrations were made at this number of steps.
 DEFAULT_STEPS = 300
@@ -156,8 +157,11 @@ def write_generated(G, folder: Path, n: int) -> List[Path]:
 def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STEPS,
              n_generated: int = DEFAULT_N_GENERATED, device: str = "cpu",
              progress: Optional[Callable[[float, int], None]] = None,
-             log: Callable[[str], None] = lambda s: None, batch_size: int = 16) -> DemoResult:
-    """Run the demo into ``out_dir`` (see the module docstring) and return what it found."""
+             log: Callable[[str], None] = lambda s: None, batch_size: Optional[int] = None,
+             early_stop: bool = False) -> DemoResult:
+    """Run the demo into ``out_dir`` (see the module docstring) and return what it found. ``batch_size``: images
+    projected together (default: all of them, one batch per network); ``early_stop``: stop images early where
+    every network's calibration has trajectories of runs of ``steps`` steps (:func:`early_decisions_available`)."""
     from cases.batch import run_batch
     from cases.report import write_report
     from detector.calibration import calibrated_settings
@@ -168,6 +172,8 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
         raise ValueError("steps must be at least 1")
     if n_generated < 0:
         raise ValueError("n_generated must be >= 0")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
     t0 = time.time()
     out = Path(out_dir)
     net_paths = demo_network_paths()
@@ -198,11 +204,14 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     distance, fetched = load_distance(device, log)
     case_dir = out / "case"
     folders = [gen_dirs[n] for n in names if n_generated] + [real_dir]
-    early = early_decisions_available(models, settings)
+    early = early_stop and early_decisions_available(models, settings)
     if early:
         log("images stop where their verdict can no longer change (bands measured on the calibrations)")
-    run_batch(folders, net_paths, case_dir, settings, distance, batch_size=batch_size, progress=progress,
-              device=device, models=models, early_stop=early)
+    elif early_stop:
+        log(f"note: no early decisions: not every calibration has trajectories of {steps}-step runs")
+    n_images = n_generated * len(names) + len(reals)
+    run_batch(folders, net_paths, case_dir, settings, distance, batch_size=batch_size or n_images,
+              progress=progress, device=device, models=models, early_stop=early)
     truth = {gen_dirs[n].name: n for n in names}
     truth[REAL_FOLDER] = "none"
     html_path, json_path = write_report(case_dir, truth=truth)

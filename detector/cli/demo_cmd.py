@@ -1,4 +1,4 @@
-"""`detect demo`: the whole pipeline (generate, batch-project, report) on the network and digits the package ships.
+"""`detect demo`: the whole pipeline (generate, batch-project, report) on the networks and digits the package ships.
 
 Registered on :data:`detector.cli.app` when imported; the demo itself is :mod:`detector.cli.demo`.
 """
