@@ -160,8 +160,8 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
              log: Callable[[str], None] = lambda s: None, batch_size: Optional[int] = None,
              early_stop: bool = False) -> DemoResult:
     """Run the demo into ``out_dir`` (see the module docstring) and return what it found. ``batch_size``: images
-    projected together (default: all of them, one batch per network); ``early_stop``: stop images early where
-    every network's calibration has trajectories of runs of ``steps`` steps (:func:`early_decisions_available`)."""
+    projected together (default: all of them, up to 32); ``early_stop``: stop images early where every network's
+    calibration has trajectories of runs of ``steps`` steps (:func:`early_decisions_available`)."""
     from cases.batch import run_batch
     from cases.report import write_report
     from detector.calibration import calibrated_settings
@@ -210,7 +210,7 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     elif early_stop:
         log(f"note: no early decisions: not every calibration has trajectories of {steps}-step runs")
     n_images = n_generated * len(names) + len(reals)
-    run_batch(folders, net_paths, case_dir, settings, distance, batch_size=batch_size or n_images,
+    run_batch(folders, net_paths, case_dir, settings, distance, batch_size=batch_size or min(n_images, 32),
               progress=progress, device=device, models=models, early_stop=early)
     truth = {gen_dirs[n].name: n for n in names}
     truth[REAL_FOLDER] = "none"
