@@ -281,7 +281,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=DEMO_STEPS, help="projector steps of the calibration")
     ap.add_argument("--n-calib", type=int, default=24)
     ap.add_argument("--fpr", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=None, help="training seed (default 0, or the --network's)")
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the --network's, a 0 and b 1)")
     ap.add_argument("--r1-gamma", type=float, default=10.0,
                     help="R1 weight (the recipe's 10; cpu-tiny's 1.0 collapsed)")
     ap.add_argument("--lr", type=float, default=0.0025, help="G and D learning rate (cpu-tiny's 0.0025)")
