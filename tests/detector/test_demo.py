@@ -53,27 +53,6 @@ def test_assets_are_two_small_calibrated_mnist_stylegan2s_of_two_seeds():
     assert "MNIST" in readme and "CC BY-SA 3.0" in readme and "9500" in readme
 
 
-def test_early_decisions_only_when_every_calibration_has_trajectories_of_the_demos_length():
-    from types import SimpleNamespace
-
-    from detector.early import MIN_TRAJECTORIES
-    from detector.settings import ProjectorSettings
-
-    def model(steps, n):
-        traj = [[0.05, 0.02, 0.01]] * n
-        return SimpleNamespace(calibration={"generated_distances": [0.004] * n, "real_distances": [0.1] * n,
-                                            "trajectories": {"every": steps // 4, "steps": steps,
-                                                             "generated": traj, "real": traj}})
-
-    at = ProjectorSettings(steps=300)
-    n = MIN_TRAJECTORIES  # generated + real: twice the minimum
-    assert demo_mod.early_decisions_available([model(300, n), model(300, n)], at)
-    assert not demo_mod.early_decisions_available([model(300, n), model(200, n)], at)  # runs of another length
-    assert not demo_mod.early_decisions_available([model(300, n), SimpleNamespace(calibration=None)], at)
-    assert not demo_mod.early_decisions_available([model(300, n)], ProjectorSettings(steps=3))
-    assert not demo_mod.early_decisions_available([], at)
-
-
 def test_asset_path_finds_package_data():
     assert demo_mod.asset_path(demo_mod.DEMO_REAL) == demo_mod.ASSETS / demo_mod.DEMO_REAL
 
@@ -89,7 +68,7 @@ def test_demo_outcome(tmp_path, monkeypatch):
     r = demo_mod.run_demo(tmp_path / "demo")
     n = demo_mod.DEFAULT_N_GENERATED
     assert r.networks == NAMES and r.n_generated == dict.fromkeys(NAMES, n) and r.n_real == 6
-    assert not r.early_stop and r.steps == demo_mod.DEFAULT_STEPS and not r.fetched_weights
+    assert r.steps == demo_mod.DEFAULT_STEPS and not r.fetched_weights
     assert r.real_attributed <= 1
     assert sum(r.own.values()) >= 2 * n - 3 and all(v >= n - 2 for v in r.own.values())
     assert sum(r.wrong.values()) <= 1
@@ -101,6 +80,9 @@ def test_demo_outcome(tmp_path, monkeypatch):
     n_images = n * len(NAMES) + 6
     assert r.report_html == str(html) and html.read_text().lstrip().lower().startswith("<!doctype html")
     assert doc["summary"]["processed"] == n_images and len(doc["images"]) == n_images
+    # every image ran the whole schedule under both networks (no early decisions in the demo)
+    assert {m["steps_run"] for img in doc["images"] for m in img["per_model"]} == {demo_mod.DEFAULT_STEPS}
+    assert all(len(img["per_model"]) == len(NAMES) for img in doc["images"])
     # the report's confusion table holds the same outcome
     confusion = doc["evaluation"]["confusion"]
     assert confusion["labels"] == NAMES + ["none"] and r.confusion == confusion
@@ -112,15 +94,6 @@ def test_demo_outcome(tmp_path, monkeypatch):
     r2 = demo_mod.run_demo(tmp_path / "demo")
     assert [i["distances"] for i in r2.images] == [i["distances"] for i in r.images]
     assert r2.wall_s < r.wall_s / 3
-
-
-@needs_asset
-def test_demo_early_decisions_only_on_calibrations_of_its_length(tmp_path, monkeypatch):
-    monkeypatch.setenv(lpips.ENV_WEIGHTS, str(shared_file(VGG)))
-    messages = []
-    r = demo_mod.run_demo(tmp_path / "d", steps=3, n_generated=1, early_stop=True, log=messages.append)
-    assert not r.early_stop  # the calibrations' trajectories are of DEFAULT_STEPS-step runs, not 3
-    assert any("no early decisions" in m for m in messages)
 
 
 @needs_asset
