@@ -161,15 +161,18 @@ def plot(doc: dict, path: Path) -> None:
     methods = sorted({m for c in conds for m in doc["conditions"][c]})
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.7 * len(conds) + 2), 6), sharex=True)
     x = np.arange(len(conds))
+    low = 0.5
     for j, m in enumerate(methods):
         off = (j - (len(methods) - 1) / 2) * 0.35
-        auc = [doc["conditions"][c].get(m, {}).get("auc") or np.nan for c in conds]
+        auc = [np.nan if (v := doc["conditions"][c].get(m, {}).get("auc")) is None else v for c in conds]
+        low = min([low] + [v - 0.05 for v in auc if np.isfinite(v)])
         tpr = [(doc["conditions"][c].get(m) or {}).get("tpr_at_clean_threshold", {}).get("rate") for c in conds]
         fpr = [(doc["conditions"][c].get(m) or {}).get("fpr_at_clean_threshold", {}).get("rate") for c in conds]
         axes[0].bar(x + off, auc, width=0.35, label=m)
         axes[1].bar(x + off, [np.nan if v is None else v for v in tpr], width=0.35, label=f"{m} TPR")
         axes[1].plot(x + off, [np.nan if v is None else v for v in fpr], "kx", label="FPR" if j == 0 else None)
-    axes[0].set_ylim(0.5, 1.0)
+    axes[0].set_ylim(max(0.0, low), 1.0)  # 0.5 up, lower where an AUC is (below 0.5: real comes back closer)
+    axes[1].set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("ROC AUC")
     axes[1].set_ylabel("at the clean threshold")
     axes[1].set_xticks(x, conds, rotation=45, ha="right")
