@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cases.store import CaseStore  # noqa: E402
 from detector import early  # noqa: E402
-from detector.scoring import DEFAULT_MARGIN, Reference, decide  # noqa: E402
+from detector.scoring import DEFAULT_MARGIN, Reference, decide, far_factors  # noqa: E402
 from detector.settings import ProjectorSettings  # noqa: E402
 
 
@@ -138,12 +138,12 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if missing:
         sys.exit(f"no --calibration for {missing}")
     refs = {n: Reference.from_calibration(n, cals[n]) for n in names}
-    factor = 1.0 if len(names) == 1 else a.margin
+    factors = far_factors(refs, a.margin)  # as detect check / batch stop them
 
     def loo(sha: str, name: str):
         others = [(r[name][0], r[name][1]) for k, r in images.items() if k != sha]
-        return early.decision_bands([t for t, _ in others], [f for _, f in others], refs[name].threshold, steps, factor,
-                              a.slack)
+        return early.decision_bands([t for t, _ in others], [f for _, f in others], refs[name].threshold, steps,
+                                    factors[name], a.slack)
 
     doc = {"case": str(a.case), "networks": names, "steps": steps, "images": len(images), "margin": a.margin,
            "slack": a.slack, "thresholds": {n: refs[n].threshold for n in names},
@@ -153,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         settings = ProjectorSettings(steps=steps)
         fixed = {}
         for n in names:
-            b = early.calibration_bands(sources.get(n), refs[n].threshold, settings, factor, a.slack,
+            b = early.calibration_bands(sources.get(n), refs[n].threshold, settings, factors[n], a.slack,
                                         a.min_trajectories)
             if b is None:
                 sys.exit(f"--bands-from gives no usable trajectories for {n}")

@@ -15,8 +15,8 @@ in flight, and re-running the same command resumes.
   it is reported, listed in the manifest's ``errors`` and not tried again (the same bytes would fail again).
   A file that cannot be read at all (no hash) is listed under ``unreadable`` and tried again at the next run.
 * Several networks: every image is projected under every network; the case's verdict for an image comes from the
-  calibrated rule (each distance in units of its own network's threshold, a margin over the runner-up;
-  :func:`cases.records.attribute_records`).
+  calibrated rule (each distance in units of its own network's distance to its own images, within that network's
+  threshold, a margin over the runner-up; :func:`cases.records.attribute_records`).
 * One run at a time: rank 0 holds the case folder's lock for the whole run, moves damaged batch files aside
   (their images are projected again) and removes what a killed run left behind (:mod:`cases.store`).
 * Scale-out: with ``world_size`` > 1 (torchrun), the distinct inputs, ordered by their first path, are split by
@@ -38,7 +38,7 @@ from detector.calibration import calibration_for_lpips, calibration_mismatch, ca
 from detector.calibration_store import load_calibration
 from detector.check import check_images, no_calibration_warning, no_early_decisions_warning, unique_names
 from detector.images import iter_image_files
-from detector.scoring import DEFAULT_MARGIN
+from detector.scoring import DEFAULT_MARGIN, Reference, far_factors
 from detector.settings import ProjectorSettings
 from stylegan.formats import load_model
 from stylegan.util.distributed import barrier, broadcast_object
@@ -140,6 +140,8 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
     paths = [Path(p) for _, p in batch]
     records: List[ResultRecord] = []
     moved: List[str] = []
+    factors = far_factors({str(i): Reference.from_calibration(str(i), m.calibration, threshold)
+                           for i, m in enumerate(models)}, margin)
     for m_i, (model, entry) in enumerate(zip(models, entries)):
         def step_progress(step, total, losses, m_i=m_i):
             if progress is not None:
@@ -147,7 +149,7 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
 
         recs = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
                             threshold=threshold, seed=seed, early_stop=early_stop, strict=strict,
-                            candidates=len(models), margin=margin,
+                            candidates=len(models), margin=margin, far_factor=factors[str(m_i)],
                             progress=step_progress)
         for (sha, path), rec in zip(batch, recs):
             if rec.error is None and rec.sha256 != sha:
@@ -176,8 +178,9 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     ``progress(images_done, images_total)`` (fractional within a batch) for this rank's share. ``models``:
     already-loaded :class:`stylegan.formats.LoadedModel` objects for ``model_paths`` (else they are loaded on
     ``device``). ``early_stop``: see :func:`detector.check.check_images` (each network's bands from its own
-    calibration; with several networks at ``margin``, so that the case's verdicts at that margin or a smaller
-    one are those of full runs); recorded with the settings, so a case is resumed with the same choice.
+    calibration; with several networks at :func:`detector.scoring.far_factors`, so that the case's verdicts at
+    ``margin`` or a smaller one are those of full runs); recorded with the settings, so a case is resumed with the
+    same choice.
     ``strict``: inputs that would need cropping or resizing are recorded as bad inputs (recorded with the
     settings too). See the module docstring for resuming, changed and bad inputs, and ranks.
     """

@@ -109,11 +109,14 @@ def case_metrics(report: dict, truth: Dict[str, str], confidence: float = 0.95) 
                      if lab == name and d.get(name) and d.get(other) is not None]
             if pairs:
                 claimed = None if o["threshold"] is None else rate_at([b for _, b in pairs], o["threshold"])[0]
-                margins = [b / a for a, b in pairs]
-                cross[f"{name} under {other}"] = {
-                    "n": len(pairs), "median_distance": statistics.median(b for _, b in pairs),
-                    "claimed_by_threshold_alone": claimed, "margin_median": statistics.median(margins),
-                    "margin_min": min(margins)}
+                margins = [b / a for a, b in pairs]  # runner-up distance over own, raw
+                c = {"n": len(pairs), "median_distance": statistics.median(b for _, b in pairs),
+                     "claimed_by_threshold_alone": claimed, "margin_median": statistics.median(margins),
+                     "margin_min": min(margins)}
+                if m.get("own_median") and o.get("own_median"):  # in the rule's units (detector.scoring)
+                    rel = [x * m["own_median"] / o["own_median"] for x in margins]
+                    c.update(relative_margin_median=statistics.median(rel), relative_margin_min=min(rel))
+                cross[f"{name} under {other}"] = c
     table = confusion_table([r[0] for r in rows], [r[1] for r in rows], names)
     ambiguous = {lab: sum(1 for r in rows if r[0] == lab and r[3].startswith("ambiguous"))
                  for lab in names + [NONE_LABEL]}
@@ -144,7 +147,9 @@ def margin_sweep(rows: Sequence[tuple], models: Sequence[dict], margins: Sequenc
             return NONE
         return m["threshold_source"] if m["threshold_source"] in (CALIBRATION, SELF, USER) else USER
 
-    refs = {m["name"]: Reference(m["name"], kind(m), m["threshold"]) for m in models}
+    refs = {m["name"]: Reference(m["name"], kind(m), m["threshold"],
+                                 median=m.get("own_median") if m["threshold"] is not None else None)
+            for m in models}
     out = []
     for margin in margins:
         counts = dict.fromkeys(("own", "wrong", "ambiguous_generated", "none_generated", "real_attributed",
@@ -192,9 +197,11 @@ def format_case_metrics(metrics: dict) -> str:
     for key, c in metrics["cross_network"].items():
         claimed = "no threshold" if c["claimed_by_threshold_alone"] is None else \
             f"{c['claimed_by_threshold_alone']}/{c['n']} under its threshold alone"
-        lines.append(f"{key}: median distance {c['median_distance']:.4f}, {claimed}, margin median "
-                     f"{c['margin_median']:.2f} "
-                     f"(min {c['margin_min']:.2f})")
+        rel = "" if "relative_margin_median" not in c else (
+            f"; relative to the own images' medians {c['relative_margin_median']:.2f} "
+            f"(min {c['relative_margin_min']:.2f})")
+        lines.append(f"{key}: median distance {c['median_distance']:.4f}, {claimed}, distance margin median "
+                     f"{c['margin_median']:.2f} (min {c['margin_min']:.2f}){rel}")
     lines.append("")
     lines.append(metrics["confusion_text"])
     n_amb = sum(metrics["ambiguous"].values())

@@ -25,14 +25,15 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                  models: [{name: str, path: str, file_sha256: str, weights_sha256: str|None,
                            threshold: float|None, threshold_source: str ('calibration'|'self'|'user'|'none'),
                            target_fpr: float|None, calibrated: bool, auc: float|None,
-                           achieved_fpr: float|None}]}
+                           achieved_fpr: float|None, own_median: float|None   median distance of the
+                           network's own generated images in its calibration (the rule's unit)}]}
     histogram   {bins: [float], models: [{name: str, case: [int], generated: [int]|None, real: [int]|None}]}
                 counts per bin (len(bins) - 1 each); generated/real from the calibration record
     evaluation  None, or (``detect report --truth``) :func:`cases.metrics.case_metrics` of the case against the
                 known sources of its inputs: truth, per_network, cross_network, confusion {labels, matrix,
                 total, accuracy}, ambiguous, margin_sweep, ...
     images      [{paths: [str], sha256: str, verdict: str, attributed_to: str|None, runner_up: str|None,
-                  margin: float|None   runner-up's threshold ratio over the best's (detector.scoring.decide)
+                  margin: float|None   runner-up's score over the best's (detector.scoring.decide)
                   distances: {model name: float|None},
                   per_model: [{model: str, model_sha256: str, distance: float|None, threshold: float|None,
                                threshold_source: str|None, verdict: str|None, steps_run: int|None,
@@ -77,7 +78,7 @@ _N = type(None)
 
 MODEL_SCHEMA = {"name": _S, "path": _S, "file_sha256": _S, "weights_sha256": (_S, _N), "threshold": (_F, _N),
                 "threshold_source": _S, "target_fpr": (_F, _N), "calibrated": _B, "auc": (_F, _N),
-                "achieved_fpr": (_F, _N)}
+                "achieved_fpr": (_F, _N), "own_median": (_F, _N)}
 PER_MODEL_SCHEMA = {"model": _S, "model_sha256": _S, "distance": (_F, _N), "threshold": (_F, _N),
                     "threshold_source": (_S, _N), "verdict": (_S, _N), "steps_run": (_I, _N), "seed": (_I, _N),
                     "error": (_S, _N), "batch_file": _S}
@@ -163,7 +164,8 @@ def _model_summary(entry: Dict[str, Any], override: Optional[float]) -> Dict[str
             "weights_sha256": entry.get("weights_sha256"), "threshold": None if th is None else float(th.value),
             "threshold_source": "none" if th is None else th.source,
             "target_fpr": None if th is None else th.target_fpr, "calibrated": bool(entry.get("calibration")),
-            "auc": cal.get("auc"), "achieved_fpr": cal.get("achieved_fpr")}
+            "auc": cal.get("auc"), "achieved_fpr": cal.get("achieved_fpr"),
+            "own_median": float(np.median(gen)) if (gen := cal.get("generated_distances")) else None}
 
 
 def _histogram(models: List[Dict[str, Any]], by_model: Dict[str, List[float]]) -> Dict[str, Any]:
@@ -192,6 +194,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
     models = m["models"]
     names = {e["file_sha256"]: e["name"] for e in models}
     model_shas = [e["file_sha256"] for e in models]
+    own_generated = {e["file_sha256"]: (e.get("calibration") or {}).get("generated_distances") or () for e in models}
     override = m.get("threshold_override")
     paths_of: Dict[str, List[str]] = defaultdict(list)
     for e in m.get("inputs", []):
@@ -215,7 +218,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                       if r.model_sha256 in model_shas else len(model_shas))
         if {r.model_sha256 for r in recs} < set(model_shas) and not any(r.error for r in recs):
             continue  # pending
-        att = attribute_records(recs, names)
+        att = attribute_records(recs, names, own_generated=own_generated)
         err = next((r.error for r in recs if r.error), None) if all(r.error for r in recs) else None
         if err:
             errors += 1

@@ -29,7 +29,7 @@ from .images import ImageInputError, LoadedImage, load_image, save_image
 from .processing import Preprocessing, weaknesses
 from .projector import Projector
 from .results import ProjectionResult
-from .scoring import DEFAULT_MARGIN, Decision, Reference, decide
+from .scoring import DEFAULT_MARGIN, Decision, Reference, decide, far_factors
 from .settings import ProjectorSettings
 
 
@@ -106,14 +106,16 @@ def effective_settings(settings: Optional[ProjectorSettings], bands: Optional[De
 
 
 def early_bands(calibration: Optional[dict], threshold: Optional[Threshold], settings: ProjectorSettings,
-                candidates: int = 1, margin: float = DEFAULT_MARGIN) -> Optional[DecisionBands]:
+                candidates: int = 1, margin: float = DEFAULT_MARGIN,
+                far_factor: Optional[float] = None) -> Optional[DecisionBands]:
     """The early-decision bands of one network for a check: from its calibration's trajectories at the threshold
-    in use, the far side at ``margin`` x threshold when there are several candidates
-    (:func:`detector.early.calibration_bands`); None without a threshold or usable trajectories."""
+    in use, the far side at ``far_factor`` x threshold when there are several candidates (default ``margin``;
+    :func:`detector.scoring.far_factors` gives the one that keeps every verdict; see
+    :func:`detector.early.calibration_bands`); None without a threshold or usable trajectories."""
     if threshold is None:
         return None
-    return calibration_bands(calibration, threshold.value, settings,
-                             factor=1.0 if candidates <= 1 else margin)
+    factor = 1.0 if candidates <= 1 else (margin if far_factor is None else far_factor)
+    return calibration_bands(calibration, threshold.value, settings, factor=factor)
 
 
 def no_early_decisions_warning(name: str, calibration: Optional[dict], threshold: Optional[float],
@@ -131,18 +133,19 @@ def no_early_decisions_warning(name: str, calibration: Optional[dict], threshold
 def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, *,
                  settings: Optional[ProjectorSettings] = None, calibration: Optional[dict] = None,
                  threshold: Optional[float] = None, seed: int = 0, early_stop: bool = False, strict: bool = False,
-                 candidates: int = 1, margin: float = DEFAULT_MARGIN,
+                 candidates: int = 1, margin: float = DEFAULT_MARGIN, far_factor: Optional[float] = None,
                  progress: Optional[Callable[[int, int, np.ndarray], None]] = None) -> List[CheckRecord]:
     """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``
     (with ``strict``, also images that would need cropping or resizing).
 
     ``early_stop``: stop an image where its verdict can no longer change, by the bands measured on the
     network's calibration trajectories (:mod:`detector.early`; none recorded: every image runs in full). Among
-    ``candidates`` > 1 networks only the far side stops (at ``margin`` x threshold), which keeps every verdict
-    of :func:`detector.scoring.decide` at that margin or a smaller one."""
+    ``candidates`` > 1 networks only the far side stops, at ``far_factor`` x threshold
+    (:func:`detector.scoring.far_factors` of every candidate's reference; default ``margin``), which keeps every
+    verdict of :func:`detector.scoring.decide` at that margin or a smaller one."""
     th: Optional[Threshold] = threshold_for(calibration, threshold)
     settings = settings or ProjectorSettings()
-    bands = early_bands(calibration, th, settings, candidates, margin) if early_stop else None
+    bands = early_bands(calibration, th, settings, candidates, margin, far_factor) if early_stop else None
     settings = effective_settings(settings, bands, allow_under=candidates <= 1)
     records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels, strict)
     if not loaded:
@@ -249,6 +252,8 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"network names must be distinct: {names}")
+    refs = {c.name: Reference.from_calibration(c.name, c.calibration, threshold) for c in candidates}
+    factors = far_factors(refs, margin)
     per_network: Dict[str, List[CheckRecord]] = {}
     for k, c in enumerate(candidates):
         step_progress = None
@@ -258,8 +263,7 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
         per_network[c.name] = check_images(c.G, paths, distance, settings=settings, calibration=c.calibration,
                                            threshold=threshold, seed=seed, early_stop=early_stop,
                                            strict=strict, candidates=len(candidates), margin=margin,
-                                           progress=step_progress)
-    refs = {c.name: Reference.from_calibration(c.name, c.calibration, threshold) for c in candidates}
+                                           far_factor=factors[c.name], progress=step_progress)
     out = []
     for i, p in enumerate(paths):
         records = {name: recs[i] for name, recs in per_network.items()}

@@ -5,6 +5,9 @@ The raw distance is not comparable across networks: a network that reconstructs 
 trained on the same data) gives lower distances to images it never made than their own network does. So each
 distance is scored against the network's own calibration (:class:`Reference`):
 
+* ``relative = distance / own_median``: the distance in units of the median distance of the network's own
+  generated images (its calibration's or self-calibration's). An image a network made comes back at about 1;
+  under another network, at that network's scale for images it did not make.
 * ``ratio = distance / threshold``: the distance in units of the network's own threshold. A full calibration's
   threshold is the target-FPR point of its real images; a self-calibration (generated images only) uses the
   :data:`SELF_QUANTILE` point of the network's own generated distances; a user's ``--threshold`` is taken as given.
@@ -13,10 +16,15 @@ distance is scored against the network's own calibration (:class:`Reference`):
 * ``real_rate``: the fraction of its calibration's real images at or below the distance (the false-positive rate
   a threshold at this distance would have had); None without real images.
 
-:func:`decide` attributes an image to the candidate with the smallest ratio when that ratio is at most 1 (under
-its own threshold) and the runner-up's ratio is at least ``margin`` times larger; with a smaller margin the
-verdict is "ambiguous" and names both. A candidate without any calibration is not compared (and listed as such):
-its distance alone cannot say whether it is close.
+:func:`decide` ranks the candidates by ``relative`` (by ``ratio`` when a compared candidate has no own-image
+distances, e.g. a bare ``--threshold``; the decision says so) and attributes an image to the first when its
+distance is within that network's own threshold (``ratio`` at most 1) and the runner-up's score is at least
+``margin`` times larger; with a smaller margin the verdict is "ambiguous" and names both. The threshold is what
+bounds the false-positive rate on real images; the own median is what makes networks comparable: dividing by
+the threshold instead mixes in how closely each network fits *real* images, and a network that fits real faces
+nearly as well as its own images (a tight threshold) then loses its own images to a sibling
+(docs/measurements.md, issue 24). A candidate without any calibration is not compared (and listed as such): its
+distance alone cannot say whether it is close.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ import numpy as np
 #: generated distances. The false-positive rate of such a verdict is unknown.
 SELF_QUANTILE = 0.99
 
-#: Runner-up over best ratio needed to attribute (below it the verdict is ambiguous). Fixed on dev images of the
-#: CelebA F network against its one-thread sibling (every margin >= 1.63 at lr 0.2; docs/measurements.md, issue 24)
-#: before the three-network test case was run.
+#: Runner-up's score over the best's needed to attribute (below it the verdict is ambiguous). Fixed on dev images
+#: of the CelebA networks F, F1 and F2, each one's images under all three (smallest margin 1.62 in relative scores;
+#: docs/measurements.md, issue 24), before the three-network test case was run.
 DEFAULT_MARGIN = 1.5
 
 NOT_ATTRIBUTED = "not attributed"
@@ -41,6 +49,9 @@ NO_VERDICT = "no verdict"
 
 # Kinds of reference a network can have.
 CALIBRATION, SELF, USER, NONE = "calibration", "self", "user", "none"
+
+# What candidates are ranked by (Decision.ranked_by).
+RELATIVE, RATIO = "relative", "ratio"
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class Reference:
                 'user' (a threshold given by the user) or 'none'
     threshold   the distance at ratio 1, None for kind 'none'
     generated   its calibration's generated distances (sorted); real: its real distances (sorted)
+    own_median  ``median`` when given (e.g. from a case report, which keeps the median only), else the median of
+                ``generated``; None without either: the network's scale for its own images
     """
 
     name: str
@@ -59,6 +72,7 @@ class Reference:
     generated: Tuple[float, ...] = ()
     real: Tuple[float, ...] = ()
     target_fpr: Optional[float] = None
+    median: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.kind not in (CALIBRATION, SELF, USER, NONE):
@@ -69,6 +83,16 @@ class Reference:
             raise ValueError(f"{self.name}: threshold must be > 0, got {self.threshold}")
         object.__setattr__(self, "generated", tuple(sorted(float(v) for v in self.generated)))
         object.__setattr__(self, "real", tuple(sorted(float(v) for v in self.real)))
+        if self.generated and not all(math.isfinite(g) for g in self.generated):
+            raise ValueError(f"{self.name}: own generated distances must be finite")
+        if self.own_median is not None and not self.own_median > 0:
+            raise ValueError(f"{self.name}: the median of its own images' distances must be > 0")
+
+    @property
+    def own_median(self) -> Optional[float]:
+        if self.median is not None:
+            return float(self.median)
+        return float(np.median(self.generated)) if self.generated else None
 
     @classmethod
     def from_calibration(cls, name: str, calibration: Optional[Mapping[str, Any]],
@@ -107,6 +131,8 @@ class Score:
     ratio: Optional[float]
     own_quantile: Optional[float]
     real_rate: Optional[float]
+    own_median: Optional[float] = None
+    relative: Optional[float] = None
 
     @property
     def under(self) -> bool:
@@ -115,7 +141,8 @@ class Score:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"distance": self.distance, "reference": self.kind, "threshold": self.threshold,
-                "ratio": self.ratio, "own_quantile": self.own_quantile, "real_rate": self.real_rate}
+                "ratio": self.ratio, "own_median": self.own_median, "relative": self.relative,
+                "own_quantile": self.own_quantile, "real_rate": self.real_rate}
 
 
 def score(distance: float, ref: Reference) -> Score:
@@ -125,7 +152,9 @@ def score(distance: float, ref: Reference) -> Score:
     ratio = d / ref.threshold if ref.threshold is not None and finite else None
     own = (sum(1 for g in ref.generated if g >= d) / len(ref.generated)) if ref.generated and finite else None
     real = (sum(1 for r in ref.real if r <= d) / len(ref.real)) if ref.real and finite else None
-    return Score(ref.name, d, ref.kind, ref.threshold, ratio, own, real)
+    med = ref.own_median
+    relative = d / med if med is not None and finite else None
+    return Score(ref.name, d, ref.kind, ref.threshold, ratio, own, real, med, relative)
 
 
 def generated_by(name: str) -> str:
@@ -147,7 +176,8 @@ class Decision:
     verdict      'generated by N', "consistent with N's own images" (N self-calibrated: false-positive rate
                  unknown), 'ambiguous: N or M', 'not attributed', or 'no verdict' (no candidate has a reference)
     network      the attributed network (None unless the verdict names one network)
-    runner_up    the compared network with the next-smallest ratio, and ``margin`` = its ratio / the best ratio
+    best         the compared network with the smallest score (``ranked_by``: 'relative' or 'ratio')
+    runner_up    the compared network with the next-smallest score, and ``margin`` = its score / the best score
     scores       every candidate's :class:`Score`
     uncompared   candidates without any reference (their distance is reported, not judged)
     """
@@ -160,6 +190,7 @@ class Decision:
     scores: Dict[str, Score]
     uncompared: Tuple[str, ...] = ()
     notes: Tuple[str, ...] = field(default=())
+    ranked_by: str = RELATIVE
 
     @property
     def is_ambiguous(self) -> bool:
@@ -168,15 +199,18 @@ class Decision:
     def to_dict(self) -> Dict[str, Any]:
         margin = self.margin if self.margin is None or math.isfinite(self.margin) else None
         return {"verdict": self.verdict, "network": self.network, "best": self.best, "runner_up": self.runner_up,
-                "margin": margin, "uncompared": list(self.uncompared), "notes": list(self.notes),
+                "margin": margin, "ranked_by": self.ranked_by, "uncompared": list(self.uncompared),
+                "notes": list(self.notes),
                 "scores": {name: s.to_dict() for name, s in self.scores.items()}}
 
 
 def decide(distances: Mapping[str, float], references: Mapping[str, Reference],
-           margin: float = DEFAULT_MARGIN) -> Decision:
+           margin: float = DEFAULT_MARGIN, ranked_by: Optional[str] = None) -> Decision:
     """Attribute one image among candidate networks (``distances``: name -> distance; ``references``: name ->
-    :class:`Reference`). The rule is the module docstring's; equal ratios count as margin 1 (ambiguous), and
-    names break ties in the ordering only, so the result does not depend on the order the networks came in."""
+    :class:`Reference`). The rule is the module docstring's; equal scores count as margin 1 (ambiguous), and
+    names break ties in the ordering only, so the result does not depend on the order the networks came in.
+    ``ranked_by``: None (the rule: :func:`ranking`), or RATIO to rank by threshold ratios (the first rule, kept
+    for comparisons)."""
     if not distances:
         raise ValueError("decide needs at least one network's distance")
     if not margin >= 1:
@@ -189,16 +223,32 @@ def decide(distances: Mapping[str, float], references: Mapping[str, Reference],
     notes = []
     if uncompared:
         notes.append(f"not compared, no calibration: {', '.join(uncompared)} (run `detect calibrate`)")
-    ranked = sorted((s for s in scores.values() if s.ratio is not None), key=lambda s: (s.ratio, s.name))
-    if not ranked:
+    compared = [s for s in scores.values() if s.ratio is not None]
+    if not compared:
         return Decision(NO_VERDICT, None, None, None, None, scores, uncompared, tuple(notes))
+    if ranked_by not in (None, RATIO, RELATIVE):
+        raise ValueError(f"ranked_by must be None, {RATIO!r} or {RELATIVE!r}, got {ranked_by!r}")
+    by = RATIO if ranked_by == RATIO else ranking(compared)
+    if ranked_by == RELATIVE and by != RELATIVE:
+        raise ValueError("ranked_by 'relative' needs every compared network's own generated distances")
+    if by == RATIO and len(compared) > 1:
+        bare = sorted(s.name for s in compared if s.relative is None)
+        notes.append(f"compared in units of their thresholds (no calibration of their own images: "
+                     f"{', '.join(bare)}; `detect calibrate` makes one)")
+    ranked = sorted(compared, key=lambda s: (getattr(s, by), s.name))
     best = ranked[0]
     runner = ranked[1] if len(ranked) > 1 else None
     m = None
     if runner is not None:
-        m = math.inf if best.ratio == 0 else runner.ratio / best.ratio
+        b, r = getattr(best, by), getattr(runner, by)
+        m = math.inf if b == 0 else r / b
     if not best.under:
         verdict, network = NOT_ATTRIBUTED, None
+        within = [x.name for x in ranked[1:] if x.under]
+        if within:
+            notes.append(f"{best.name} scores best but is over its own threshold; {', '.join(within)}, within "
+                         f"{'its' if len(within) == 1 else 'their'} own, score{'s' if len(within) == 1 else ''} "
+                         f"further from {'its' if len(within) == 1 else 'their'} own images")
     elif m is not None and m < margin:
         verdict, network = ambiguous(best.name, runner.name), None
     else:
@@ -207,8 +257,30 @@ def decide(distances: Mapping[str, float], references: Mapping[str, Reference],
     if best.under and best.kind == SELF:
         notes.append(f"{best.name} has no real-image calibration: the false-positive rate is unknown")
     return Decision(verdict, network, best.name, runner.name if runner else None, m, scores, uncompared,
-                    tuple(notes))
+                    tuple(notes), by)
 
 
-__all__ = ["Reference", "Score", "Decision", "score", "decide", "self_threshold", "SELF_QUANTILE", "DEFAULT_MARGIN",
-           "NOT_ATTRIBUTED", "NO_VERDICT", "CALIBRATION", "SELF", "USER", "NONE"]
+def ranking(scores: Sequence[Score]) -> str:
+    """RELATIVE when every compared score has one (the rule), else RATIO for all of them."""
+    return RELATIVE if all(s.relative is not None for s in scores) else RATIO
+
+
+def far_factors(references: Mapping[str, Reference], margin: float = DEFAULT_MARGIN) -> Dict[str, float]:
+    """For early decisions among several candidates: per network, the factor f such that a distance ending at or
+    above ``f x threshold`` under it can change no verdict of :func:`decide` at ``margin`` or a smaller one. Such a
+    network is not attributed (f >= 1) and cannot be the best or spoil the margin of any network j within its own
+    threshold: in relative units j scores at most ``c_j = threshold_j / own_median_j``, so f_k = margin x max_j c_j
+    / c_k (the margin itself when ranked by ratio). One compared candidate: 1."""
+    compared = {n: r for n, r in references.items() if r.threshold is not None}
+    if len(compared) <= 1:
+        return {n: 1.0 for n in references}
+    if any(r.own_median is None for r in compared.values()):
+        return {n: float(margin) for n in references}
+    c = {n: r.threshold / r.own_median for n, r in compared.items()}
+    top = max(c.values())
+    return {n: max(float(margin), float(margin) * top / c[n]) if n in c else float(margin) for n in references}
+
+
+__all__ = ["Reference", "Score", "Decision", "score", "decide", "ranking", "far_factors", "self_threshold",
+           "SELF_QUANTILE", "DEFAULT_MARGIN", "NOT_ATTRIBUTED", "NO_VERDICT", "CALIBRATION", "SELF", "USER", "NONE",
+           "RELATIVE", "RATIO"]

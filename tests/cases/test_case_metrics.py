@@ -1,6 +1,8 @@
 """cases.metrics on a hand-made report: ambiguous verdicts are counted, and the earlier lowest-distance rule is
 scored on the same distances beside the calibrated rule."""
 
+import pytest
+
 from cases.metrics import case_metrics, format_case_metrics
 
 
@@ -53,10 +55,29 @@ def test_margin_sweep_redecides_the_case_at_each_margin():
     assert case_metrics(old, {"genA": "A", "genB": "B", "real": "none"})["margin_sweep"][0]["own"] == 3
 
 
+def test_the_sweep_and_the_margins_in_units_of_each_networks_own_images():
+    # A's threshold is 5x its own images' median, B's only 2.5x: B fits real images nearly as closely as its own.
+    models = [dict(_model("A", 0.01), own_median=0.002), dict(_model("B", 0.005), own_median=0.002)]
+    images = [_image("genB", 0, {"A": 0.006, "B": 0.004}, "", None),  # relative 3 and 2; threshold ratios .6, .8
+              _image("genA", 0, {"A": 0.002, "B": 0.0045}, "", None)]  # relative 1 and 2.25
+    report = {"case": {"case_id": "c"}, "summary": {"models": models}, "images": images}
+    m = case_metrics(report, {"genA": "A", "genB": "B"})
+    by = {r["margin"]: r for r in m["margin_sweep"]}
+    assert (by[1.5]["own"], by[1.5]["wrong"], by[1.5]["ambiguous_generated"]) == (2, 0, 0)
+    c = m["cross_network"]["B under A"]
+    assert c["margin_median"] == pytest.approx(1.5) and c["relative_margin_median"] == pytest.approx(1.5)
+    assert m["cross_network"]["A under B"]["relative_margin_min"] == pytest.approx(2.25)
+    assert "relative to the own images' medians 1.50" in format_case_metrics(m)
+    # A report without own medians (made before them): compared by threshold ratios, B's image goes to nobody
+    old = {"case": {"case_id": "c"}, "summary": {"models": [_model("A", 0.01), _model("B", 0.005)]},
+           "images": images}
+    by = {r["margin"]: r for r in case_metrics(old, {"genA": "A", "genB": "B"})["margin_sweep"]}
+    assert (by[1.5]["own"], by[1.5]["ambiguous_generated"]) == (1, 1)
+
+
 def test_scatter_has_one_panel_per_pair_of_networks():
     import io
 
-    import pytest
     from PIL import Image
 
     from cases.metrics import CaseMetricsError, scatter_png

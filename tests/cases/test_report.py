@@ -219,6 +219,12 @@ def test_report_with_known_sources_shows_the_confusion_table_and_scatter(tmp_pat
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "case" / "report" / "report.json").read_text())
     validate_report(doc)
+    # the rule's unit, each network's own images' median distance (its calibration's: 0.05 ... 0.15)
+    assert [m["own_median"] for m in doc["summary"]["models"]] == pytest.approx([0.1, 0.1])
+    for img in doc["images"]:  # the margin is in those units: runner-up's relative score over the best's
+        if img["runner_up"] is not None and img["attributed_to"] is not None:
+            d = img["distances"]
+            assert img["margin"] == pytest.approx(d[img["runner_up"]] / d[img["attributed_to"]])
     ev = doc["evaluation"]
     assert ev["truth"] == {"gen_g": "g", "real": "none"} and ev["n_labelled"] == 4
     labels = ev["confusion"]["labels"]
