@@ -29,7 +29,9 @@ in flight, and re-running the same command resumes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -47,7 +49,7 @@ from stylegan.util.locking import exclusive_lock
 
 from .inputs import InputFile, describe_input
 from .provenance import now_iso
-from .records import ResultRecord
+from .records import ResultRecord, attribute_records
 from .store import LOCK, CaseError, CaseStore
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -134,18 +136,21 @@ def _barrier(world_size: int) -> None:
 
 def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, settings, seed: int,
                    threshold: Optional[float], early_stop: bool, margin: float, strict: bool,
-                   progress: Optional[Callable[[float], None]]) -> Tuple[List[ResultRecord], List[str]]:
-    """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`.
-    Returns (records, paths whose content changed since they were hashed)."""
+                   progress: Optional[Callable[[float], None]],
+                   second_look: bool = False) -> Tuple[List[ResultRecord], List[str]]:
+    """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`; with
+    ``second_look`` (several models), the inputs some network claims once more under every compared network
+    (:func:`_second_look`). Returns (records, paths whose content changed since they were hashed)."""
     paths = [Path(p) for _, p in batch]
     records: List[ResultRecord] = []
     moved: List[str] = []
     factors = far_factors({str(i): Reference.from_calibration(str(i), m.calibration, threshold)
                            for i, m in enumerate(models)}, margin)
+    passes = len(models) * (2 if second_look and len(models) > 1 else 1)
     for m_i, (model, entry) in enumerate(zip(models, entries)):
         def step_progress(step, total, losses, m_i=m_i):
             if progress is not None:
-                progress((m_i + step / total) / len(models))
+                progress((m_i + step / total) / passes)
 
         recs = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
                             threshold=threshold, seed=seed, early_stop=early_stop, strict=strict,
@@ -161,13 +166,60 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
                 verdict=rec.verdict, notes=list(rec.notes), result=rec.result, target=rec.target,
                 preprocessing=None if rec.preprocessing is None else rec.preprocessing.to_dict()))
     bad_moved = set(moved)
-    return [r for r in records if r.path not in bad_moved], sorted(bad_moved)
+    records = [r for r in records if r.path not in bad_moved]
+    if second_look and len(models) > 1:
+        _second_look(models, entries, records, distance, settings, seed, threshold, margin, strict,
+                     None if progress is None else (lambda f: progress((len(models) + f * len(models)) / passes)))
+    return records, sorted(bad_moved)
+
+
+def _second_look(models, entries, records: List[ResultRecord], distance, settings, seed: int,
+                 threshold: Optional[float], margin: float, strict: bool,
+                 progress: Optional[Callable[[float], None]]) -> None:
+    """In place: every input whose verdict names a network (attributed or ambiguous) is projected again under
+    each compared network from another start (projection seed ``seed + 1``), and each network's closer run
+    replaces its record, both distances kept in ``looks`` (:func:`detector.check.second_look_records`)."""
+    names = {e["file_sha256"]: e["name"] for e in entries}
+    own = {e["file_sha256"]: (e.get("calibration") or {}).get("generated_distances") or () for e in entries}
+    by_input: Dict[str, Dict[str, int]] = defaultdict(dict)  # input sha -> model sha -> index in records
+    for k, r in enumerate(records):
+        by_input[r.input_sha256][r.model_sha256] = k
+    claimed = []
+    for sha, recs in by_input.items():
+        if len(recs) == len(models) and not any(records[k].error for k in recs.values()):
+            d = attribute_records([records[k] for k in recs.values()], names, margin, own)["decision"]
+            if d is not None and (d["network"] is not None or d["verdict"].startswith("ambiguous")):
+                claimed.append(sha)
+    if not claimed:
+        return
+    paths = [Path(records[next(iter(by_input[sha].values()))].path) for sha in claimed]
+    for m_i, (model, entry) in enumerate(zip(models, entries)):
+        if Reference.from_calibration("", model.calibration, threshold).threshold is None:
+            continue  # not compared: its distance decides nothing
+
+        def step_progress(step, total, losses, m_i=m_i):
+            if progress is not None:
+                progress((m_i + step / total) / len(models))
+
+        again = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
+                             threshold=threshold, seed=seed + 1, strict=strict, progress=step_progress)
+        for sha, rec in zip(claimed, again):
+            k = by_input[sha][entry["file_sha256"]]
+            first = records[k]
+            if rec.error is None and rec.sha256 == sha and rec.distance < first.distance:
+                kept = dataclasses.replace(first, distance=rec.distance, threshold=rec.threshold,
+                                           threshold_source=rec.threshold_source, verdict=rec.verdict,
+                                           result=rec.result, target=rec.target)
+            else:
+                kept = dataclasses.replace(first)
+            kept.looks = [first.distance, None if rec.error is not None or rec.sha256 != sha else rec.distance]
+            records[k] = kept
 
 
 def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[PathLike, Sequence[PathLike]],
               case_dir: PathLike, settings=None, distance=None, *, batch_size: int = 16, seed: int = 0,
               threshold: Optional[float] = None, early_stop: bool = False, margin: float = DEFAULT_MARGIN,
-              strict: bool = False, progress: Optional[BatchProgress] = None, rank: int = 0,
+              strict: bool = False, second_look: bool = False, progress: Optional[BatchProgress] = None, rank: int = 0,
               world_size: int = 1, device: Optional[str] = None,
               models: Optional[Sequence[Any]] = None) -> BatchSummary:
     """Project every input not yet in the case ``case_dir`` (created on the first call) under every model.
@@ -232,6 +284,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
                      if (w := no_early_decisions_warning(Path(p).name, m.calibration, threshold, settings))]
     if strict:  # which inputs are errors depends on it: recorded, so a case is resumed with the same choice
         settings_dict["strict"] = True
+    if second_look and len(models) > 1:  # the distances depend on it: recorded as well
+        settings_dict["second_look"] = True
 
     files = iter_image_files(inputs)
     hashed: List[InputFile] = [describe_input(p) for p in files]
@@ -298,7 +352,7 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
                     progress(base + n * frac, total)
 
             records, moved = _project_batch(models, entries, batch, distance, settings, seed, threshold, early_stop,
-                                            margin, strict, inner)
+                                            margin, strict, inner, second_look)
             summary.changed_during_run.extend(moved)
             path = store.write_batch(records, rank)
             if path is not None:

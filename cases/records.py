@@ -44,6 +44,7 @@ class ResultRecord:
     batch_file: Optional[str] = None
     current: bool = True
     preprocessing: Optional[Dict[str, Any]] = None  # detector.processing.Preprocessing.to_dict()
+    looks: Optional[List[Optional[float]]] = None  # a second look's two distances (the closer is ``distance``)
 
     @property
     def key(self) -> Key:
@@ -54,6 +55,8 @@ class ResultRecord:
              "error": self.error, "distance": self.distance, "threshold": self.threshold,
              "threshold_source": self.threshold_source, "verdict": self.verdict, "notes": list(self.notes),
              "batch_file": self.batch_file, "current": self.current}
+        if self.looks is not None:
+            d["looks"] = list(self.looks)
         if self.result is not None:
             d["steps_run"] = int(self.result.steps_run)
             d["seed"] = self.result.settings.get("seed")
@@ -73,6 +76,8 @@ def _write_record(root, rec: ResultRecord) -> None:
     g.attrs["threshold"] = float("nan") if rec.threshold is None else float(rec.threshold)  # NaN: none
     g.attrs["threshold_source"] = str(rec.threshold_source)
     g.attrs["verdict"] = str(rec.verdict)
+    if rec.looks is not None:
+        g.attrs["looks"] = json.dumps(list(rec.looks))
     rec.result.save_hdf5(g.create_group("projection"))
     g.create_dataset("target", data=np.asarray(rec.target.detach().cpu().numpy(), dtype=np.float32))
 
@@ -81,7 +86,8 @@ def _read_record(g, input_sha: str, model_sha: str, load: bool) -> ResultRecord:
     a = g.attrs
     rec = ResultRecord(input_sha256=input_sha, model_sha256=model_sha, path=str(a["path"]),
                        notes=json.loads(a.get("notes", "[]")),
-                       preprocessing=json.loads(a["preprocessing"]) if "preprocessing" in a else None)
+                       preprocessing=json.loads(a["preprocessing"]) if "preprocessing" in a else None,
+                       looks=json.loads(a["looks"]) if "looks" in a else None)
     if "error" in a:
         rec.error = str(a["error"])
         return rec

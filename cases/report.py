@@ -37,7 +37,8 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                   distances: {model name: float|None},
                   per_model: [{model: str, model_sha256: str, distance: float|None, threshold: float|None,
                                threshold_source: str|None, verdict: str|None, steps_run: int|None,
-                               seed: int|None, error: str|None, batch_file: str}],
+                               seed: int|None, error: str|None, batch_file: str,
+                               looks: [float|None]|None   with a second look, both runs' distances}],
                   notes: [str],
                   preprocessing: dict|None   what was done to the image (detector.processing.Preprocessing;
                                              None in cases made before it was recorded)
@@ -81,7 +82,7 @@ MODEL_SCHEMA = {"name": _S, "path": _S, "file_sha256": _S, "weights_sha256": (_S
                 "achieved_fpr": (_F, _N), "own_median": (_F, _N)}
 PER_MODEL_SCHEMA = {"model": _S, "model_sha256": _S, "distance": (_F, _N), "threshold": (_F, _N),
                     "threshold_source": (_S, _N), "verdict": (_S, _N), "steps_run": (_I, _N), "seed": (_I, _N),
-                    "error": (_S, _N), "batch_file": _S}
+                    "error": (_S, _N), "batch_file": _S, "looks": ([(_F, _N)], _N)}
 IMAGE_SCHEMA = {"paths": [_S], "sha256": _S, "verdict": _S, "attributed_to": (_S, _N), "runner_up": (_S, _N),
                 "margin": (_F, _N), "distances": _D,
                 "per_model": [PER_MODEL_SCHEMA], "notes": [_S], "preprocessing": (_D, _N), "weaknesses": [_S],
@@ -234,7 +235,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                 "distance": r.distance, "threshold": r.threshold, "threshold_source": r.threshold_source,
                 "verdict": r.verdict, "steps_run": None if r.result is None else int(r.result.steps_run),
                 "seed": None if r.result is None else r.result.settings.get("seed"), "error": r.error,
-                "batch_file": r.batch_file or ""})
+                "batch_file": r.batch_file or "", "looks": r.looks})
         notes = recs[0].notes if recs else []
         pre = next((r.preprocessing for r in recs if r.preprocessing), None)
         dec = att["decision"] or {}

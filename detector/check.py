@@ -49,6 +49,7 @@ class CheckRecord:
     result: Optional[ProjectionResult] = None
     target: Optional[torch.Tensor] = None
     preprocessing: Optional[Preprocessing] = None
+    looks: Optional[List[Optional[float]]] = None  # with a second look: both runs' distances (None: failed)
 
     def to_dict(self) -> Dict[str, Any]:
         d = {
@@ -233,6 +234,8 @@ class ImageCheck:
             entry = d["scores"][name]
             entry.update({"threshold_source": rec.threshold_source, "verdict": rec.verdict,
                           "steps_run": rec.steps_run})
+            if rec.looks is not None:
+                entry["looks"] = list(rec.looks)
             if rec.result is not None:
                 entry["projection"] = rec.result.to_dict()
         d["candidates"] = d.pop("scores")
@@ -242,11 +245,17 @@ class ImageCheck:
 def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], distance: Callable, *,
                    settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
                    early_stop: bool = False, margin: float = DEFAULT_MARGIN, strict: bool = False,
+                   second_look: bool = False,
                    progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> List[ImageCheck]:
     """Check every image against every candidate network (:func:`check_images` per network, same per-image seeds)
     and decide among them with :func:`detector.scoring.decide`: each distance is judged against its own network's
     calibration (``threshold``, when given, replaces every network's). ``progress(k, step, steps, losses)``
-    reports the k-th network's projection."""
+    reports the k-th network's projection (k from ``len(candidates)`` on: its second look).
+
+    ``second_look`` (several networks): an image some network claims (attributed or ambiguous) is projected again
+    under every compared network from another start (projection seed ``seed + 1``), and each network's closer run
+    counts (:func:`second_look_records`): a projection that stalled under the true network cannot hand the image
+    to a sibling. Images nobody claims are not projected again."""
     if not candidates:
         raise ValueError("check_networks needs at least one network")
     names = [c.name for c in candidates]
@@ -264,6 +273,28 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
                                            threshold=threshold, seed=seed, early_stop=early_stop,
                                            strict=strict, candidates=len(candidates), margin=margin,
                                            far_factor=factors[c.name], progress=step_progress)
+    if second_look and len(candidates) > 1:
+        claimed = []
+        for i in range(len(paths)):
+            recs = [per_network[c.name][i] for c in candidates]
+            if any(r.error for r in recs):
+                continue
+            d = decide({c.name: r.distance for c, r in zip(candidates, recs)}, refs, margin)
+            if d.network is not None or d.is_ambiguous:
+                claimed.append(i)
+        if claimed:
+            for k, c in enumerate(candidates):
+                if refs[c.name].threshold is None:
+                    continue  # not compared: its distance decides nothing
+                step_progress = None
+                if progress is not None:  # the second look's passes count after the first look's
+                    def step_progress(step, total, losses, k=k):
+                        progress(len(candidates) + k, step, total, losses)
+                again = check_images(c.G, [paths[i] for i in claimed], distance, settings=settings,
+                                     calibration=c.calibration, threshold=threshold, seed=seed + 1, strict=strict,
+                                     progress=step_progress)
+                for i, rec in zip(claimed, again):
+                    per_network[c.name][i] = second_look_records(per_network[c.name][i], rec)
     out = []
     for i, p in enumerate(paths):
         records = {name: recs[i] for name, recs in per_network.items()}
@@ -282,6 +313,13 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
     return out
 
 
+def second_look_records(first: CheckRecord, second: CheckRecord) -> CheckRecord:
+    """The closer of two projections of one image under one network (first look, second look); ``looks`` keeps
+    both distances. A failed second look keeps the first."""
+    closer = second.error is None and second.distance is not None and second.distance < first.distance
+    return dataclasses.replace(second if closer else first, looks=[first.distance, second.distance])
+
+
 @dataclass
 class CheckRun:
     """What :func:`check_files` did: the networks (name, path, sha256, threshold or None, why a calibration was
@@ -294,15 +332,18 @@ class CheckRun:
     lpips: Dict[str, Any]
     margin: float
     warnings: List[str] = field(default_factory=list)
+    second_look: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return {"models": self.models, "lpips": self.lpips, "settings": self.settings.to_dict(),
-                "margin": self.margin, "warnings": list(self.warnings), "results": [i.to_dict() for i in self.images]}
+                "margin": self.margin, "second_look": self.second_look, "warnings": list(self.warnings),
+                "results": [i.to_dict() for i in self.images]}
 
 
 def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Callable, *,
                 settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
                 early_stop: bool = False, margin: float = DEFAULT_MARGIN, device: str = "cpu", strict: bool = False,
+                second_look: bool = False,
                 progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> CheckRun:
     """`detect check`: load each model file and its calibration, warn about networks whose calibration is missing,
     weak or made with other projector settings, set aside (with a warning) a calibration measured with another
@@ -341,11 +382,13 @@ def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Ca
                      if (w := no_early_decisions_warning(name, cal, threshold, settings))]
     candidates = [Candidate(n, m.G_ema, cal) for n, m, cal in zip(names, loaded, calibrations)]
     images = check_networks(candidates, paths, distance, settings=settings, threshold=threshold, seed=seed,
-                            early_stop=early_stop, margin=margin, strict=strict, progress=progress)
+                            early_stop=early_stop, margin=margin, strict=strict, second_look=second_look,
+                            progress=progress)
     bands = None
     if early_stop and len(candidates) == 1:
         bands = early_bands(calibrations[0], threshold_for(calibrations[0], threshold), settings)
-    return CheckRun(models, images, effective_settings(settings, bands), lpips, margin, warnings)
+    return CheckRun(models, images, effective_settings(settings, bands), lpips, margin, warnings,
+                    second_look and len(candidates) > 1)
 
 
 def difference_image(target: torch.Tensor, resynth: torch.Tensor, gain: float = 4.0) -> torch.Tensor:

@@ -34,6 +34,7 @@ from .options import (
     ModelJpegOption,
     ModelResizeOption,
     PyramidOption,
+    SecondLookOption,
     SourceSizeOption,
     StepsOption,
     StrictOption,
@@ -61,6 +62,7 @@ def batch(
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", metavar="X", help="Decision threshold for every network (default: each network's "
                                          "calibration; without one, no verdict).")] = None,
+    second_look: SecondLookOption = False,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what this run did as JSON instead of a "
                                                          "line.")] = False,
@@ -111,7 +113,8 @@ def batch(
         with Progress("projecting", unit="images", enabled=rank == 0) as progress:
             try:
                 summary = run_batch(inputs, model, case, settings, distance, batch_size=batch_size, seed=seed,
-                                    threshold=threshold, early_stop=early_stop, strict=strict, progress=progress,
+                                    threshold=threshold, early_stop=early_stop, strict=strict,
+                                    second_look=second_look, progress=progress,
                                     rank=rank, world_size=world_size, device=device)
             except ValueError as exc:
                 raise CaseError(str(exc)) from None

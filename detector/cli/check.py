@@ -38,6 +38,7 @@ from .options import (
     ModelJpegOption,
     ModelResizeOption,
     PyramidOption,
+    SecondLookOption,
     SourceSizeOption,
     StepsOption,
     StrictOption,
@@ -59,6 +60,7 @@ def check(
         "--margin", metavar="X", help="With several networks: attribute only when the runner-up's distance, in "
                                       "units of its own images' median distance, is at least X times the "
                                       "best's; else 'ambiguous'.")] = DEFAULT_MARGIN,
+    second_look: SecondLookOption = False,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", metavar="DIR",
         help="Write each image's re-synthesis, difference image and JSON record here (in a folder per network "
@@ -112,10 +114,12 @@ def check(
         device = device or default_device()
         distance = load_lpips(lpips_net.value, lpips_weights, device=device)
         with Progress("projecting", unit="steps") as bar:
+            passes = len(model) * (2 if second_look and len(model) > 1 else 1)
             run = check_files(model, images, distance, settings=settings, threshold=threshold, seed=seed,
                               early_stop=early_stop, margin=margin, device=device, strict=strict,
+                              second_look=second_look,
                               progress=lambda k, step, total, losses: bar.update(
-                                  step + k * total, total * len(model), note=f"loss {float(losses.mean()):.4f}"))
+                                  step + k * total, total * passes, note=f"loss {float(losses.mean()):.4f}"))
         for warning in run.warnings:
             typer.echo(f"warning: {warning}", err=True)
         bad = [c for c in run.images if c.error]
@@ -176,5 +180,8 @@ def _verdict(c, single: bool) -> str:
         th = "no calibration" if s.threshold is None else (
             f"threshold {s.threshold:.4f} ({c.records[name].threshold_source})")
         own = "" if s.relative is None else f" = {s.relative:.2f}x its own images' median"
-        lines.append(f"  {name:<{width}}  distance {s.distance:.4f}{own}, {th}")
+        looks = c.records[name].looks
+        again = "" if looks is None else " (the closer of two runs: " + ", ".join(
+            "failed" if v is None else f"{v:.4f}" for v in looks) + ")"
+        lines.append(f"  {name:<{width}}  distance {s.distance:.4f}{own}, {th}{again}")
     return "\n".join(lines + [f"  note: {n}" for n in d.notes])

@@ -252,3 +252,43 @@ def test_thumbnail_captions_say_what_the_verdict_names():
     assert _short_verdict({"verdict": "not attributed", "attributed_to": None}) == "none"
     assert _short_verdict({"verdict": "ambiguous: a or b", "attributed_to": None}) == "ambiguous"
     assert _short_verdict({"verdict": "no verdict", "attributed_to": None}) == "no verdict"
+
+
+def test_batch_second_look_keeps_the_closer_run_in_the_case(tmp_path, lpips_weights):
+    """`detect batch --second-look`: inputs a network claims are projected again under every network (seed + 1);
+    the case keeps each network's closer run and both distances (report per_model ``looks``), inputs nobody
+    claims have none; the choice is recorded, so the case is not resumed without it."""
+    from tests.cases.test_store import tiny_generator as tiny
+
+    G = tiny(0)
+    save_network(tmp_path / "g.pt", G, calibration=CALIBRATION)
+    save_network(tmp_path / "h.pt", tiny(1), calibration=CALIBRATION)
+    make_images(tmp_path / "imgs" / "gen_g", n_fake=2, n_real=0, G=G)
+    make_images(tmp_path / "imgs" / "real", n_fake=0, n_real=2, G=G)
+    args = ["batch", str(tmp_path / "imgs"), "--model", str(tmp_path / "g.pt"), "--model", str(tmp_path / "h.pt"),
+            "--steps", "3"]
+    assert runner.invoke(app, args + ["--case", str(tmp_path / "one")]).exit_code == 0
+    r = runner.invoke(app, args + ["--case", str(tmp_path / "two"), "--second-look"])
+    assert r.exit_code == 0, r.output
+    docs = {}
+    for case in ("one", "two"):
+        assert runner.invoke(app, ["report", str(tmp_path / case)]).exit_code == 0
+        docs[case] = json.loads((tmp_path / case / "report" / "report.json").read_text())
+        validate_report(docs[case])
+    first = {img["sha256"]: img for img in docs["one"]["images"]}
+    claimed = 0
+    for img in docs["two"]["images"]:
+        before = first[img["sha256"]]
+        named = before["attributed_to"] is not None or before["verdict"].startswith("ambiguous")
+        claimed += named
+        for pm, pm1 in zip(img["per_model"], before["per_model"]):
+            assert pm["model"] == pm1["model"]
+            if named:  # projected twice; the first run is the case without a second look
+                assert pm["looks"][0] == pytest.approx(pm1["distance"], rel=1e-6)
+                assert pm["distance"] == pytest.approx(min(pm["looks"]), rel=1e-6)
+            else:
+                assert pm["looks"] is None and pm["distance"] == pm1["distance"]
+    assert claimed >= 1
+    assert docs["two"]["provenance"]["settings"]["second_look"] is True
+    again = runner.invoke(app, args + ["--case", str(tmp_path / "two")])
+    assert again.exit_code == 2

@@ -266,6 +266,54 @@ def test_several_networks_in_one_check(setup):
     assert lines[1].lstrip().startswith(("g ", "g2 ")) and "x its own images' median" in lines[1]
 
 
+def test_second_look_projects_claimed_images_again_and_keeps_the_closer_run(setup):
+    """--second-look: an image a network claims is projected once more under every network from another start
+    (seed + 1); each network's closer run counts and both are reported; an image nobody claims is not projected
+    again. The second run is the same as `check --seed 1`'s first."""
+    from detector.calibration import record_from_distances
+    from detector.calibration_store import store_calibration
+
+    t = setup
+    torch.manual_seed(5)
+    G2 = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
+                                   channel_max=16)).eval()
+    save_network(t / "g2.pt", G2)
+    store_calibration(record_from_distances([0.05, 0.06], [0.5, 0.6], target_fpr=0.0).to_dict(), t / "g.pt")
+    store_calibration(record_from_distances([0.05, 0.06], [0.3, 0.4], target_fpr=0.0).to_dict(), t / "g2.pt")
+    base = ["check", str(t / "fake.png"), str(t / "real.jpg"), "--model", str(t / "g.pt"), "--model",
+            str(t / "g2.pt"), "--steps", "6", "--device", "cpu", "--json", "--margin", "1.2"]
+    first = {r["path"].split("/")[-1]: r for r in json.loads(runner.invoke(app, base).stdout)["results"]}
+    other = {r["path"].split("/")[-1]: r
+             for r in json.loads(runner.invoke(app, base + ["--seed", "1"]).stdout)["results"]}
+    r = runner.invoke(app, base + ["--second-look"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["second_look"] is True
+    res = {rec["path"].split("/")[-1]: rec for rec in doc["results"]}
+    fake, real = res["fake.png"], res["real.jpg"]
+    assert first["fake.png"]["network"] == "g" and first["real.jpg"]["network"] is None  # claimed, and not
+    for name in ("g", "g2"):
+        c = fake["candidates"][name]
+        d1, d2 = first["fake.png"]["candidates"][name]["distance"], other["fake.png"]["candidates"][name]["distance"]
+        assert c["looks"] == pytest.approx([d1, d2], rel=1e-5)
+        assert c["distance"] == pytest.approx(min(d1, d2), rel=1e-5)
+        assert "looks" not in real["candidates"][name]
+        assert real["candidates"][name]["distance"] == first["real.jpg"]["candidates"][name]["distance"]
+    text = runner.invoke(app, base[:-3] + ["--second-look"])
+    assert text.exit_code == 0 and "the closer of two runs" in text.stdout
+
+
+def test_second_look_records_keeps_the_closer_and_survives_a_failed_run():
+    from detector.check import CheckRecord, second_look_records
+
+    a, b = CheckRecord("x", distance=0.02, verdict="v1"), CheckRecord("x", distance=0.01, verdict="v2")
+    kept = second_look_records(a, b)
+    assert (kept.distance, kept.verdict, kept.looks) == (0.01, "v2", [0.02, 0.01])
+    assert second_look_records(b, a).distance == 0.01 and second_look_records(b, a).looks == [0.01, 0.02]
+    failed = second_look_records(a, CheckRecord("x", error="boom"))
+    assert (failed.distance, failed.error, failed.looks) == (0.02, None, [0.02, None])
+
+
 def _store_with_lpips(model, lpips):
     """A calibration (threshold 0.9) stored with ``model``; ``lpips``: its settings' LPIPS provenance (None: a record
     from before the LPIPS was recorded)."""
