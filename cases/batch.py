@@ -234,7 +234,9 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     ``margin`` or a smaller one are those of full runs); recorded with the settings, so a case is resumed with the
     same choice.
     ``strict``: inputs that would need cropping or resizing are recorded as bad inputs (recorded with the
-    settings too). See the module docstring for resuming, changed and bad inputs, and ranks.
+    settings too). ``second_look`` (several models): inputs some network claims are projected once more under
+    every compared network and each keeps its closer run (:func:`_second_look`; recorded with the settings too).
+    See the module docstring for resuming, changed and bad inputs, and ranks.
     """
 
     if isinstance(inputs, (str, os.PathLike)):
