@@ -215,20 +215,26 @@ def test_projector_options_reach_the_projector_and_a_calibration_made_otherwise_
         assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), (bad, r.output)
 
 
-def test_several_networks_in_one_check(setup):
-    """--model twice: every image gets both networks' distances, ratios to their own thresholds, scores relative to
-    their own images' median, the best, the runner-up and the margin; the text names the verdict and lists each
-    network under the image."""
+def _two_calibrated_networks(t):
+    """g (the setup's, which made fake.png) and a second tiny network g2, both calibrated (own images at 0.05
+    and 0.06; thresholds 0.5 and 0.3)."""
     from detector.calibration import record_from_distances
     from detector.calibration_store import store_calibration
 
-    t = setup
     torch.manual_seed(5)
     G2 = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
                                    channel_max=16)).eval()
     save_network(t / "g2.pt", G2)
     store_calibration(record_from_distances([0.05, 0.06], [0.5, 0.6], target_fpr=0.0).to_dict(), t / "g.pt")
     store_calibration(record_from_distances([0.05, 0.06], [0.3, 0.4], target_fpr=0.0).to_dict(), t / "g2.pt")
+    return t
+
+
+def test_several_networks_in_one_check(setup):
+    """--model twice: every image gets both networks' distances, ratios to their own thresholds, scores relative to
+    their own images' median, the best, the runner-up and the margin; the text names the verdict and lists each
+    network under the image."""
+    t = _two_calibrated_networks(setup)
     base = ["check", str(t / "fake.png"), str(t / "real.jpg"), "--model", str(t / "g.pt"), "--model",
             str(t / "g2.pt"), "--steps", "6", "--device", "cpu"]
     r = runner.invoke(app, base + ["--json", "--margin", "1.2"])
@@ -270,16 +276,7 @@ def test_second_look_projects_claimed_images_again_and_keeps_the_closer_run(setu
     """--second-look: an image a network claims is projected once more under every network from another start
     (seed + 1); each network's closer run counts and both are reported; an image nobody claims is not projected
     again. The second run is the same as `check --seed 1`'s first."""
-    from detector.calibration import record_from_distances
-    from detector.calibration_store import store_calibration
-
-    t = setup
-    torch.manual_seed(5)
-    G2 = Generator(GeneratorConfig(z_dim=32, w_dim=32, img_resolution=16, mapping_layers=2, channel_base=256,
-                                   channel_max=16)).eval()
-    save_network(t / "g2.pt", G2)
-    store_calibration(record_from_distances([0.05, 0.06], [0.5, 0.6], target_fpr=0.0).to_dict(), t / "g.pt")
-    store_calibration(record_from_distances([0.05, 0.06], [0.3, 0.4], target_fpr=0.0).to_dict(), t / "g2.pt")
+    t = _two_calibrated_networks(setup)
     base = ["check", str(t / "fake.png"), str(t / "real.jpg"), "--model", str(t / "g.pt"), "--model",
             str(t / "g2.pt"), "--steps", "6", "--device", "cpu", "--json", "--margin", "1.2"]
     first = {r["path"].split("/")[-1]: r for r in json.loads(runner.invoke(app, base).stdout)["results"]}
