@@ -23,20 +23,19 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector.scoring import CALIBRATION, DEFAULT_MARGIN, RATIO, RELATIVE, Reference, decide  # noqa: E402
+from detector.scoring import CALIBRATION, DEFAULT_MARGIN, RATIO, Reference, decide  # noqa: E402
 
 
-def load_reference(name: str, path: Path) -> Tuple[Reference, Optional[float]]:
-    """(reference, threshold or None) of a calibration record or progress file."""
+def load_calibration(path: Path) -> Tuple[List[float], Optional[float]]:
+    """(own generated distances, threshold or None) of a calibration record or progress file."""
     if path.suffix == ".jsonl":
-        gen = [json.loads(line)["distance"] for line in path.read_text().splitlines()
-               if line.strip() and json.loads(line).get("kind") == "generated"]
-        return Reference(name, CALIBRATION, 1.0, gen, ()), None
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r["distance"] for r in rows if r.get("kind") == "generated"], None
     rec = json.loads(path.read_text())
-    return Reference.from_calibration(name, rec), float(rec["threshold"])
+    return list(rec["generated_distances"]), float(rec["threshold"])
 
 
 def main(argv=None) -> dict:
@@ -45,20 +44,19 @@ def main(argv=None) -> dict:
     p.add_argument("--calibration", action="append", required=True, metavar="NAME=FILE")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     a = p.parse_args(argv)
-    refs, thresholds = {}, {}
+    own, thresholds = {}, {}
     for item in a.calibration:
         name, _, f = item.partition("=")
-        refs[name], thresholds[name] = load_reference(name, Path(f))
+        own[name], thresholds[name] = load_calibration(Path(f))
     dist: Dict[Tuple[str, int], Dict[str, float]] = {}
     for line in a.cross.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             dist.setdefault((r["source"], int(r["index"])), {})[r["under"]] = float(r["distance"])
-    names = sorted(refs)
-    out = {"margin": a.margin, "own_median": {n: refs[n].own_median for n in names}, "threshold": thresholds,
-           "sources": {}}
-    scale = {"raw": {n: 1.0 for n in names}, "relative": {n: refs[n].own_median for n in names},
-             "threshold": thresholds}
+    names = sorted(own)
+    medians = {n: statistics.median(own[n]) for n in names}
+    out = {"margin": a.margin, "own_median": medians, "threshold": thresholds, "sources": {}}
+    scale = {"raw": {n: 1.0 for n in names}, "relative": medians, "threshold": thresholds}
     for src in names:
         imgs = {i: {n: d[n] for n in names} for (s, i), d in dist.items() if s == src and set(d) >= set(names)}
         entry: dict = {"n": len(imgs)}
@@ -69,10 +67,10 @@ def main(argv=None) -> dict:
                 if other != src:
                     m = [(d[other] / sc[other]) / (d[src] / sc[src]) for d in imgs.values()]
                     entry.setdefault(rule, {})[other] = {"median": statistics.median(m), "min": min(m)}
-        for rule, by in (("relative", RELATIVE), ("threshold", RATIO)):
+        for rule, by in (("relative", None), ("threshold", RATIO)):  # None: the rule as decide() ranks
             if any(thresholds[n] is None for n in names):
                 continue
-            rs = {n: Reference(n, CALIBRATION, thresholds[n], refs[n].generated, (1.0,)) for n in names}
+            rs = {n: Reference(n, CALIBRATION, thresholds[n], own[n]) for n in names}
             counts = dict.fromkeys(("own", "wrong", "ambiguous", "not attributed"), 0)
             for d in imgs.values():
                 dec = decide(d, rs, a.margin, ranked_by=by)

@@ -29,16 +29,21 @@ in flight, and re-running the same command resumes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from detector.calibration import calibration_for_lpips, calibration_mismatch, calibration_weakness
 from detector.calibration_store import load_calibration
-from detector.check import check_images, no_calibration_warning, no_early_decisions_warning, unique_names
+from detector.check import (
+    Candidate,
+    check_images,
+    no_calibration_warning,
+    no_early_decisions_warning,
+    second_look_pass,
+    unique_names,
+)
 from detector.images import iter_image_files
 from detector.scoring import DEFAULT_MARGIN, Reference, far_factors
 from detector.settings import ProjectorSettings
@@ -49,7 +54,7 @@ from stylegan.util.locking import exclusive_lock
 
 from .inputs import InputFile, describe_input
 from .provenance import now_iso
-from .records import ResultRecord, attribute_records
+from .records import ResultRecord
 from .store import LOCK, CaseError, CaseStore
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -140,23 +145,33 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
                    second_look: bool = False) -> Tuple[List[ResultRecord], List[str]]:
     """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`; with
     ``second_look`` (several models), the inputs some network claims once more under every compared network
-    (:func:`_second_look`). Returns (records, paths whose content changed since they were hashed)."""
+    (:func:`detector.check.second_look_pass`). Returns (records, paths whose content changed since they were
+    hashed)."""
     paths = [Path(p) for _, p in batch]
+    candidates = [Candidate(e["name"], m.G_ema, m.calibration) for m, e in zip(models, entries)]
+    refs = {c.name: Reference.from_calibration(c.name, c.calibration, threshold) for c in candidates}
+    factors = far_factors(refs, margin)
+    passes = len(models) * (2 if second_look and len(models) > 1 else 1)
+
+    def model_progress(k, step, total, losses):
+        if progress is not None:
+            progress((k + step / total) / passes)
+
+    per_network = {c.name: check_images(c.G, paths, distance, settings=settings, calibration=c.calibration,
+                                        threshold=threshold, seed=seed, early_stop=early_stop, strict=strict,
+                                        candidates=len(models), far_factor=factors[c.name],
+                                        progress=lambda step, total, losses, k=k: model_progress(k, step, total,
+                                                                                                 losses))
+                   for k, c in enumerate(candidates)}
+    if second_look and len(models) > 1:
+        second_look_pass(candidates, paths, per_network, refs, distance, settings=settings, threshold=threshold,
+                         seed=seed, margin=margin, strict=strict,
+                         progress=lambda k, step, total, losses: model_progress(len(models) + k, step, total,
+                                                                                losses))
     records: List[ResultRecord] = []
     moved: List[str] = []
-    factors = far_factors({str(i): Reference.from_calibration(str(i), m.calibration, threshold)
-                           for i, m in enumerate(models)}, margin)
-    passes = len(models) * (2 if second_look and len(models) > 1 else 1)
-    for m_i, (model, entry) in enumerate(zip(models, entries)):
-        def step_progress(step, total, losses, m_i=m_i):
-            if progress is not None:
-                progress((m_i + step / total) / passes)
-
-        recs = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
-                            threshold=threshold, seed=seed, early_stop=early_stop, strict=strict,
-                            candidates=len(models), margin=margin, far_factor=factors[str(m_i)],
-                            progress=step_progress)
-        for (sha, path), rec in zip(batch, recs):
+    for c, entry in zip(candidates, entries):
+        for (sha, path), rec in zip(batch, per_network[c.name]):
             if rec.error is None and rec.sha256 != sha:
                 moved.append(path)  # rewritten between hashing and loading: next run picks the new content
                 continue
@@ -164,56 +179,9 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
                 input_sha256=sha, model_sha256=entry["file_sha256"], path=path, error=rec.error,
                 distance=rec.distance, threshold=rec.threshold, threshold_source=rec.threshold_source,
                 verdict=rec.verdict, notes=list(rec.notes), result=rec.result, target=rec.target,
-                preprocessing=None if rec.preprocessing is None else rec.preprocessing.to_dict()))
+                preprocessing=None if rec.preprocessing is None else rec.preprocessing.to_dict(), looks=rec.looks))
     bad_moved = set(moved)
-    records = [r for r in records if r.path not in bad_moved]
-    if second_look and len(models) > 1:
-        _second_look(models, entries, records, distance, settings, seed, threshold, margin, strict,
-                     None if progress is None else (lambda f: progress((len(models) + f * len(models)) / passes)))
-    return records, sorted(bad_moved)
-
-
-def _second_look(models, entries, records: List[ResultRecord], distance, settings, seed: int,
-                 threshold: Optional[float], margin: float, strict: bool,
-                 progress: Optional[Callable[[float], None]]) -> None:
-    """In place: every input whose verdict names a network (attributed or ambiguous) is projected again under
-    each compared network from another start (projection seed ``seed + 1``), and each network's closer run
-    replaces its record, both distances kept in ``looks`` (:func:`detector.check.second_look_records`)."""
-    names = {e["file_sha256"]: e["name"] for e in entries}
-    own = {e["file_sha256"]: (e.get("calibration") or {}).get("generated_distances") or () for e in entries}
-    by_input: Dict[str, Dict[str, int]] = defaultdict(dict)  # input sha -> model sha -> index in records
-    for k, r in enumerate(records):
-        by_input[r.input_sha256][r.model_sha256] = k
-    claimed = []
-    for sha, recs in by_input.items():
-        if len(recs) == len(models) and not any(records[k].error for k in recs.values()):
-            d = attribute_records([records[k] for k in recs.values()], names, margin, own)["decision"]
-            if d is not None and (d["network"] is not None or d["verdict"].startswith("ambiguous")):
-                claimed.append(sha)
-    if not claimed:
-        return
-    paths = [Path(records[next(iter(by_input[sha].values()))].path) for sha in claimed]
-    for m_i, (model, entry) in enumerate(zip(models, entries)):
-        if Reference.from_calibration("", model.calibration, threshold).threshold is None:
-            continue  # not compared: its distance decides nothing
-
-        def step_progress(step, total, losses, m_i=m_i):
-            if progress is not None:
-                progress((m_i + step / total) / len(models))
-
-        again = check_images(model.G_ema, paths, distance, settings=settings, calibration=model.calibration,
-                             threshold=threshold, seed=seed + 1, strict=strict, progress=step_progress)
-        for sha, rec in zip(claimed, again):
-            k = by_input[sha][entry["file_sha256"]]
-            first = records[k]
-            if rec.error is None and rec.sha256 == sha and rec.distance < first.distance:
-                kept = dataclasses.replace(first, distance=rec.distance, threshold=rec.threshold,
-                                           threshold_source=rec.threshold_source, verdict=rec.verdict,
-                                           result=rec.result, target=rec.target)
-            else:
-                kept = dataclasses.replace(first)
-            kept.looks = [first.distance, None if rec.error is not None or rec.sha256 != sha else rec.distance]
-            records[k] = kept
+    return [r for r in records if r.path not in bad_moved], sorted(bad_moved)
 
 
 def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[PathLike, Sequence[PathLike]],
@@ -235,7 +203,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     same choice.
     ``strict``: inputs that would need cropping or resizing are recorded as bad inputs (recorded with the
     settings too). ``second_look`` (several models): inputs some network claims are projected once more under
-    every compared network and each keeps its closer run (:func:`_second_look`; recorded with the settings too).
+    every compared network and each keeps its closer run (:func:`detector.check.second_look_pass`; recorded with
+    the settings too).
     See the module docstring for resuming, changed and bad inputs, and ranks.
     """
 

@@ -107,16 +107,14 @@ def effective_settings(settings: Optional[ProjectorSettings], bands: Optional[De
 
 
 def early_bands(calibration: Optional[dict], threshold: Optional[Threshold], settings: ProjectorSettings,
-                candidates: int = 1, margin: float = DEFAULT_MARGIN,
-                far_factor: Optional[float] = None) -> Optional[DecisionBands]:
+                far_factor: float = 1.0) -> Optional[DecisionBands]:
     """The early-decision bands of one network for a check: from its calibration's trajectories at the threshold
-    in use, the far side at ``far_factor`` x threshold when there are several candidates (default ``margin``;
-    :func:`detector.scoring.far_factors` gives the one that keeps every verdict; see
-    :func:`detector.early.calibration_bands`); None without a threshold or usable trajectories."""
+    in use, the far side at ``far_factor`` x threshold (1 for one candidate; with several,
+    :func:`detector.scoring.far_factors`, which keeps every verdict; see :func:`detector.early.calibration_bands`);
+    None without a threshold or usable trajectories."""
     if threshold is None:
         return None
-    factor = 1.0 if candidates <= 1 else (margin if far_factor is None else far_factor)
-    return calibration_bands(calibration, threshold.value, settings, factor=factor)
+    return calibration_bands(calibration, threshold.value, settings, factor=far_factor)
 
 
 def no_early_decisions_warning(name: str, calibration: Optional[dict], threshold: Optional[float],
@@ -134,7 +132,7 @@ def no_early_decisions_warning(name: str, calibration: Optional[dict], threshold
 def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, *,
                  settings: Optional[ProjectorSettings] = None, calibration: Optional[dict] = None,
                  threshold: Optional[float] = None, seed: int = 0, early_stop: bool = False, strict: bool = False,
-                 candidates: int = 1, margin: float = DEFAULT_MARGIN, far_factor: Optional[float] = None,
+                 candidates: int = 1, far_factor: float = 1.0,
                  progress: Optional[Callable[[int, int, np.ndarray], None]] = None) -> List[CheckRecord]:
     """Project every readable image in one batch and attach a verdict. Bad inputs become records with ``error``
     (with ``strict``, also images that would need cropping or resizing).
@@ -142,11 +140,11 @@ def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, 
     ``early_stop``: stop an image where its verdict can no longer change, by the bands measured on the
     network's calibration trajectories (:mod:`detector.early`; none recorded: every image runs in full). Among
     ``candidates`` > 1 networks only the far side stops, at ``far_factor`` x threshold
-    (:func:`detector.scoring.far_factors` of every candidate's reference; default ``margin``), which keeps every
-    verdict of :func:`detector.scoring.decide` at that margin or a smaller one."""
+    (:func:`detector.scoring.far_factors` of every candidate's reference), which keeps every verdict of
+    :func:`detector.scoring.decide` at that margin or a smaller one."""
     th: Optional[Threshold] = threshold_for(calibration, threshold)
     settings = settings or ProjectorSettings()
-    bands = early_bands(calibration, th, settings, candidates, margin, far_factor) if early_stop else None
+    bands = early_bands(calibration, th, settings, far_factor) if early_stop else None
     settings = effective_settings(settings, bands, allow_under=candidates <= 1)
     records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels, strict)
     if not loaded:
@@ -271,30 +269,12 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
                 progress(k, step, total, losses)
         per_network[c.name] = check_images(c.G, paths, distance, settings=settings, calibration=c.calibration,
                                            threshold=threshold, seed=seed, early_stop=early_stop,
-                                           strict=strict, candidates=len(candidates), margin=margin,
+                                           strict=strict, candidates=len(candidates),
                                            far_factor=factors[c.name], progress=step_progress)
     if second_look and len(candidates) > 1:
-        claimed = []
-        for i in range(len(paths)):
-            recs = [per_network[c.name][i] for c in candidates]
-            if any(r.error for r in recs):
-                continue
-            d = decide({c.name: r.distance for c, r in zip(candidates, recs)}, refs, margin)
-            if d.network is not None or d.is_ambiguous:
-                claimed.append(i)
-        if claimed:
-            for k, c in enumerate(candidates):
-                if refs[c.name].threshold is None:
-                    continue  # not compared: its distance decides nothing
-                step_progress = None
-                if progress is not None:  # the second look's passes count after the first look's
-                    def step_progress(step, total, losses, k=k):
-                        progress(len(candidates) + k, step, total, losses)
-                again = check_images(c.G, [paths[i] for i in claimed], distance, settings=settings,
-                                     calibration=c.calibration, threshold=threshold, seed=seed + 1, strict=strict,
-                                     progress=step_progress)
-                for i, rec in zip(claimed, again):
-                    per_network[c.name][i] = second_look_records(per_network[c.name][i], rec)
+        second_look_pass(candidates, paths, per_network, refs, distance, settings=settings, threshold=threshold,
+                         seed=seed, margin=margin, strict=strict, progress=None if progress is None else (
+                             lambda k, step, total, losses: progress(len(candidates) + k, step, total, losses)))
     out = []
     for i, p in enumerate(paths):
         records = {name: recs[i] for name, recs in per_network.items()}
@@ -313,11 +293,45 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
     return out
 
 
+def second_look_pass(candidates: Sequence[Candidate], paths: Sequence[Path],
+                     per_network: Dict[str, List[CheckRecord]], refs: Dict[str, Reference], distance: Callable, *,
+                     settings: Optional[ProjectorSettings], threshold: Optional[float], seed: int, margin: float,
+                     strict: bool, progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> None:
+    """In place on ``per_network`` (name -> one record per path): every image whose decision names a network
+    (attributed or ambiguous) is projected again under each compared network from projection seed ``seed + 1``,
+    and each network's closer run replaces its record (:func:`second_look_records`). ``progress(k, ...)``: the
+    k-th candidate's pass. Used by :func:`check_networks` and ``cases.batch``."""
+    claimed = []
+    for i in range(len(paths)):
+        recs = {c.name: per_network[c.name][i] for c in candidates}
+        if any(r.error for r in recs.values()):
+            continue
+        d = decide({n: r.distance for n, r in recs.items()}, refs, margin)
+        if d.network is not None or d.is_ambiguous:
+            claimed.append(i)
+    if not claimed:
+        return
+    for k, c in enumerate(candidates):
+        if refs[c.name].threshold is None:
+            continue  # not compared: its distance decides nothing
+        step_progress = None
+        if progress is not None:
+            def step_progress(step, total, losses, k=k):
+                progress(k, step, total, losses)
+        again = check_images(c.G, [paths[i] for i in claimed], distance, settings=settings,
+                             calibration=c.calibration, threshold=threshold, seed=seed + 1, strict=strict,
+                             progress=step_progress)
+        for i, rec in zip(claimed, again):
+            per_network[c.name][i] = second_look_records(per_network[c.name][i], rec)
+
+
 def second_look_records(first: CheckRecord, second: CheckRecord) -> CheckRecord:
     """The closer of two projections of one image under one network (first look, second look); ``looks`` keeps
-    both distances. A failed second look keeps the first."""
-    closer = second.error is None and second.distance is not None and second.distance < first.distance
-    return dataclasses.replace(second if closer else first, looks=[first.distance, second.distance])
+    both distances. A failed second look, or one that read other content, keeps the first."""
+    ok = second.error is None and second.distance is not None and second.sha256 == first.sha256
+    closer = ok and second.distance < first.distance
+    return dataclasses.replace(second if closer else first,
+                               looks=[first.distance, second.distance if ok else None])
 
 
 @dataclass

@@ -210,8 +210,8 @@ def decide(distances: Mapping[str, float], references: Mapping[str, Reference],
     """Attribute one image among candidate networks (``distances``: name -> distance; ``references``: name ->
     :class:`Reference`). The rule is the module docstring's; equal scores count as margin 1 (ambiguous), and
     names break ties in the ordering only, so the result does not depend on the order the networks came in.
-    ``ranked_by``: None (the rule: :func:`ranking`), or RATIO to rank by threshold ratios (the first rule, kept
-    for comparisons)."""
+    ``ranked_by``: None (the rule: :func:`ranking`), or RATIO to rank by threshold ratios whatever the references
+    hold (the first rule, kept for comparisons)."""
     if not distances:
         raise ValueError("decide needs at least one network's distance")
     if not margin >= 1:
@@ -227,11 +227,9 @@ def decide(distances: Mapping[str, float], references: Mapping[str, Reference],
     compared = [s for s in scores.values() if s.ratio is not None]
     if not compared:
         return Decision(NO_VERDICT, None, None, None, None, scores, uncompared, tuple(notes))
-    if ranked_by not in (None, RATIO, RELATIVE):
-        raise ValueError(f"ranked_by must be None, {RATIO!r} or {RELATIVE!r}, got {ranked_by!r}")
-    by = RATIO if ranked_by == RATIO else ranking(compared)
-    if ranked_by == RELATIVE and by != RELATIVE:
-        raise ValueError("ranked_by 'relative' needs every compared network's own generated distances")
+    if ranked_by not in (None, RATIO):
+        raise ValueError(f"ranked_by must be None or {RATIO!r}, got {ranked_by!r}")
+    by = ranked_by or ranking(compared)
     if by == RATIO and len(compared) > 1:
         bare = sorted(s.name for s in compared if s.relative is None)
         notes.append(f"compared in units of their thresholds (no calibration of their own images: "
