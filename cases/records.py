@@ -44,7 +44,7 @@ class ResultRecord:
     batch_file: Optional[str] = None
     current: bool = True
     preprocessing: Optional[Dict[str, Any]] = None  # detector.processing.Preprocessing.to_dict()
-    looks: Optional[List[Optional[float]]] = None  # a second look's two distances (the closer is ``distance``)
+    looks: Optional[List[Optional[float]]] = None  # second look: each run's distance (the closest is ``distance``)
 
     @property
     def key(self) -> Key:

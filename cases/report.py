@@ -38,7 +38,7 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                   per_model: [{model: str, model_sha256: str, distance: float|None, threshold: float|None,
                                threshold_source: str|None, verdict: str|None, steps_run: int|None,
                                seed: int|None, error: str|None, batch_file: str,
-                               looks: [float|None]|None   with a second look, both runs' distances}],
+                               looks: [float|None]|None   with a second look, each run's distance}],
                   notes: [str],
                   preprocessing: dict|None   what was done to the image (detector.processing.Preprocessing;
                                              None in cases made before it was recorded)

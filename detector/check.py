@@ -49,7 +49,7 @@ class CheckRecord:
     result: Optional[ProjectionResult] = None
     target: Optional[torch.Tensor] = None
     preprocessing: Optional[Preprocessing] = None
-    looks: Optional[List[Optional[float]]] = None  # with a second look: both runs' distances (None: failed)
+    looks: Optional[List[Optional[float]]] = None  # second look: each run's distance (None: failed; one: not needed)
 
     def to_dict(self) -> Dict[str, Any]:
         d = {
@@ -251,9 +251,9 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
     reports the k-th network's projection (k from ``len(candidates)`` on: its second look).
 
     ``second_look`` (several networks): an image some network claims (attributed or ambiguous) is projected again
-    under every compared network from another start (projection seed ``seed + 1``), and each network's closer run
-    counts (:func:`second_look_records`): a projection that stalled under the true network cannot hand the image
-    to a sibling. Images nobody claims are not projected again."""
+    from another start (projection seed ``seed + 1``) under every compared network that could change its verdict,
+    and each network's closer run counts (:func:`second_look_pass`): a projection that stalled under the true
+    network cannot hand the image to a sibling. Images nobody claims are not projected again."""
     if not candidates:
         raise ValueError("check_networks needs at least one network")
     names = [c.name for c in candidates]
@@ -298,31 +298,47 @@ def second_look_pass(candidates: Sequence[Candidate], paths: Sequence[Path],
                      settings: Optional[ProjectorSettings], threshold: Optional[float], seed: int, margin: float,
                      strict: bool, progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> None:
     """In place on ``per_network`` (name -> one record per path): every image whose decision names a network
-    (attributed or ambiguous) is projected again under each compared network from projection seed ``seed + 1``,
-    and each network's closer run replaces its record (:func:`second_look_records`). ``progress(k, ...)``: the
-    k-th candidate's pass. Used by :func:`check_networks` and ``cases.batch``."""
-    claimed = []
-    for i in range(len(paths)):
+    (attributed or ambiguous) is projected again from projection seed ``seed + 1``, and each network's closer run
+    replaces its record (:func:`second_look_records`). ``progress(k, ...)``: the k-th candidate's pass.
+
+    An attributed image is projected again under the other networks only: a closer run under the network it went
+    to can only widen its margin. Should the others' second looks change its decision, that network gets its
+    second look too, so every verdict is the one a second look under every network gives. Used by
+    :func:`check_networks` and ``cases.batch``."""
+    compared = [c for c in candidates if refs[c.name].threshold is not None]  # the others decide nothing
+
+    def decision(i: int) -> Optional[Decision]:
         recs = {c.name: per_network[c.name][i] for c in candidates}
         if any(r.error for r in recs.values()):
-            continue
-        d = decide({n: r.distance for n, r in recs.items()}, refs, margin)
-        if d.network is not None or d.is_ambiguous:
-            claimed.append(i)
-    if not claimed:
-        return
-    for k, c in enumerate(candidates):
-        if refs[c.name].threshold is None:
-            continue  # not compared: its distance decides nothing
+            return None
+        return decide({n: r.distance for n, r in recs.items()}, refs, margin)
+
+    def look_again(k: int, c: Candidate, which: List[int], report: bool) -> None:
+        if not which:
+            return
         step_progress = None
-        if progress is not None:
-            def step_progress(step, total, losses, k=k):
+        if progress is not None and report:
+            def step_progress(step, total, losses):
                 progress(k, step, total, losses)
-        again = check_images(c.G, [paths[i] for i in claimed], distance, settings=settings,
+        again = check_images(c.G, [paths[i] for i in which], distance, settings=settings,
                              calibration=c.calibration, threshold=threshold, seed=seed + 1, strict=strict,
                              progress=step_progress)
-        for i, rec in zip(claimed, again):
+        for i, rec in zip(which, again):
             per_network[c.name][i] = second_look_records(per_network[c.name][i], rec)
+
+    first = {i: d for i in range(len(paths))
+             if (d := decision(i)) is not None and (d.network is not None or d.is_ambiguous)}
+    for k, c in enumerate(compared):
+        look_again(k, c, [i for i, d in first.items() if d.network != c.name], report=True)
+    for k, c in enumerate(compared):  # rare: the others' second looks unsettled an attribution to c
+        unsettled = [i for i, d in first.items()
+                     if d.network == c.name and (decision(i).network != c.name)]
+        look_again(k, c, unsettled, report=False)
+    for c in compared:  # attributions that stood: the network they went to kept its one look
+        for i, d in first.items():
+            rec = per_network[c.name][i]
+            if d.network == c.name and rec.looks is None:
+                per_network[c.name][i] = dataclasses.replace(rec, looks=[rec.distance])
 
 
 def second_look_records(first: CheckRecord, second: CheckRecord) -> CheckRecord:

@@ -181,7 +181,8 @@ def _verdict(c, single: bool) -> str:
             f"threshold {s.threshold:.4f} ({c.records[name].threshold_source})")
         own = "" if s.relative is None else f" = {s.relative:.2f}x its own images' median"
         looks = c.records[name].looks
-        again = "" if looks is None else " (the closer of two runs: " + ", ".join(
+        again = "" if looks is None else " (one run: a second could not change the verdict)" if len(
+            looks) == 1 else " (the closer of two runs: " + ", ".join(
             "failed" if v is None else f"{v:.4f}" for v in looks) + ")"
         lines.append(f"  {name:<{width}}  distance {s.distance:.4f}{own}, {th}{again}")
     return "\n".join(lines + [f"  note: {n}" for n in d.notes])

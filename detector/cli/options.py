@@ -113,9 +113,9 @@ AlignOption = Annotated[Optional[int], typer.Option(
     "--align", metavar="PX", rich_help_panel=DEGRADED,
     help="Search a shift of up to PX pixels against a short first projection and compare at it (0: off).")]
 SecondLookOption = Annotated[bool, typer.Option(
-    "--second-look", help="With several networks: project an image some network claims once more under each, "
-                          "from another start, and count each network's closer run (a stalled projection cannot "
-                          "hand an image to a sibling).")]
+    "--second-look", help="With several networks: project an image some network claims once more, from "
+                          "another start, under each network that could change its verdict, and count each "
+                          "network's closer run (a stalled projection cannot hand an image to a sibling).")]
 StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Refuse images that would need cropping or resizing to the network's size (exit 2, one line "
                      "each) instead of changing them.")]

@@ -196,3 +196,53 @@ def test_far_factors_keep_every_verdict(seed):
     assert far_factors(one, 1.5)["A"] == 1.0
     bare = {"A": refs["A"], "B": Reference("B", USER, 0.01)}
     assert far_factors(bare, 1.5) == {"A": 1.5, "B": 1.5}
+
+
+def test_second_look_skips_the_winner_only_where_that_cannot_change_a_verdict(monkeypatch):
+    """The second look projects an attributed image again under the other networks only, and under the winner too
+    where their second looks unsettle it: on random draws every verdict equals the one a second look under every
+    network gives, and winners that stood were projected once. Projections are stubbed: (network, seed, image) ->
+    a drawn distance."""
+    from pathlib import Path
+
+    import detector.check as check
+    from detector.check import Candidate, CheckRecord, second_look_pass
+
+    rng = np.random.default_rng(7)
+    names = ["A", "B", "C"]
+    calls = []
+
+    for trial in range(200):
+        refs = {n: Reference(n, CALIBRATION, float(rng.uniform(0.005, 0.02)),
+                             generated=tuple(sorted(rng.uniform(0.001, 0.006, 5))), real=(0.05,))
+                for n in names}
+        draws = {(n, s, i): float(rng.choice([rng.uniform(0.0005, 0.01), rng.uniform(0.01, 0.1)]))
+                 for n in names for s in (0, 1) for i in range(6)}
+        paths = [Path(f"img{i}.png") for i in range(6)]
+
+        def fake_check_images(G, ps, distance, *, seed, **kw):
+            calls.append((G, seed, [p.name for p in ps]))
+            return [CheckRecord(str(p), distance=draws[(G, seed, int(p.stem[3:]))], sha256=p.stem) for p in ps]
+
+        monkeypatch.setattr(check, "check_images", fake_check_images)
+        per_network = {n: [CheckRecord(str(p), distance=draws[(n, 0, i)], sha256=p.stem)
+                           for i, p in enumerate(paths)] for n in names}
+        calls.clear()
+        second_look_pass([Candidate(n, n) for n in names], paths, per_network, refs, None, settings=None,
+                         threshold=None, seed=0, margin=1.5, strict=False)
+        for i in range(6):
+            first = decide({n: draws[(n, 0, i)] for n in names}, refs)
+            everywhere = decide({n: min(draws[(n, 0, i)], draws[(n, 1, i)]) if (
+                first.network is not None or first.is_ambiguous) else draws[(n, 0, i)] for n in names}, refs)
+            lazy = decide({n: per_network[n][i].distance for n in names}, refs)
+            assert (lazy.verdict, lazy.network) == (everywhere.verdict, everywhere.network)
+            looked = {G for G, _, imgs in calls if f"img{i}.png" in imgs}
+            if first.network is not None and lazy.network == first.network and \
+                    decide({n: draws[(n, 0, i)] if n == first.network else min(draws[(n, 0, i)], draws[(n, 1, i)])
+                            for n in names}, refs).network == first.network:
+                assert looked == set(names) - {first.network}
+                assert per_network[first.network][i].looks == [draws[(first.network, 0, i)]]
+            elif first.network is not None or first.is_ambiguous:
+                assert looked == set(names)
+            else:
+                assert looked == set()
