@@ -212,7 +212,7 @@ def test_second_look_skips_the_winner_only_where_that_cannot_change_a_verdict(mo
     names = ["A", "B", "C"]
     calls = []
 
-    for trial in range(200):
+    for _ in range(200):
         refs = {n: Reference(n, CALIBRATION, float(rng.uniform(0.005, 0.02)),
                              generated=tuple(sorted(rng.uniform(0.001, 0.006, 5))), real=(0.05,))
                 for n in names}
@@ -220,7 +220,7 @@ def test_second_look_skips_the_winner_only_where_that_cannot_change_a_verdict(mo
                  for n in names for s in (0, 1) for i in range(6)}
         paths = [Path(f"img{i}.png") for i in range(6)]
 
-        def fake_check_images(G, ps, distance, *, seed, **kw):
+        def fake_check_images(G, ps, distance, *, seed, draws=draws, **kw):
             calls.append((G, seed, [p.name for p in ps]))
             return [CheckRecord(str(p), distance=draws[(G, seed, int(p.stem[3:]))], sha256=p.stem) for p in ps]
 
