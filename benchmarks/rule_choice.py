@@ -9,11 +9,15 @@ source network, concatenated with a ``source`` and ``under`` name per row), scor
 
 For each source and rule: the median and smallest margin against every other network, and the verdicts at
 ``--margin`` (own, wrong, ambiguous, not attributed) where every candidate's threshold is known. A calibration
-is a record (``.json``) or a progress file (``.jsonl``, ``detect calibrate --progress-file``: its generated rows
-give the own median; no threshold). Prints JSON.
+is a record (``.json``), a calibrated model file, or a progress file (``.jsonl``, ``detect calibrate
+--progress-file``: its generated rows give the own median; no threshold). Verdicts also under ``lowest``, the rule before issue 24: the lowest raw
+distance, attributed when within its network's threshold. A finished case can stand in for the cross rows
+(``--case``, its ``report/report.json``, with ``--truth FOLDER=NAME`` as ``detect score`` takes it; ``none`` for
+real images, whose verdicts are counted too). Prints JSON.
 
     python benchmarks/rule_choice.py --cross benchmarks/results/celeba32-three-networks-dev-cross.jsonl \\
         --calibration F=cal-celeba32-f.json --calibration F1=cal-celeba32-f-t1.jsonl --calibration F2=...
+    python benchmarks/rule_choice.py --case CASE --truth gen_f=F --truth real=none --calibration F=... ...
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ from detector.scoring import CALIBRATION, DEFAULT_MARGIN, RATIO, Reference, deci
 
 
 def load_calibration(path: Path) -> Tuple[List[float], Optional[float]]:
-    """(own generated distances, threshold or None) of a calibration record or progress file."""
+    """(own generated distances, threshold or None) of a calibration record, progress file or calibrated model."""
+    if path.suffix in (".pt", ".pkl"):
+        from stylegan.formats import load_model
+
+        rec = load_model(path, device="cpu").calibration
+        if rec is None:
+            raise SystemExit(f"{path}: no calibration stored with this network")
+        return list(rec["generated_distances"]), float(rec["threshold"])
     if path.suffix == ".jsonl":
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [r["distance"] for r in rows if r.get("kind") == "generated"], None
@@ -38,9 +49,37 @@ def load_calibration(path: Path) -> Tuple[List[float], Optional[float]]:
     return list(rec["generated_distances"]), float(rec["threshold"])
 
 
+def case_rows(case: Path, truth: List[str]) -> Dict[Tuple[str, int], Dict[str, float]]:
+    """(source, index) -> {network: distance} from a case's report (``source``: the NAME its folder maps to by
+    ``truth`` items FOLDER=NAME, ``none`` for real images); images in no mapped folder are left out."""
+    folders = dict(t.partition("=")[::2] for t in truth)
+    report = json.loads((case / "report" / "report.json").read_text())
+    rows: Dict[Tuple[str, int], Dict[str, float]] = {}
+    for i, img in enumerate(report["images"]):
+        parts = Path(img["paths"][0]).parts
+        src = next((folders[f] for f in parts if f in folders), None)
+        if src is not None and all(v is not None for v in img["distances"].values()):
+            rows[(src, i)] = {n: float(v) for n, v in img["distances"].items()}
+    return rows
+
+
+def verdict_key(d: Dict[str, float], names: List[str], thresholds: Dict[str, float], own: Dict[str, List[float]],
+                rule: str, margin: float) -> Tuple[Optional[str], bool]:
+    """(attributed network or None, ambiguous) of one image under ``rule``: relative, threshold or lowest."""
+    if rule == "lowest":
+        best = min(names, key=lambda n: (d[n], n))
+        return (best if d[best] <= thresholds[best] else None), False
+    rs = {n: Reference(n, CALIBRATION, thresholds[n], own[n]) for n in names}
+    dec = decide(d, rs, margin, ranked_by=None if rule == "relative" else RATIO)
+    return dec.network, dec.is_ambiguous
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cross", required=True, type=Path, help="JSONL rows with source, under, index, distance")
+    src_arg = p.add_mutually_exclusive_group(required=True)
+    src_arg.add_argument("--cross", type=Path, help="JSONL rows with source, under, index, distance")
+    src_arg.add_argument("--case", type=Path, help="a finished case folder (with --truth)")
+    p.add_argument("--truth", action="append", default=[], metavar="FOLDER=NAME")
     p.add_argument("--calibration", action="append", required=True, metavar="NAME=FILE")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     a = p.parse_args(argv)
@@ -49,10 +88,15 @@ def main(argv=None) -> dict:
         name, _, f = item.partition("=")
         own[name], thresholds[name] = load_calibration(Path(f))
     dist: Dict[Tuple[str, int], Dict[str, float]] = {}
-    for line in a.cross.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            dist.setdefault((r["source"], int(r["index"])), {})[r["under"]] = float(r["distance"])
+    if a.case is not None:
+        if not a.truth:
+            p.error("--case needs --truth FOLDER=NAME for each folder")
+        dist = case_rows(a.case, a.truth)
+    else:
+        for line in a.cross.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                dist.setdefault((r["source"], int(r["index"])), {})[r["under"]] = float(r["distance"])
     names = sorted(own)
     medians = {n: statistics.median(own[n]) for n in names}
     out = {"margin": a.margin, "own_median": medians, "threshold": thresholds, "sources": {}}
@@ -67,19 +111,28 @@ def main(argv=None) -> dict:
                 if other != src:
                     m = [(d[other] / sc[other]) / (d[src] / sc[src]) for d in imgs.values()]
                     entry.setdefault(rule, {})[other] = {"median": statistics.median(m), "min": min(m)}
-        for rule, by in (("relative", None), ("threshold", RATIO)):  # None: the rule as decide() ranks
-            if any(thresholds[n] is None for n in names):
-                continue
-            rs = {n: Reference(n, CALIBRATION, thresholds[n], own[n]) for n in names}
-            counts = dict.fromkeys(("own", "wrong", "ambiguous", "not attributed"), 0)
-            for d in imgs.values():
-                dec = decide(d, rs, a.margin, ranked_by=by)
-                key = ("own" if dec.network == src else "wrong") if dec.network else (
-                    "ambiguous" if dec.is_ambiguous else "not attributed")
-                counts[key] += 1
-            entry.setdefault("verdicts", {})[rule] = counts
+        if all(thresholds[n] is not None for n in names):  # verdicts need every threshold
+            entry["verdicts"] = verdicts(imgs.values(), src, names, thresholds, own, a.margin)
         out["sources"][src] = entry
+    real = [d for (s, _), d in dist.items() if s == "none" and set(d) >= set(names)]
+    if real and all(thresholds[n] is not None for n in names):
+        out["real"] = {"n": len(real), "verdicts": verdicts(real, None, names, thresholds, own, a.margin)}
     print(json.dumps(out, indent=1))
+    return out
+
+
+def verdicts(imgs, src: Optional[str], names, thresholds, own, margin: float) -> dict:
+    """Counts of own / wrong / ambiguous / not attributed (``src`` None: real images, whose every attribution is
+    wrong) under each rule."""
+    out = {}
+    for rule in ("relative", "threshold", "lowest"):
+        counts = dict.fromkeys(("own", "wrong", "ambiguous", "not attributed"), 0)
+        for d in imgs:
+            network, ambiguous = verdict_key(d, names, thresholds, own, rule, margin)
+            key = ("own" if network == src else "wrong") if network else (
+                "ambiguous" if ambiguous else "not attributed")
+            counts[key] += 1
+        out[rule] = counts
     return out
 
 
