@@ -8,12 +8,12 @@ source network, concatenated with a ``source`` and ``under`` name per row), scor
 * ``threshold``: each distance over that network's calibrated threshold, then the same ratio (the first rule).
 
 For each source and rule: the median and smallest margin against every other network, and the verdicts at
-``--margin`` (own, wrong, ambiguous, not attributed) where every candidate's threshold is known. A calibration
-is a record (``.json``), a calibrated model file, or a progress file (``.jsonl``, ``detect calibrate
---progress-file``: its generated rows give the own median; no threshold). Verdicts also under ``lowest``, the rule before issue 24: the lowest raw
-distance, attributed when within its network's threshold. A finished case can stand in for the cross rows
-(``--case``, its ``report/report.json``, with ``--truth FOLDER=NAME`` as ``detect score`` takes it; ``none`` for
-real images, whose verdicts are counted too). Prints JSON.
+``--margin`` (own, wrong, ambiguous, not attributed) where every candidate's threshold is known, also under
+``lowest``, the rule before issue 24 (the lowest raw distance, attributed when within its network's threshold).
+A calibration is a record (``.json``), a calibrated model file, or a progress file (``.jsonl``, ``detect
+calibrate --progress-file``: its generated rows give the own median; no threshold). A finished case can stand in
+for the cross rows (``--case``, with ``--truth FOLDER=NAME`` as ``detect score`` takes it; ``none`` for real
+images, whose verdicts are counted too). Prints JSON.
 
     python benchmarks/rule_choice.py --cross benchmarks/results/celeba32-three-networks-dev-cross.jsonl \\
         --calibration F=cal-celeba32-f.json --calibration F1=cal-celeba32-f-t1.jsonl --calibration F2=...
