@@ -249,8 +249,10 @@ for stage in "$@"; do
         first "$WORK/data/gen3-${g%%:*}" "$N_CASE" "$D3/${g%%:*}"
       done
       first "$WORK/data/real_eval100" $((2 * N_CASE)) "$D3/real"
+      # --trajectory 25: the clean distances under every network every 25 steps, to measure early decisions
+      # among three networks afterwards (the results are those of a run without it)
       detect batch "$D3" --model "$MODELS/celeba32-f.pt" --model "$MODELS/celeba32-f-t1.pt" \
-        --model "$MODELS/celeba32-f2.pt" --case "$C3" --steps 1000 "${MARGS[@]}"
+        --model "$MODELS/celeba32-f2.pt" --case "$C3" --steps 1000 --trajectory 25 "${MARGS[@]}"
       detect report "$C3"
       detect score "$C3" --truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 \
         --truth real=none --scatter "$WORK/eval/three-networks-n$N_CASE$SUFFIX-scatter.png" --json \
