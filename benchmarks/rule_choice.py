@@ -36,9 +36,9 @@ from detector.scoring import CALIBRATION, DEFAULT_MARGIN, RATIO, Reference, deci
 def load_calibration(path: Path) -> Tuple[List[float], Optional[float]]:
     """(own generated distances, threshold or None) of a calibration record, progress file or calibrated model."""
     if path.suffix in (".pt", ".pkl"):
-        from stylegan.formats import load_model
+        from detector.calibration_store import load_calibration
 
-        rec = load_model(path, device="cpu").calibration
+        rec = load_calibration(path)
         if rec is None:
             raise SystemExit(f"{path}: no calibration stored with this network")
         return list(rec["generated_distances"]), float(rec["threshold"])
