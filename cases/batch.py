@@ -200,7 +200,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     ``device``). ``early_stop``: see :func:`detector.check.check_images` (each network's bands from its own
     calibration; with several networks at :func:`detector.scoring.far_factors`, so that the case's verdicts at
     ``margin`` or a smaller one are those of full runs); recorded with the settings, so a case is resumed with the
-    same choice.
+    same choice. ``margin``: the case's verdicts are made at it (:func:`cases.report.case_margin`; recorded with
+    the settings when not the default).
     ``strict``: inputs that would need cropping or resizing are recorded as bad inputs (recorded with the
     settings too). ``second_look`` (several models): inputs some network claims are projected once more under
     every compared network and each keeps its closer run (:func:`detector.check.second_look_pass`; recorded with
@@ -257,6 +258,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
         settings_dict["strict"] = True
     if second_look and len(models) > 1:  # the distances depend on it: recorded as well
         settings_dict["second_look"] = True
+    if margin != DEFAULT_MARGIN:  # the case's verdicts (and its second looks and early stops) are made at it
+        settings_dict["margin"] = float(margin)
 
     files = iter_image_files(inputs)
     hashed: List[InputFile] = [describe_input(p) for p in files]

@@ -22,6 +22,7 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                  changed: int           changes of content detected (manifest ``changed``)
                  stale_results: int     results of content that no recorded path has any more
                  verdicts: {verdict (str): count (int)}   over processed + errors
+                 margin: float          the margin between networks the verdicts are made at (`batch --margin`)
                  models: [{name: str, path: str, file_sha256: str, weights_sha256: str|None,
                            threshold: float|None, threshold_source: str ('calibration'|'self'|'user'|'none'),
                            target_fpr: float|None, calibrated: bool, auc: float|None,
@@ -64,6 +65,7 @@ import numpy as np
 
 from detector.attribution import threshold_for
 from detector.processing import Preprocessing, weaknesses
+from detector.scoring import DEFAULT_MARGIN
 from stylegan.util.files import atomic_write_text
 
 from .provenance import now_iso
@@ -91,7 +93,7 @@ REPORT_SCHEMA = {
     "format": _S, "version": _I, "generated": _S,
     "case": {"case_id": _S, "path": _S, "created": _S},
     "summary": {"inputs": _I, "distinct": _I, "processed": _I, "pending": _I, "errors": _I, "unreadable": _I,
-                "changed": _I, "stale_results": _I, "verdicts": _D, "models": [MODEL_SCHEMA]},
+                "changed": _I, "stale_results": _I, "verdicts": _D, "margin": _F, "models": [MODEL_SCHEMA]},
     "histogram": {"bins": [_F], "models": [{"name": _S, "case": [_I], "generated": ([_I], _N),
                                              "real": ([_I], _N)}]},
     "evaluation": (_D, _N),
@@ -189,6 +191,11 @@ def _histogram(models: List[Dict[str, Any]], by_model: Dict[str, List[float]]) -
     return out
 
 
+def case_margin(settings: Dict[str, Any]) -> float:
+    """The margin a case's verdicts are made at: the one ``detect batch --margin`` recorded, else the default."""
+    return float(settings.get("margin", DEFAULT_MARGIN))
+
+
 def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[ResultRecord]]]:
     """(the JSON document, records with arrays per current input sha256) of a case."""
     m = store.manifest
@@ -197,6 +204,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
     model_shas = [e["file_sha256"] for e in models]
     own_generated = {e["file_sha256"]: (e.get("calibration") or {}).get("generated_distances") or () for e in models}
     override = m.get("threshold_override")
+    margin = case_margin(m.get("settings", {}))
     paths_of: Dict[str, List[str]] = defaultdict(list)
     for e in m.get("inputs", []):
         if e.get("sha256"):
@@ -219,7 +227,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                       if r.model_sha256 in model_shas else len(model_shas))
         if {r.model_sha256 for r in recs} < set(model_shas) and not any(r.error for r in recs):
             continue  # pending
-        att = attribute_records(recs, names, own_generated=own_generated)
+        att = attribute_records(recs, names, margin, own_generated=own_generated)
         err = next((r.error for r in recs if r.error), None) if all(r.error for r in recs) else None
         if err:
             errors += 1
@@ -254,7 +262,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
         "summary": {"inputs": sum(len(v) for v in paths_of.values()), "distinct": distinct,
                     "processed": processed, "pending": distinct - processed - errors, "errors": errors,
                     "unreadable": len(m.get("unreadable", [])), "changed": len(m.get("changed", [])),
-                    "stale_results": stale, "verdicts": dict(sorted(verdicts.items())),
+                    "stale_results": stale, "verdicts": dict(sorted(verdicts.items())), "margin": margin,
                     "models": [_model_summary(e, override) for e in models]},
         "histogram": _histogram(models, by_model),
         "evaluation": None,

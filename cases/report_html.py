@@ -259,6 +259,10 @@ def _overview(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> st
         found.append(f"{s['pending']} still waiting to be projected")
     sure = "".join(f"<li>{_how_sure(e, m, prov.get('threshold_override'))}</li>"
                    for e, m in zip(prov["models"], s["models"]))
+    if n_models > 1:
+        sure += (f"<li>Between networks: an image goes to one only when the next-closest network's distance, each "
+                 f"measured in units of that network's own images, is at least {s['margin']:g} times larger; "
+                 f"closer than that it is too close to call.</li>")
     return f"""<section id="overview"><h2>In short</h2>{_known_truth(doc)}
 <p><b>What was checked.</b> {_count(s['distinct'], 'distinct image')} against {_count(n_models, 'network')}:
 {names}. For each network

@@ -14,6 +14,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from detector.scoring import DEFAULT_MARGIN
 from stylegan.util.cli_support import DeviceOption, UsageError, command, default_device, setup_torch, user_errors
 from stylegan.util.distributed import init_distributed
 from stylegan.util.progress import Progress
@@ -30,6 +31,7 @@ from .options import (
     LpipsResolutionOption,
     LpipsWeightsOption,
     LrOption,
+    MarginOption,
     MethodOption,
     ModelJpegOption,
     ModelResizeOption,
@@ -62,6 +64,7 @@ def batch(
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", metavar="X", help="Decision threshold for every network (default: each network's "
                                          "calibration; without one, no verdict).")] = None,
+    margin: MarginOption = DEFAULT_MARGIN,
     second_look: SecondLookOption = False,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what this run did as JSON instead of a "
@@ -103,6 +106,8 @@ def batch(
                                       trajectory=trajectory)
         if batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
+        if margin < 1:
+            raise UsageError("--margin must be at least 1")
         rank = init_distributed()
         world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
         if device is None:
@@ -113,7 +118,7 @@ def batch(
         with Progress("projecting", unit="images", enabled=rank == 0) as progress:
             try:
                 summary = run_batch(inputs, model, case, settings, distance, batch_size=batch_size, seed=seed,
-                                    threshold=threshold, early_stop=early_stop, strict=strict,
+                                    threshold=threshold, early_stop=early_stop, margin=margin, strict=strict,
                                     second_look=second_look, progress=progress,
                                     rank=rank, world_size=world_size, device=device)
             except ValueError as exc:

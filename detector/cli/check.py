@@ -34,6 +34,7 @@ from .options import (
     LpipsResolutionOption,
     LpipsWeightsOption,
     LrOption,
+    MarginOption,
     MethodOption,
     ModelJpegOption,
     ModelResizeOption,
@@ -56,10 +57,7 @@ def check(
         "--model", "-m", metavar="FILE", help="Model file: our .pt, NVIDIA .pkl or rosinality .pt; repeat to "
                                               "compare several networks.")],
     threshold: ThresholdOption = None,
-    margin: Annotated[float, typer.Option(
-        "--margin", metavar="X", help="With several networks: attribute only when the runner-up's distance, in "
-                                      "units of its own images' median distance, is at least X times the "
-                                      "best's; else 'ambiguous'.")] = DEFAULT_MARGIN,
+    margin: MarginOption = DEFAULT_MARGIN,
     second_look: SecondLookOption = False,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", metavar="DIR",

@@ -112,6 +112,10 @@ SourceSizeOption = Annotated[Optional[int], typer.Option(
 AlignOption = Annotated[Optional[int], typer.Option(
     "--align", metavar="PX", rich_help_panel=DEGRADED,
     help="Search a shift of up to PX pixels against a short first projection and compare at it (0: off).")]
+MarginOption = Annotated[float, typer.Option(
+    "--margin", metavar="X", help="With several networks: attribute only when the runner-up's distance, in units "
+                                  "of its own images' median distance, is at least X times the best's; else "
+                                  "'ambiguous'.")]
 SecondLookOption = Annotated[bool, typer.Option(
     "--second-look", help="With several networks: project an image some network claims once more, from "
                           "another start, under each network that could change its verdict, and count each "

@@ -293,3 +293,34 @@ def test_batch_second_look_keeps_the_closer_run_in_the_case(tmp_path, lpips_weig
     assert docs["two"]["provenance"]["settings"]["second_look"] is True
     again = runner.invoke(app, args + ["--case", str(tmp_path / "two")])
     assert again.exit_code == 2
+
+
+def test_batch_margin_makes_the_case_verdicts_and_is_kept(tmp_path, lpips_weights):
+    """`detect batch --margin X`: the report decides at X (stated in its summary and its opening), the margin is
+    recorded with the case's settings, and the case is not resumed at another margin; the default is not
+    recorded, so older cases resume as before."""
+    from tests.cases.test_store import tiny_generator as tiny
+
+    G = tiny(0)
+    save_network(tmp_path / "g.pt", G, calibration=CALIBRATION)
+    save_network(tmp_path / "h.pt", tiny(1), calibration=CALIBRATION)
+    make_images(tmp_path / "imgs" / "gen_g", n_fake=2, n_real=0, G=G)
+    args = ["batch", str(tmp_path / "imgs"), "--model", str(tmp_path / "g.pt"), "--model", str(tmp_path / "h.pt"),
+            "--steps", "3"]
+    docs = {}
+    for case, extra in (("one", []), ("wide", ["--margin", "1e6"])):
+        r = runner.invoke(app, args + ["--case", str(tmp_path / case)] + extra)
+        assert r.exit_code == 0, r.output
+        assert runner.invoke(app, ["report", str(tmp_path / case)]).exit_code == 0
+        docs[case] = json.loads((tmp_path / case / "report" / "report.json").read_text())
+        validate_report(docs[case])
+    assert docs["one"]["summary"]["margin"] == 1.5 and "margin" not in docs["one"]["provenance"]["settings"]
+    assert docs["wide"]["summary"]["margin"] == 1e6 and docs["wide"]["provenance"]["settings"]["margin"] == 1e6
+    assert "at least 1e+06 times larger" in (tmp_path / "wide" / "report" / "report.html").read_text()
+    claimed = [img for img in docs["one"]["images"] if img["attributed_to"] or img["verdict"].startswith("ambig")]
+    assert claimed  # the same distances, decided at a margin no runner-up reaches: nobody is attributed
+    assert all(img["attributed_to"] is None for img in docs["wide"]["images"])
+    assert sum(img["verdict"].startswith("ambiguous") for img in docs["wide"]["images"]) == len(claimed)
+    again = runner.invoke(app, args + ["--case", str(tmp_path / "wide")])
+    assert again.exit_code == 2 and "margin" in again.output
+    assert runner.invoke(app, args + ["--case", str(tmp_path / "one"), "--margin", "0.5"]).exit_code == 2
