@@ -51,6 +51,13 @@
 #              networks as one case; `detect score`
 #              gives the confusion table under the calibrated rule (margins 1-3) and, beside it, under the
 #              lowest-distance rule, and the scatter plot
+#   analyse-case3
+#              after case3, nothing re-projected but the second look: the report with the sources known, the
+#              three rules side by side (benchmarks/rule_choice.py --case: relative, threshold ratios, lowest
+#              distance), early decisions replayed on its trajectories (benchmarks/early_decisions.py, bands left
+#              one out: F's calibration predates recorded trajectories), and the
+#              second look given to the images some network claims (benchmarks/second_look_case.py, resumable;
+#              about two more projections per claimed image)
 #   networks   G_ema-only copies of F, F1 and F2 (with their calibrations when stored) in benchmarks/networks/, so
 #              that later measurements need not re-train them; sha256 lines for benchmarks/networks/README.md
 #   ppl        perceptual path length of both networks (W space, end points)
@@ -257,6 +264,19 @@ for stage in "$@"; do
       detect score "$C3" --truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 \
         --truth real=none --scatter "$WORK/eval/three-networks-n$N_CASE$SUFFIX-scatter.png" --json \
         | tee "$WORK/eval/three-networks-n$N_CASE$SUFFIX-metrics.json"
+      ;;
+    analyse-case3)
+      C3="$WORK/cases/three-networks-n$N_CASE$SUFFIX" E3="$WORK/eval/three-networks-n$N_CASE$SUFFIX"
+      truth=(--truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 --truth real=none)
+      cals=(--calibration "celeba32-f=$WORK/eval/cal-celeba32-f$SUFFIX.json"
+            --calibration "celeba32-f-t1=$WORK/eval/cal-celeba32-f-t1$SUFFIX.json"
+            --calibration "celeba32-f2=$WORK/eval/cal-celeba32-f2$SUFFIX.json")
+      detect report "$C3" "${truth[@]}"
+      python benchmarks/rule_choice.py --case "$C3" "${truth[@]}" "${cals[@]}" | tee "$E3-rules.json"
+      python benchmarks/early_decisions.py --case "$C3" "${cals[@]}" --trajectories "$E3-trajectories.jsonl" \
+        | tee "$E3-early.json"
+      python benchmarks/second_look_case.py --case "$C3" "${truth[@]}" --state "$E3-second-look.jsonl" \
+        | tee "$E3-second-look.json"
       ;;
     inversion)
       python benchmarks/inversion_methods.py --model "$F" --sibling "$F1" --real "$WORK/data/real_dev40" \
