@@ -129,7 +129,8 @@ def main(argv=None) -> dict:
         print(f"{kind} {name}: done", file=sys.stderr, flush=True)
     rows = list(done.values())
     summary = {}
-    for key in [k for k in rows[0] if k not in ("kind", "name", "quality", "seconds")]:
+    shared = set.intersection(*(set(r) for r in rows)) - {"kind", "name", "quality", "seconds"}
+    for key in [k for k in rows[0] if k in shared]:  # rows of earlier runs may have had other --lam
         gen = [r[key] for r in rows if r["kind"] == "generated"]
         real = [r[key] for r in rows if r["kind"] == "real"]
         summary[key] = {"generated_max": max(gen), "real_min": min(real),
