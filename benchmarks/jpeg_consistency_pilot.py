@@ -8,8 +8,10 @@ projection of the JPEG file, this refines (w, noise) for ``--refine-steps`` with
 (``c``: the re-synthesis' coefficients through :class:`detector.jpeg.DifferentiableJpeg`'s own colour conversion
 and downsampling; ``k``: the target file's, re-derived from its decoded pixels). Reported per image: the plain
 distance, the plain re-synthesis through the JPEG model, the hinge before and after, and the distance through the
-JPEG model after refinement, for each ``--lam``. Both populations (the network's images, seeds ``--seed-offset``
-on, and ``--real`` faces) are saved as JPEG at ``--quality`` by Pillow. Resumable (``--state``); prints JSON.
+JPEG model after refinement, for each ``--lam``; and, for the generated images, the hinge of the image itself
+before JPEG (the floor: the intervals are re-derived from the decoded pixels, which puts some one step off).
+Both populations (the network's images, seeds ``--seed-offset`` on, and ``--real`` faces) are saved as JPEG at
+``--quality`` by Pillow. Resumable (``--state``); prints JSON.
 
     python benchmarks/jpeg_consistency_pilot.py --model F.pt --real real_dev40 --n 3 --quality 75 --state s.jsonl
 """
@@ -85,9 +87,9 @@ def main(argv=None) -> dict:
     sources = [("generated", f"seed{a.seed_offset + i}", None) for i in range(a.n)]
     sources += [("real", f.name, f) for f in sorted(a.real.glob("*.png"))[:a.n]]
     tmp = Path(tempfile.mkdtemp())
-    for kind, name, path in sources:
-        if name in done:
-            continue
+
+    def suspect(name: str, path) -> tuple:
+        """(the image before JPEG [1, C, R, R], the JPEG file as loaded, its JPEG model)."""
         if path is None:
             img = generate_seeded(G, int(name[4:]))[0]
             arr = ((img.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
@@ -97,7 +99,13 @@ def main(argv=None) -> dict:
         Image.fromarray(arr).save(buf, format="JPEG", quality=a.quality)
         (tmp / f"{name}.jpg").write_bytes(buf.getvalue())
         loaded = load_image(tmp / f"{name}.jpg", G.img_resolution)
-        target, jp = loaded.tensor, DifferentiableJpeg(loaded.jpeg)
+        before = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
+        return before, loaded.tensor, DifferentiableJpeg(loaded.jpeg)
+
+    for kind, name, path in sources:
+        if name in done:
+            continue
+        _, target, jp = suspect(name, path)
         t0 = time.time()
         res = Projector(G, distance, ProjectorSettings(steps=a.steps)).project(target, seeds=[0])[0]
         ws, noise = res.synthesis_inputs()
@@ -128,6 +136,16 @@ def main(argv=None) -> dict:
         done[name] = row
         print(f"{kind} {name}: done", file=sys.stderr, flush=True)
     rows = list(done.values())
+    # the floor: the generated image itself (before JPEG) against the intervals re-derived from the decoded file
+    # (not the file's own coefficients: decoding rounds samples and upsamples chroma, so some come out one off)
+    floor = []
+    for kind, name, path in sources:
+        if kind == "generated":
+            before, target, jp = suspect(name, path)
+            with torch.no_grad():
+                k, c = coefficients(jp, target).round(), coefficients(jp, before)
+            floor.append({"name": name, "hinge_true_image": float(hinge(c, k)),
+                          "indices_off": float((c.round() != k).float().mean())})
     summary = {}
     shared = set.intersection(*(set(r) for r in rows)) - {"kind", "name", "quality", "seconds"}
     for key in [k for k in rows[0] if k in shared]:  # rows of earlier runs may have had other --lam
@@ -136,7 +154,8 @@ def main(argv=None) -> dict:
         summary[key] = {"generated_max": max(gen), "real_min": min(real),
                         "min_real_over_max_generated": min(real) / max(gen) if max(gen) > 0 else None}
     out = {"benchmark": "jpeg consistency pilot", "model": str(a.model), "quality": a.quality, "n": a.n,
-           "steps": a.steps, "refine_steps": a.refine_steps, "lams": lams, "summary": summary, "rows": rows}
+           "steps": a.steps, "refine_steps": a.refine_steps, "lams": lams, "summary": summary,
+           "true_image_floor": floor, "rows": rows}
     print(json.dumps(out, indent=1))
     return out
 
