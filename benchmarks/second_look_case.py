@@ -19,9 +19,10 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
+from cases.report import case_margin  # noqa: E402
 from detector.calibration_store import load_calibration  # noqa: E402
 from detector.check import Candidate, CheckRecord, second_look_pass  # noqa: E402
-from detector.scoring import DEFAULT_MARGIN, Reference, decide  # noqa: E402
+from detector.scoring import Reference, decide  # noqa: E402
 from detector.settings import ProjectorSettings  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
 from stylegan.perceptual import load_lpips  # noqa: E402
@@ -40,12 +41,19 @@ def main(argv=None) -> dict:
     p.add_argument("--state", required=True, type=Path, help="JSONL of finished images (resumed)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=FILE")
     p.add_argument("--chunk", type=int, default=8, help="images per second-look pass")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    p.add_argument("--margin", type=float, help="default: the case's own (detect batch --margin)")
     a = p.parse_args(argv)
     torch.set_flush_denormal(True)
     report = json.loads((a.case / "report" / "report.json").read_text())
     prov = report["provenance"]
-    settings = ProjectorSettings.from_dict(prov["settings"])
+    case_settings = dict(prov["settings"])  # the projector's, plus what batch records beside them
+    if case_settings.pop("second_look", False):
+        raise SystemExit(f"{a.case}: this case had its second look already (detect batch --second-look)")
+    strict = bool(case_settings.pop("strict", False))
+    case_settings.pop("early_decisions", None)
+    margin = a.margin if a.margin is not None else case_margin(case_settings)
+    case_settings.pop("margin", None)
+    settings = ProjectorSettings.from_dict(case_settings)
     moved = dict(m.partition("=")[::2] for m in a.model)
     candidates, refs = [], {}
     for m in prov["models"]:
@@ -77,7 +85,7 @@ def main(argv=None) -> dict:
             c.name: [CheckRecord(str(pth), sha256=img["sha256"], distance=img["distances"][c.name])
                      for pth, (img, _) in zip(paths, chunk)] for c in candidates}
         second_look_pass(candidates, paths, per_network, refs, distance, settings=settings,
-                         threshold=prov["threshold_override"], seed=int(prov["seed"]), margin=a.margin, strict=False)
+                         threshold=prov["threshold_override"], seed=int(prov["seed"]), margin=margin, strict=strict)
         with a.state.open("a") as f:
             for i, (img, _) in enumerate(chunk):
                 row = {"sha256": img["sha256"], "path": img["paths"][0], "first": img["distances"],
@@ -93,14 +101,14 @@ def main(argv=None) -> dict:
         extra += sum(len(v) - 1 for v in row["looks"].values() if v)
         seen = {}
         for look in ("first", "second"):
-            dec = decide(row[look], refs, a.margin)
+            dec = decide(row[look], refs, margin)
             seen[look] = label(dec.network, dec.is_ambiguous, src)
             by_src = counts[look].setdefault(src or "none", {})
             by_src[seen[look]] = by_src.get(seen[look], 0) + 1
         if seen["first"] != seen["second"]:
             changes.append({"image": row["path"], "first": seen["first"], "second": seen["second"],
                             "first_distances": row["first"], "second_distances": row["second"]})
-    out = {"benchmark": "second look on a finished case", "case": str(a.case), "margin": a.margin,
+    out = {"benchmark": "second look on a finished case", "case": str(a.case), "margin": margin,
            "truth": folders, "n_images": len(images), "case_projections": len(images) * len(candidates),
            "extra_projections": extra, "verdicts": counts, "changes": changes}
     print(json.dumps(out, indent=1))
