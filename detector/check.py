@@ -252,8 +252,8 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
 
     ``second_look`` (several networks): an image some network claims (attributed or ambiguous) is projected again
     from another start (projection seed ``seed + 1``) under every compared network that could change its verdict,
-    and each network's closer run counts (:func:`second_look_pass`): a projection that stalled under the true
-    network cannot hand the image to a sibling. Images nobody claims are not projected again."""
+    and each network's closer run counts (:func:`second_look_pass`): one projection that stalled under the true
+    network no longer hands the image to a sibling alone. Images nobody claims are not projected again."""
     if not candidates:
         raise ValueError("check_networks needs at least one network")
     names = [c.name for c in candidates]

@@ -119,7 +119,7 @@ MarginOption = Annotated[float, typer.Option(
 SecondLookOption = Annotated[bool, typer.Option(
     "--second-look", help="With several networks: project an image some network claims once more, from "
                           "another start, under each network that could change its verdict, and count each "
-                          "network's closer run (a stalled projection cannot hand an image to a sibling).")]
+                          "network's closer run (one stalled projection no longer decides alone).")]
 StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Refuse images that would need cropping or resizing to the network's size (exit 2, one line "
                      "each) instead of changing them.")]
