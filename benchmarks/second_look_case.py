@@ -63,7 +63,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"{path}: not the file the case used for {m['name']} (give --model NAME=FILE)")
         cal = load_calibration(path, loaded)
         candidates.append(Candidate(m["name"], loaded.G_ema.eval(), cal))
-        refs[m["name"]] = Reference.from_calibration(m["name"], cal, prov["threshold_override"])
+        # the references the case's verdicts were made with (its manifest's summary of each calibration)
+        refs[m["name"]] = Reference.from_calibration(m["name"], m["calibration"], prov["threshold_override"])
     distance = load_lpips(prov["distance"]["net"])
     folders = dict(t.partition("=")[::2] for t in a.truth)
     images = []
