@@ -63,14 +63,13 @@ def case_rows(case: Path, truth: List[str]) -> Dict[Tuple[str, int], Dict[str, f
     return rows
 
 
-def verdict_key(d: Dict[str, float], names: List[str], thresholds: Dict[str, float], own: Dict[str, List[float]],
-                rule: str, margin: float) -> Tuple[Optional[str], bool]:
+def verdict_key(d: Dict[str, float], names: List[str], refs: Dict[str, Reference], rule: str,
+                margin: float) -> Tuple[Optional[str], bool]:
     """(attributed network or None, ambiguous) of one image under ``rule``: relative, threshold or lowest."""
     if rule == "lowest":
         best = min(names, key=lambda n: (d[n], n))
-        return (best if d[best] <= thresholds[best] else None), False
-    rs = {n: Reference(n, CALIBRATION, thresholds[n], own[n]) for n in names}
-    dec = decide(d, rs, margin, ranked_by=None if rule == "relative" else RATIO)
+        return (best if d[best] <= refs[best].threshold else None), False
+    dec = decide(d, refs, margin, ranked_by=None if rule == "relative" else RATIO)
     return dec.network, dec.is_ambiguous
 
 
@@ -124,11 +123,12 @@ def main(argv=None) -> dict:
 def verdicts(imgs, src: Optional[str], names, thresholds, own, margin: float) -> dict:
     """Counts of own / wrong / ambiguous / not attributed (``src`` None: real images, whose every attribution is
     wrong) under each rule."""
+    refs = {n: Reference(n, CALIBRATION, thresholds[n], own[n]) for n in names}
     out = {}
     for rule in ("relative", "threshold", "lowest"):
         counts = dict.fromkeys(("own", "wrong", "ambiguous", "not attributed"), 0)
         for d in imgs:
-            network, ambiguous = verdict_key(d, names, thresholds, own, rule, margin)
+            network, ambiguous = verdict_key(d, names, refs, rule, margin)
             key = ("own" if network == src else "wrong") if network else (
                 "ambiguous" if ambiguous else "not attributed")
             counts[key] += 1

@@ -2,7 +2,7 @@
 
 :func:`run_batch` expands files and folders (:func:`detector.images.iter_image_files`), hashes every input,
 and projects the inputs that the case has no result for yet, ``batch_size`` at a time, with
-:func:`detector.check.check_images` (same loading, same per-image seeds ``image_seed(seed, sha256)``, so a
+:func:`detector.check.check_networks` (same loading, same per-image seeds ``image_seed(seed, sha256)``, so a
 result does not depend on the batch it was in, the rank that made it or the order of the inputs). Each finished
 batch becomes one result file of the case (:class:`cases.store.CaseStore`), so a crash loses at most the batch
 in flight, and re-running the same command resumes.
@@ -38,14 +38,14 @@ from detector.calibration import calibration_for_lpips, calibration_mismatch, ca
 from detector.calibration_store import load_calibration
 from detector.check import (
     Candidate,
-    check_images,
+    check_networks,
     no_calibration_warning,
     no_early_decisions_warning,
-    second_look_pass,
+    progress_passes,
     unique_names,
 )
 from detector.images import iter_image_files
-from detector.scoring import DEFAULT_MARGIN, Reference, far_factors
+from detector.scoring import DEFAULT_MARGIN
 from detector.settings import ProjectorSettings
 from stylegan.formats import load_model
 from stylegan.util.distributed import barrier, broadcast_object
@@ -143,31 +143,20 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
                    threshold: Optional[float], early_stop: bool, margin: float, strict: bool,
                    progress: Optional[Callable[[float], None]],
                    second_look: bool = False) -> Tuple[List[ResultRecord], List[str]]:
-    """Project one batch of (sha256, path) under every model with :func:`detector.check.check_images`; with
-    ``second_look`` (several models), the inputs some network claims once more under every compared network
-    (:func:`detector.check.second_look_pass`). Returns (records, paths whose content changed since they were
+    """Project one batch of (sha256, path) under every model with :func:`detector.check.check_networks` (as
+    `detect check` does, second look included). Returns (records, paths whose content changed since they were
     hashed)."""
     paths = [Path(p) for _, p in batch]
     candidates = [Candidate(e["name"], m.G_ema, m.calibration) for m, e in zip(models, entries)]
-    refs = {c.name: Reference.from_calibration(c.name, c.calibration, threshold) for c in candidates}
-    factors = far_factors(refs, margin)
-    passes = len(models) * (2 if second_look and len(models) > 1 else 1)
+    passes = progress_passes(len(models), second_look)
 
     def model_progress(k, step, total, losses):
-        if progress is not None:
-            progress((k + step / total) / passes)
+        progress((k + step / total) / passes)
 
-    per_network = {c.name: check_images(c.G, paths, distance, settings=settings, calibration=c.calibration,
-                                        threshold=threshold, seed=seed, early_stop=early_stop, strict=strict,
-                                        candidates=len(models), far_factor=factors[c.name],
-                                        progress=lambda step, total, losses, k=k: model_progress(k, step, total,
-                                                                                                 losses))
-                   for k, c in enumerate(candidates)}
-    if second_look and len(models) > 1:
-        second_look_pass(candidates, paths, per_network, refs, distance, settings=settings, threshold=threshold,
-                         seed=seed, margin=margin, strict=strict,
-                         progress=lambda k, step, total, losses: model_progress(len(models) + k, step, total,
-                                                                                losses))
+    checks = check_networks(candidates, paths, distance, settings=settings, threshold=threshold, seed=seed,
+                            early_stop=early_stop, margin=margin, strict=strict, second_look=second_look,
+                            progress=None if progress is None else model_progress)
+    per_network = {c.name: [ic.records[c.name] for ic in checks] for c in candidates}
     records: List[ResultRecord] = []
     moved: List[str] = []
     for c, entry in zip(candidates, entries):
@@ -204,8 +193,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     the settings when not the default).
     ``strict``: inputs that would need cropping or resizing are recorded as bad inputs (recorded with the
     settings too). ``second_look`` (several models): inputs some network claims are projected once more under
-    every compared network and each keeps its closer run (:func:`detector.check.second_look_pass`; recorded with
-    the settings too).
+    the networks that could change their verdict, each keeping its closer run
+    (:func:`detector.check.second_look_pass`; recorded with the settings too).
     See the module docstring for resuming, changed and bad inputs, and ranks.
     """
 

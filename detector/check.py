@@ -240,6 +240,12 @@ class ImageCheck:
         return d
 
 
+def progress_passes(n_networks: int, second_look: bool) -> int:
+    """How many projection passes :func:`check_networks` reports through ``progress`` (k = 0 .. this - 1): one
+    per network, and one more per network for a second look among several."""
+    return n_networks * (2 if second_look and n_networks > 1 else 1)
+
+
 def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], distance: Callable, *,
                    settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
                    early_stop: bool = False, margin: float = DEFAULT_MARGIN, strict: bool = False,
@@ -304,7 +310,7 @@ def second_look_pass(candidates: Sequence[Candidate], paths: Sequence[Path],
     An attributed image is projected again under the other networks only: a closer run under the network it went
     to can only widen its margin. Should the others' second looks change its decision, that network gets its
     second look too, so every verdict is the one a second look under every network gives. Used by
-    :func:`check_networks` and ``cases.batch``."""
+    :func:`check_networks`."""
     compared = [c for c in candidates if refs[c.name].threshold is not None]  # the others decide nothing
 
     def decision(i: int) -> Optional[Decision]:

@@ -99,7 +99,7 @@ def check(
     """
     setup_torch()
     with user_errors(detector_errors()):
-        from detector.check import check_files, save_run_outputs
+        from detector.check import check_files, progress_passes, save_run_outputs
         from stylegan.perceptual import load_lpips
 
         settings = projector_settings(steps, method=method, lr=lr, alpha=alpha,
@@ -112,7 +112,7 @@ def check(
         device = device or default_device()
         distance = load_lpips(lpips_net.value, lpips_weights, device=device)
         with Progress("projecting", unit="steps") as bar:
-            passes = len(model) * (2 if second_look and len(model) > 1 else 1)
+            passes = progress_passes(len(model), second_look)
             run = check_files(model, images, distance, settings=settings, threshold=threshold, seed=seed,
                               early_stop=early_stop, margin=margin, device=device, strict=strict,
                               second_look=second_look,
