@@ -21,8 +21,9 @@
 #   calibrate-f, calibrate-f2
 #              200 generated + 200 held-out real faces (threshold at 1 % FPR; ~125 min each); the finished
 #              projections are kept in $WORK/eval/cal-*.jsonl, so a stopped run continues from them
-#              (METHOD=appd: App. D's projector, for issue 24's comparison; calibrate-f then continues the committed
-#              benchmarks/results/celeba32-f-9a5a2f21-calibrating.jsonl)
+#              (METHOD=appd: App. D's projector, for issue 24's comparison). A calibration with no progress in $WORK
+#              continues the committed benchmarks/results/NAME-WEIGHTS-calibrating[-METHOD].jsonl where there is one
+#              (copied there at the end of a session, so that losing $WORK loses no finished projection)
 #   inversion  issue 24: projector variants on 8 generated + 8 held-out real faces (real_dev40) under F, and the
 #              generated ones under F1 (margins); benchmarks/inversion_methods.py, resumable (~90 min)
 #   batch-f    issue 6: a separate 100 generated + 100 held-out real faces through `detect batch` under F alone,
@@ -66,6 +67,7 @@
 #              spectra, KID-VGG, blurred and pixel PPL, W spread, spread of |J^T y|; ~12 min)
 #
 # F_MODEL / F2_MODEL / F1_MODEL / A_MODEL name other network files for the later stages (e.g. a snapshot when training was cut short).
+# F, F1 and F2 default to the committed copies in benchmarks/networks/ where $WORK holds no training run of them.
 # Everything is written under $WORK (default ./celeba-work): runs/, data/, models/, eval/, cases/. Nothing here is
 # committed: the networks and the data stay on the machine that made them; only numbers (records, progress files)
 # are copied to benchmarks/results/.
@@ -76,10 +78,14 @@ SHARED="${STYLEGAN_SHARED:-$(cd .. && pwd)/shared}"
 ZIP="$SHARED/data/celeba_subset/celeba_89x109_9934.zip"
 KIMG="${KIMG:-48}"
 LOD_KIMG="${LOD_KIMG:-$(python3 -c "print($KIMG / 12)")}"
-F="${F_MODEL:-$WORK/runs/celeba32-f/network-final.pt}"  # F_MODEL: e.g. a snapshot of a run cut short
+network() {  # network RUN COMMITTED: RUN's final network, or where it was not trained here the committed copy
+  local trained="$WORK/runs/$1/network-final.pt"
+  if [ ! -f "$trained" ] && [ -f "benchmarks/networks/$2" ]; then echo "benchmarks/networks/$2"; else echo "$trained"; fi
+}
+F="${F_MODEL:-$(network celeba32-f celeba32-f-9a5a2f21.pt)}"  # F_MODEL: e.g. a snapshot of a run cut short
 A="${A_MODEL:-$WORK/runs/celeba32-a/network-final.pt}"
-F2="${F2_MODEL:-$WORK/runs/celeba32-f2/network-final.pt}"
-F1="${F1_MODEL:-$WORK/runs/celeba32-f-t1/network-final.pt}"
+F2="${F2_MODEL:-$(network celeba32-f2 celeba32-f2-179e30b4.pt)}"
+F1="${F1_MODEL:-$(network celeba32-f-t1 celeba32-f-t1-a62f91ba.pt)}"
 N_CASE="${N_CASE:-30}"
 # CAL_N: generated and real images of a calibration (default 200 + 200; the first CAL_N of real_cal200 otherwise).
 # The App. D side of issue 24 is run smaller: METHOD=appd CAL_N=100 N_CASE=15 (see case3).
@@ -125,13 +131,20 @@ named() {  # named SRC NAME: the network SRC as $MODELS/NAME.pt (a copy, so the 
 }
 
 calibrate() {  # calibrate MODEL: resumable through $WORK/eval/cal-NAME.jsonl; the record also in cal-NAME.json,
-  # which, when it is there already (e.g. copied from benchmarks/results/ onto a machine that re-trained the same
-  # weights), is stored with the model instead of projecting again
-  local name
+  # which, when it is there already (e.g. from benchmarks/results/ onto a machine that re-trained the same weights,
+  # or a fresh $WORK), is stored with the model instead of projecting again
+  local name saved
   name=$(basename "$1" .pt)
+  # a record committed to benchmarks/results/ (NAME-WEIGHTS-calibration-METHOD.json) stands in for a missing one
+  saved=$(find benchmarks/results -name "$name-????????-calibration-${METHOD:-default}.json" | head -n 1)
+  if [ -n "$saved" ] && [ ! -f "$WORK/eval/cal-$name$SUFFIX.json" ]; then cp "$saved" "$WORK/eval/cal-$name$SUFFIX.json"; fi
   if [ -f "$WORK/eval/cal-$name$SUFFIX.json" ]; then
     detect calibrate --model "$1" --record "$WORK/eval/cal-$name$SUFFIX.json"
   else
+    # continue committed progress (its header names the weights, so another network's calibration refuses it
+    # rather than mixing them)
+    saved=$(find benchmarks/results -name "$name-????????-calibrating$SUFFIX.jsonl" | head -n 1)
+    if [ -n "$saved" ] && [ ! -f "$WORK/eval/cal-$name$SUFFIX.jsonl" ]; then cp "$saved" "$WORK/eval/cal-$name$SUFFIX.jsonl"; fi
     local real="$WORK/data/real_cal200"
     if [ "$CAL_N" != 200 ]; then real="$WORK/data/real_cal$CAL_N"; first "$WORK/data/real_cal200" "$CAL_N" "$real"; fi
     detect calibrate --model "$1" "${MARGS[@]}" --real "$real" --n-generated "$CAL_N" --fpr 0.01 \
@@ -164,11 +177,6 @@ for stage in "$@"; do
         --steps 1000 --state "$WORK/eval/a-default.jsonl" --rescore | tee "$WORK/eval/a-default.json"
       ;;
     calibrate-f)
-      # App. D: continue the committed progress of the reference F network (its header names the weights, so
-      # another network's calibration refuses it rather than mixing them)
-      if [ "$METHOD" = appd ] && [ ! -f "$WORK/eval/cal-celeba32-f-appd.jsonl" ]; then
-        cp benchmarks/results/celeba32-f-9a5a2f21-calibrating.jsonl "$WORK/eval/cal-celeba32-f-appd.jsonl"
-      fi
       calibrate "$(named "$F" celeba32-f)"
       ;;
     calibrate-f1) calibrate "$(named "$F1" celeba32-f-t1)" ;;
