@@ -10,7 +10,11 @@ Conditions: ``png``, ``jpeg95/90/75/50`` (Pillow, 4:2:0), ``jpeg90x2`` (JPEG 90 
 ``down0.5/down0.75`` (Lanczos down to that factor and back, saved at the network's size), ``small0.5`` (saved at
 half the size: the loader upscales it), ``shift1/2/4/8`` (the image moved by k px down and right, edges
 replicated), ``blur`` (Gaussian, radius 0.6 px). Methods: ``plain`` (the projector's default) and ``aware``
-(``model_jpeg``, ``model_resize`` and ``align`` 8 px), or ``NAME:key=value,...`` with ProjectorSettings fields.
+(``model_jpeg``, ``model_resize`` and ``align`` 8 px), or ``NAME:key=value,...`` with ProjectorSettings fields;
+``consistency`` projects plainly and then, for a JPEG file, refines towards consistency with it
+(:func:`detector.jpeg_consistency.refine_consistency`, ``--consistency-steps/-lr/-weight``): each image gives a
+``plain`` row and a ``consistency`` row (the refined LPIPS through the JPEG model as its distance, and the residual
+before and after), from one projection.
 
 Per condition and method: ROC AUC, and at the clean calibration's threshold (``--calibration`` record, what a
 user with a calibrated network experiences) the TPR and the achieved FPR with 95 % intervals. Resumable:
@@ -41,6 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import machine_info  # noqa: E402
 
 from detector.check import check_images  # noqa: E402
+from detector.images import load_image  # noqa: E402
+from detector.jpeg import DifferentiableJpeg  # noqa: E402
+from detector.jpeg_consistency import ConsistencySettings, refine_consistency  # noqa: E402
 from detector.settings import ProjectorSettings  # noqa: E402
 from detector.statistics import clopper_pearson, roc_auc  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
@@ -48,7 +55,7 @@ from stylegan.generator import generate_seeded  # noqa: E402
 from stylegan.perceptual import load_lpips  # noqa: E402
 
 METHODS: Dict[str, Dict[str, object]] = {"plain": {}, "aware": {"model_jpeg": True, "model_resize": True,
-                                                                 "align": 8}}
+                                                                 "align": 8}, "consistency": {}}
 
 
 def _jpeg(a: np.ndarray, q: int) -> bytes:
@@ -94,6 +101,14 @@ def condition(name: str) -> Callable[[np.ndarray], tuple]:
     if name == "blur":
         return lambda a: (_png(np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(0.6)))), ".png")
     raise SystemExit(f"unknown condition {name!r}")
+
+
+def consistent(G, path: Path, rec, distance, settings: ConsistencySettings):
+    """The consistency refinement of one checked JPEG file (None for other files)."""
+    loaded = load_image(path, G.img_resolution, G.img_channels)
+    if loaded.jpeg is None:
+        return None
+    return refine_consistency(G, rec.result, rec.target[None], DifferentiableJpeg(loaded.jpeg), distance, settings)
 
 
 def parse_method(text: str) -> tuple:
@@ -145,6 +160,15 @@ def report(records: List[dict], threshold: float) -> dict:
                  "tpr_at_clean_threshold": rates(sum(d <= threshold for d in gen), len(gen)),
                  "fpr_at_clean_threshold": rates(sum(d <= threshold for d in real), len(real)),
                  "seconds_per_image": float(np.mean([r["seconds_per_image"] for r in rows]))}
+        res = [(r["kind"], r["consistency"]["residual"]) for r in rows if r.get("consistency")]
+        if res:
+            rg = [v for k, v in res if k == "generated"]
+            rr = [v for k, v in res if k == "real"]
+            entry["residual"] = {"auc": roc_auc(rg, rr) if rg and rr else None,
+                                 "median_generated": float(np.median(rg)) if rg else None,
+                                 "max_generated": max(rg) if rg else None,
+                                 "median_real": float(np.median(rr)) if rr else None,
+                                 "min_real": min(rr) if rr else None}
         out.setdefault(cond, {})[method] = entry
     return out
 
@@ -201,6 +225,9 @@ def main(argv=None) -> dict:
     p.add_argument("--plot", type=Path)
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--consistency-steps", type=int, default=ConsistencySettings.steps)
+    p.add_argument("--consistency-lr", type=float, default=ConsistencySettings.lr)
+    p.add_argument("--consistency-weight", type=float, default=ConsistencySettings.weight)
     a = p.parse_args(argv)
     torch.set_flush_denormal(True)
 
@@ -210,6 +237,7 @@ def main(argv=None) -> dict:
     done = {(r["condition"], r["method"], r["kind"], r["name"]) for r in records}
     conds = [(c.partition(":")[0], int(c.partition(":")[2] or 30)) for c in a.condition]
     methods = [parse_method(m) for m in a.method]
+    csettings = ConsistencySettings(a.consistency_steps, a.consistency_lr, a.consistency_weight)
     info = {"report_only": True} if a.report_only else machine_info(a.device)
     if not a.report_only:
         G = load_model(a.model, device=a.device).G_ema.eval()
@@ -229,6 +257,9 @@ def main(argv=None) -> dict:
                         f.write_bytes(data)
                     paths[kind].append(f)
             for mname, over in methods:
+                if mname == "consistency" and not cond.startswith("jpeg"):
+                    print(f"{cond}: not a JPEG condition, no consistency refinement", file=sys.stderr)
+                    continue
                 settings = ProjectorSettings(**{"steps": a.steps, **over})
                 for kind in ("generated", "real"):
                     todo = [f for f in paths[kind] if (cond, mname, kind, f.stem) not in done]
@@ -236,9 +267,13 @@ def main(argv=None) -> dict:
                         batch = todo[b:b + a.batch]
                         t0 = time.perf_counter()
                         recs = check_images(G, batch, distance, settings=settings)
+                        projected = (time.perf_counter() - t0) / len(batch)
+                        refined = [None] * len(batch)
+                        if mname == "consistency":
+                            refined = [consistent(G, f, r, distance, csettings) for f, r in zip(batch, recs)]
                         sec = (time.perf_counter() - t0) / len(batch)
                         with a.state.open("a") as fh:
-                            for f, r in zip(batch, recs):
+                            for f, r, c in zip(batch, recs, refined):
                                 if r.error:
                                     raise SystemExit(f"{f}: {r.error}")
                                 rec = {"condition": cond, "method": mname, "overrides": over, "kind": kind,
@@ -246,8 +281,17 @@ def main(argv=None) -> dict:
                                        "shift": None if r.preprocessing is None else r.preprocessing.shift,
                                        "seconds_per_image": sec,
                                        "reference_gflops": info["reference_conv3x3_128ch_gflops"]}
-                                fh.write(json.dumps(rec) + "\n")
-                                records.append(rec)
+                                rows = [rec]
+                                if mname == "consistency":  # the plain row of the same projection, then its own
+                                    rows = [{**rec, "method": "plain", "from_method": "consistency",
+                                             "seconds_per_image": projected}]
+                                    if c is not None:
+                                        rows.append({**rec, "distance": c.distance, "consistency": c.to_dict()})
+                                for row in rows:
+                                    if (cond, row["method"], kind, f.stem) not in done:
+                                        fh.write(json.dumps(row) + "\n")
+                                        records.append(row)
+                                        done.add((cond, row["method"], kind, f.stem))
                             fh.flush()
                             os.fsync(fh.fileno())
                         print(f"{cond} {mname} {kind} {b + len(batch)}/{len(todo)}: {sec:.1f} s/image",
@@ -255,6 +299,7 @@ def main(argv=None) -> dict:
     doc = {"benchmark": "robustness", "model": a.model, "threshold": threshold,
            "calibration_target_fpr": cal.get("target_fpr"), "calibration_fpr_ci": cal.get("fpr_ci"),
            "steps": a.steps, "machine": info, "methods": {m: o for m, o in methods},
+           "consistency": csettings.to_dict() if any(m == "consistency" for m, _ in methods) else None,
            "conditions": report(records, threshold)}
     if a.plot:
         plot(doc, a.plot)

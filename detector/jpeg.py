@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["JpegQuality", "estimate_jpeg_quality", "ijg_quant_tables", "DifferentiableJpeg", "SUBSAMPLINGS"]
+__all__ = ["JpegQuality", "estimate_jpeg_quality", "ijg_quant_tables", "DifferentiableJpeg", "consistency_residual",
+           "SUBSAMPLINGS"]
 
 # ITU-T T.81 Annex K, Table K.1 (luminance) and Table K.2 (chrominance), natural (row-major) order.
 _K1_LUMA = np.array([
@@ -339,16 +340,22 @@ class DifferentiableJpeg(torch.nn.Module):
             return x
         return _straight_through(x, torch.floor(x + 0.5) if up is None else _round_half(x, up))
 
-    def _code_plane(self, plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """[N, h, w] samples 0..255, h and w multiples of 8 -> the same after DCT, quantisation and inverse DCT."""
+    def _dct_blocks(self, plane: torch.Tensor) -> torch.Tensor:
+        """[N, h, w] samples 0..255, h and w multiples of 8 -> [N, h/8, 8, w/8, 8] DCT coefficients per block."""
         n, h, w = plane.shape
         blocks = (plane - 128.0).reshape(n, h // 8, 8, w // 8, 8)
         d = self.dct.to(plane.dtype)
         coef = torch.einsum("ki,nbicj,lj->nbkcl", d, blocks, d)  # D B D^T per block
         if self.integer_samples:  # libjpeg's forward DCT delivers integers on 8x the orthonormal scale
             coef = _straight_through(coef, _round_half_away(coef * 8.0) / 8.0)
+        return coef
+
+    def _code_plane(self, plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """[N, h, w] samples 0..255, h and w multiples of 8 -> the same after DCT, quantisation and inverse DCT."""
+        n, h, w = plane.shape
         q = table.to(plane.dtype)[None, None, :, None, :]
-        coef = self._quantise(coef / q) * q
+        coef = self._quantise(self._dct_blocks(plane) / q) * q
+        d = self.dct.to(plane.dtype)
         out = torch.einsum("ki,nbkcl,lj->nbicj", d, coef, d) + 128.0  # D^T C D
         return self._sample(out.clamp(0.0, 255.0)).reshape(n, h, w)
 
@@ -372,18 +379,21 @@ class DifferentiableJpeg(torch.nn.Module):
             up = _halves_up(chroma, 2, even_up=False)
         return self._sample(chroma, up)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected NCHW images with 1 or 3 channels, got shape {tuple(x.shape)}")
+        if x.shape[1] == 3 and (self.factors is None or not self.has_chroma):
+            raise ValueError("this greyscale JPEG model takes one-channel images")
+
+    def _encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The encoder's samples before the DCT: luma [N, H', W'] and chroma [N, 2, h', w'] (None for greyscale),
+        padded to whole MCUs and, for chroma, downsampled, as libjpeg codes them (0..255)."""
         n, c, h, w = x.shape
         v = (x + 1.0) * 127.5
         if c == 1:
             ph, pw = -h % 8, -w % 8
             y = F.pad(v, (0, pw, 0, ph), mode="replicate") if ph or pw else v
-            y = self._code_plane(self._sample(y[:, 0].clamp(0.0, 255.0)), self.luma_table)
-            return y[:, None, :h, :w] / 127.5 - 1.0
-        if self.factors is None or not self.has_chroma:
-            raise ValueError("this greyscale JPEG model takes one-channel images")
+            return self._sample(y[:, 0].clamp(0.0, 255.0)), None
         sh, sv = self.factors
         ph, pw = -h % (8 * sv), -w % (8 * sh)
         v = F.pad(v, (0, pw, 0, ph), mode="replicate") if ph or pw else v
@@ -391,7 +401,6 @@ class DifferentiableJpeg(torch.nn.Module):
         ycc = torch.einsum("oc,nchw->nohw", self.rgb_to_ycc.double(), v64) + self.chroma_offset.double()
         # libjpeg: Y (s + 1/2) >> 16, Cb and Cr (s + 1/2 - 2^-16) >> 16: halves up for Y, down for chroma
         ycc = self._sample(ycc, self.luma_mask).clamp(0.0, 255.0).to(v.dtype)
-        luma = self._code_plane(ycc[:, 0], self.luma_table)[:, None, :h, :w]
         chroma = ycc[:, 1:]
         if (sh, sv) != (1, 1):
             chroma = self._downsample(chroma)
@@ -401,10 +410,44 @@ class DifferentiableJpeg(torch.nn.Module):
                 last = -(-h // 2)
                 fill = chroma[:, :, last - 1:last].expand(-1, -1, chroma.shape[2] - last, -1)
                 chroma = torch.cat([chroma[:, :, :last], fill], 2)
+        return ycc[:, 0], chroma
+
+    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, K] the DCT coefficients this JPEG would quantise, each over its quantisation step (before rounding):
+        every luma block, then every Cb and Cr block, in raster order. The stored integers are their rounding
+        (halves away from zero); differentiable as :meth:`forward` (straight-through sample roundings)."""
+        self._check(x)
+        n = x.shape[0]
+        luma, chroma = self._encode(x)
+        out = [(self._dct_blocks(luma) / self.luma_table.to(luma.dtype)[None, None, :, None, :]).reshape(n, -1)]
+        if chroma is not None:
+            planes = chroma.reshape(n * 2, *chroma.shape[2:])
+            q = self.chroma_table.to(planes.dtype)[None, None, :, None, :]
+            out.append((self._dct_blocks(planes) / q).reshape(n, -1))
+        return torch.cat(out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        n, c, h, w = x.shape
+        luma, chroma = self._encode(x)
+        luma = self._code_plane(luma, self.luma_table)[:, None, :h, :w]
+        if chroma is None:
+            return luma / 127.5 - 1.0
+        sh, sv = self.factors
         ch, cw = chroma.shape[-2:]
         chroma = self._code_plane(chroma.reshape(n * 2, ch, cw), self.chroma_table).reshape(n, 2, ch, cw)
         if (sh, sv) != (1, 1):
             chroma = self._upsample(chroma[:, :, :-(-h // sv), :-(-w // sh)])  # the samples the decoder has
         ycc = torch.cat([luma, chroma[:, :, :h, :w]], 1).double() - self.chroma_offset.double()
         rgb = torch.einsum("oc,nchw->nohw", self.ycc_to_rgb.double(), ycc)
-        return self._sample(rgb).clamp(0.0, 255.0).to(v.dtype) / 127.5 - 1.0
+        return self._sample(rgb).clamp(0.0, 255.0).to(luma.dtype) / 127.5 - 1.0
+
+
+def consistency_residual(coefficients: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """[N] how far coefficients [N, K] (each over its quantisation step, as :meth:`DifferentiableJpeg.coefficients`)
+    fall outside the intervals a JPEG's stored integers [N, K] pin them to (within 1/2 of the integer): the mean over
+    K of ``relu(|c - k| - 1/2)^2``. Zero where an image could have produced those integers."""
+    if coefficients.shape != stored.shape or coefficients.dim() != 2:
+        raise ValueError(f"expected two [N, K] tensors of one shape, got {tuple(coefficients.shape)} and "
+                         f"{tuple(stored.shape)}")
+    return F.relu((coefficients - stored).abs() - 0.5).pow(2).mean(1)
