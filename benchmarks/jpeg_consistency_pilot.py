@@ -5,8 +5,9 @@ lay within half a step of the stored integer k. A network's own image, JPEG-comp
 coefficients fall inside every interval (the true (w, n)); a real photo need not. After the projector's plain
 projection of the JPEG file, this refines (w, noise) for ``--refine-steps`` with Adam (lr 0.01) on
 ``LPIPS(JPEG(g), target) + lambda * hinge``, ``hinge`` = mean over coefficients of ``relu(|c / q - k| - 1/2)^2``
-(``c``: the re-synthesis' coefficients through :class:`detector.jpeg.DifferentiableJpeg`'s own colour conversion
-and downsampling; ``k``: the target file's, re-derived from its decoded pixels). Reported per image: the plain
+(``c``: the re-synthesis' coefficients, :meth:`detector.jpeg.DifferentiableJpeg.coefficients`; ``k``: the target
+file's, re-derived from its decoded pixels; :func:`detector.jpeg.consistency_residual`; the product's form of the
+refinement is :func:`detector.jpeg_consistency.refine_consistency`). Reported per image: the plain
 distance, the plain re-synthesis through the JPEG model, the hinge before and after, and the distance through the
 JPEG model after refinement, for each ``--lam``; and, for the generated images, the hinge of the image itself
 before JPEG (the floor: the intervals are re-derived from the decoded pixels, which puts some one step off).
@@ -28,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.images import load_image  # noqa: E402
-from detector.jpeg import DifferentiableJpeg, _round_half_away, _straight_through  # noqa: E402
+from detector.jpeg import DifferentiableJpeg, consistency_residual  # noqa: E402
 from detector.projector import Projector  # noqa: E402
 from detector.settings import ProjectorSettings  # noqa: E402
 from stylegan.formats import load_model  # noqa: E402
@@ -42,27 +42,11 @@ from stylegan.perceptual import load_lpips  # noqa: E402
 
 
 def coefficients(jp: DifferentiableJpeg, x: torch.Tensor) -> torch.Tensor:
-    """[N, K] DCT coefficients over their quantisation steps (before rounding) of colour images whose sides are
-    multiples of 16, as ``jp`` codes them (8-bit samples, libjpeg's colour conversion and chroma downsampling)."""
-    n = x.shape[0]
-    v64 = jp._sample(((x + 1.0) * 127.5).clamp(0, 255)).double()
-    ycc = torch.einsum("oc,nchw->nohw", jp.rgb_to_ycc.double(), v64) + jp.chroma_offset.double()
-    ycc = jp._sample(ycc, jp.luma_mask).clamp(0, 255).float()
-    d = jp.dct.float()
-
-    def plane(p: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        m, h, w = p.shape
-        cf = torch.einsum("ki,nbicj,lj->nbkcl", d, (p - 128.0).reshape(m, h // 8, 8, w // 8, 8), d)
-        cf = _straight_through(cf, _round_half_away(cf * 8.0) / 8.0)
-        return (cf / table[None, None, :, None, :]).reshape(m, -1)
-
-    chroma = jp._downsample(ycc[:, 1:]) if jp.factors != (1, 1) else ycc[:, 1:]
-    return torch.cat([plane(ycc[:, 0], jp.luma_table),
-                      plane(chroma.reshape(n * 2, *chroma.shape[2:]), jp.chroma_table).reshape(n, -1)], 1)
+    return jp.coefficients(x)
 
 
 def hinge(c: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    return F.relu((c - k).abs() - 0.5).pow(2).mean()
+    return consistency_residual(c, k).mean()
 
 
 def main(argv=None) -> dict:
