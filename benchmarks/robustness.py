@@ -47,6 +47,7 @@ from _common import machine_info  # noqa: E402
 from detector.check import check_images  # noqa: E402
 from detector.images import load_image  # noqa: E402
 from detector.jpeg import DifferentiableJpeg  # noqa: E402
+from detector.jpeg_coefficients import JpegFormatError, read_jpeg_coefficients  # noqa: E402
 from detector.jpeg_consistency import ConsistencySettings, refine_consistency  # noqa: E402
 from detector.settings import ProjectorSettings  # noqa: E402
 from detector.statistics import clopper_pearson, roc_auc  # noqa: E402
@@ -108,7 +109,12 @@ def consistent(G, path: Path, rec, distance, settings: ConsistencySettings):
     loaded = load_image(path, G.img_resolution, G.img_channels)
     if loaded.jpeg is None:
         return None
-    return refine_consistency(G, rec.result, rec.target[None], DifferentiableJpeg(loaded.jpeg), distance, settings)
+    try:
+        stored = read_jpeg_coefficients(Path(path).read_bytes())
+    except JpegFormatError:
+        stored = None  # intervals re-derived from the decoded pixels
+    return refine_consistency(G, rec.result, rec.target[None], DifferentiableJpeg(loaded.jpeg), distance, settings,
+                              stored)
 
 
 def parse_method(text: str) -> tuple:

@@ -443,11 +443,19 @@ class DifferentiableJpeg(torch.nn.Module):
         return self._sample(rgb).clamp(0.0, 255.0).to(luma.dtype) / 127.5 - 1.0
 
 
-def consistency_residual(coefficients: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+def consistency_residual(coefficients: torch.Tensor, stored: torch.Tensor,
+                         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[N] how far coefficients [N, K] (each over its quantisation step, as :meth:`DifferentiableJpeg.coefficients`)
     fall outside the intervals a JPEG's stored integers [N, K] pin them to (within 1/2 of the integer): the mean over
-    K of ``relu(|c - k| - 1/2)^2``. Zero where an image could have produced those integers."""
+    K of ``relu(|c - k| - 1/2)^2``, over the coefficients where ``mask`` ([N, K] or [1, K] bool) is True if given.
+    Zero where an image could have produced those integers."""
     if coefficients.shape != stored.shape or coefficients.dim() != 2:
         raise ValueError(f"expected two [N, K] tensors of one shape, got {tuple(coefficients.shape)} and "
                          f"{tuple(stored.shape)}")
-    return F.relu((coefficients - stored).abs() - 0.5).pow(2).mean(1)
+    excess = F.relu((coefficients - stored).abs() - 0.5).pow(2)
+    if mask is None:
+        return excess.mean(1)
+    if mask.dim() != 2 or mask.shape[1] != excess.shape[1] or mask.shape[0] not in (1, excess.shape[0]):
+        raise ValueError(f"mask {tuple(mask.shape)} does not fit coefficients {tuple(excess.shape)}")
+    mask = mask.to(excess.device)
+    return (excess * mask).sum(1) / mask.sum(1).clamp(min=1)

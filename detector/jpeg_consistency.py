@@ -6,8 +6,9 @@ g(w, n) that satisfies every interval; a real photo's best re-synthesis need not
 file (the distance the verdict uses), :func:`refine_consistency` continues from its (w, n) for
 ``ConsistencySettings.steps`` Adam steps on ``LPIPS(JPEG(g), target) + weight * residual``, ``residual`` being
 :func:`detector.jpeg.consistency_residual` of g's coefficients against the file's integers, and reports the residual
-left. The integers are re-derived from the decoded pixels (Pillow gives no coefficients), which puts 0.1-9 % of them
-one step off, so the residual of a network's own image does not reach zero (tests/detector/test_jpeg.py).
+left. The integers are the file's own (:func:`detector.jpeg_coefficients.read_jpeg_coefficients`; the image a file
+was made from is then within 2e-5 of its intervals) or, for a file that reader refuses, re-derived from the decoded
+pixels, which puts 0.1-9 % of them one step off (residuals of the true image 1e-4 to 0.3; tests/detector/).
 
 A measurement, not yet part of a verdict: the residual needs its own calibration at the file's quality
 (``benchmarks/jpeg_consistency_pilot.py``, ``benchmarks/robustness.py --method consistency``, docs/measurements.md).
@@ -16,11 +17,12 @@ A measurement, not yet part of a verdict: the residual needs its own calibration
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from .jpeg import DifferentiableJpeg, consistency_residual
+from .jpeg_coefficients import JpegCoefficients
 from .results import ProjectionResult
 
 __all__ = ["ConsistencySettings", "ConsistencyResult", "refine_consistency"]
@@ -46,13 +48,15 @@ class ConsistencySettings:
 @dataclass(frozen=True)
 class ConsistencyResult:
     """residual_before / residual: how far the projection's re-synthesis, and the refined one, fall outside the
-    file's intervals; distance_before / distance: LPIPS between the JPEG of each and the file."""
+    file's intervals; distance_before / distance: LPIPS between the JPEG of each and the file; intervals: where the
+    stored integers came from ("file", or "decoded pixels")."""
 
     residual_before: float
     residual: float
     distance_before: float
     distance: float
     settings: Dict[str, Any]
+    intervals: str = "file"  # or "decoded pixels"
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -60,10 +64,12 @@ class ConsistencyResult:
 
 def refine_consistency(G: torch.nn.Module, result: ProjectionResult, target: torch.Tensor, jpeg: DifferentiableJpeg,
                        distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                       settings: ConsistencySettings = ConsistencySettings()) -> ConsistencyResult:
+                       settings: ConsistencySettings = ConsistencySettings(),
+                       stored: Optional[JpegCoefficients] = None) -> ConsistencyResult:
     """Refine one projection (``result`` of ``target`` [1, C, R, R], the decoded JPEG file in [-1, 1]) towards
-    consistency with the file, modelled by ``jpeg`` (its own tables and subsampling). W stays one w for all layers,
-    as the projection's; the generator's weights are not touched."""
+    consistency with the file, modelled by ``jpeg`` (its own tables and subsampling), whose integers are ``stored``
+    (None: re-derived from ``target``). W stays one w for all layers, as the projection's; the generator's weights
+    are not touched."""
     if target.dim() != 4 or target.shape[0] != 1 or target.shape[-1] != G.img_resolution:
         raise ValueError(f"expected one image [1, C, {G.img_resolution}, {G.img_resolution}], got "
                          f"{tuple(target.shape)}")
@@ -76,14 +82,21 @@ def refine_consistency(G: torch.nn.Module, result: ProjectionResult, target: tor
         p.requires_grad_(False)
     try:
         with torch.no_grad():
-            stored = jpeg.coefficients(target).round()
+            derived = jpeg.coefficients(target)
+        if stored is None:
+            k, mask, intervals = derived.round(), None, "decoded pixels"
+        else:
+            k, mask, intervals = stored.flat().to(device), stored.mask().to(device), "file"
+            if k.shape != derived.shape:
+                raise ValueError(f"the file's coefficients {tuple(k.shape)} do not fit the JPEG model's "
+                                 f"{tuple(derived.shape)} (another size or subsampling)")
         w = ws[:, :1].clone().requires_grad_(True)
         maps = [m.clone().requires_grad_(True) for m in noise]
 
         def measure():
             with torch.no_grad():
                 g = G.synthesis(w.expand(-1, ws.shape[1], -1), noise=maps)
-                return (float(consistency_residual(jpeg.coefficients(g), stored)),
+                return (float(consistency_residual(jpeg.coefficients(g), k, mask)),
                         float(distance(jpeg(g), target)))
 
         residual_before, distance_before = measure()
@@ -91,7 +104,7 @@ def refine_consistency(G: torch.nn.Module, result: ProjectionResult, target: tor
         for _ in range(settings.steps):
             g = G.synthesis(w.expand(-1, ws.shape[1], -1), noise=maps)
             loss = distance(jpeg(g), target).sum() + settings.weight * consistency_residual(
-                jpeg.coefficients(g), stored).sum()
+                jpeg.coefficients(g), k, mask).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -100,4 +113,4 @@ def refine_consistency(G: torch.nn.Module, result: ProjectionResult, target: tor
         for p, f in zip(G.parameters(), frozen):
             p.requires_grad_(f)
     return ConsistencyResult(residual_before=residual_before, residual=residual, distance_before=distance_before,
-                             distance=dist, settings=settings.to_dict())
+                             distance=dist, settings=settings.to_dict(), intervals=intervals)

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from detector.jpeg import DifferentiableJpeg, estimate_jpeg_quality
+from detector.jpeg_coefficients import read_jpeg_coefficients
 from detector.jpeg_consistency import ConsistencySettings, refine_consistency
 from detector.results import TRACE_DTYPE, ProjectionResult
 from tests.conftest import tiny_network
@@ -39,6 +40,11 @@ def test_refinement_moves_a_wrong_start_towards_consistency(tmp_path):
 
     at_truth = refine_consistency(G, as_result(ws[0], noise), target, jpeg, mse, ConsistencySettings(steps=0))
     assert at_truth.residual == at_truth.residual_before and at_truth.distance == at_truth.distance_before
+    assert at_truth.intervals == "decoded pixels"
+    # with the file's own integers the re-synthesis that made it (before 8-bit rounding) is consistent
+    from_file = refine_consistency(G, as_result(ws[0], noise), target, jpeg, mse, ConsistencySettings(steps=0),
+                                   read_jpeg_coefficients(buf.getvalue()))
+    assert from_file.intervals == "file" and from_file.residual < 1e-6 < at_truth.residual / 1000  # 0.0 and 0.025
     wrong_w = ws[0] + 0.5 * torch.randn(ws.shape[1:], generator=gen)
     wrong = refine_consistency(G, as_result(wrong_w, [torch.randn_like(n) for n in noise]), target, jpeg, mse,
                                settings)
