@@ -1,8 +1,9 @@
 """The second look measured on a finished case made without it (issues 24, 28): the case's distances are the
 first look; every image some network claims is given the product's second look
-(:func:`detector.check.second_look_pass`, projection seed + 1, the case's own settings, seed and networks) in
-chunks, kept in a resumable JSONL state, and the verdicts of both looks are counted per true source (``--truth
-FOLDER=NAME`` as ``detect score`` takes it, ``none`` for real images) with the projections it cost. Prints JSON.
+(:func:`detector.check.second_look_pass`: from a sample of W drawn from projection seed + 1, with the case's own
+settings, seed and networks) in chunks, kept in a resumable JSONL state, and the verdicts of both looks are counted
+per true source (``--truth FOLDER=NAME`` as ``detect score`` takes it, ``none`` for real images) with the
+projections it cost. Prints JSON.
 
     python benchmarks/second_look_case.py --case CASE --truth gen_f=celeba32-f --truth real=none \\
         --state second-look.jsonl [--model NAME=FILE]   # a network's file where it moved since the case

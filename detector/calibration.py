@@ -43,7 +43,7 @@ class CalibrationError(ValueError):
 _RESULT_SETTINGS = ("steps", "lr", "lr_rampdown", "lr_rampup", "w_noise_scale", "noise_ramp", "alpha",
                     "alpha_min_resolution", "pyramid", "wplus", "lpips_resolution", "clamp_output",
                     "w_avg_samples", "w_stats_seed", "betas", "eps", "starts", "keep_starts", "start_fraction",
-                    "start_psi", "refine_steps", "refine_lr", "refine_mse", "align", "align_steps")
+                    "start_psi", "start_from", "refine_steps", "refine_lr", "refine_mse", "align", "align_steps")
 
 
 # What a record made before a setting existed was projected with.

@@ -257,9 +257,9 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
     reports the k-th network's projection (k from ``len(candidates)`` on: its second look).
 
     ``second_look`` (several networks): an image some network claims (attributed or ambiguous) is projected again
-    from another start (projection seed ``seed + 1``) under every compared network that could change its verdict,
-    and each network's closer run counts (:func:`second_look_pass`): one projection that stalled under the true
-    network no longer hands the image to a sibling alone. Images nobody claims are not projected again."""
+    from another start (a sample of W, projection seed ``seed + 1``) under every compared network that could change
+    its verdict, and each network's closer run counts (:func:`second_look_pass`): one projection that stalled under
+    the true network no longer hands the image to a sibling alone. Images nobody claims are not projected again."""
     if not candidates:
         raise ValueError("check_networks needs at least one network")
     names = [c.name for c in candidates]
@@ -304,14 +304,17 @@ def second_look_pass(candidates: Sequence[Candidate], paths: Sequence[Path],
                      settings: Optional[ProjectorSettings], threshold: Optional[float], seed: int, margin: float,
                      strict: bool, progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> None:
     """In place on ``per_network`` (name -> one record per path): every image whose decision names a network
-    (attributed or ambiguous) is projected again from projection seed ``seed + 1``, and each network's closer run
-    replaces its record (:func:`second_look_records`). ``progress(k, ...)``: the k-th candidate's pass.
+    (attributed or ambiguous) is projected again from another start, a sample of W drawn from projection seed
+    ``seed + 1`` (``ProjectorSettings.start_from = "sample"``), and each network's closer run replaces its record
+    (:func:`second_look_records`). ``progress(k, ...)``: the k-th candidate's pass.
 
     An attributed image is projected again under the other networks only: a closer run under the network it went
     to can only widen its margin. Should the others' second looks change its decision, that network gets its
     second look too, so every verdict is the one a second look under every network gives. Used by
     :func:`check_networks`."""
     compared = [c for c in candidates if refs[c.name].threshold is not None]  # the others decide nothing
+    # from another start: a sample of W (a run from mu_w that stalled tends to stall again from mu_w)
+    look_settings = dataclasses.replace(settings or ProjectorSettings(), start_from="sample")
 
     def decision(i: int) -> Optional[Decision]:
         recs = {c.name: per_network[c.name][i] for c in candidates}
@@ -326,7 +329,7 @@ def second_look_pass(candidates: Sequence[Candidate], paths: Sequence[Path],
         if progress is not None and report:
             def step_progress(step, total, losses):
                 progress(k, step, total, losses)
-        again = check_images(c.G, [paths[i] for i in which], distance, settings=settings,
+        again = check_images(c.G, [paths[i] for i in which], distance, settings=look_settings,
                              calibration=c.calibration, threshold=threshold, seed=seed + 1, strict=strict,
                              progress=step_progress)
         for i, rec in zip(which, again):

@@ -207,6 +207,8 @@ class Projector:
         seeds = [int(s) for s in seeds]
         if len(seeds) != N:
             raise ValueError(f"got {len(seeds)} seeds for {N} targets")
+        if w_init is not None and self.settings.start_from != "mean":
+            raise ValueError(f"w_init is a start of its own: not with start_from={self.settings.start_from!r}")
         if w_init is not None and (not isinstance(w_init, torch.Tensor) or tuple(w_init.shape) != (N, self.G.w_dim)):
             got = list(w_init.shape) if isinstance(w_init, torch.Tensor) else type(w_init).__name__
             raise ValueError(f"w_init must be a tensor [N, w_dim] = [{N}, {self.G.w_dim}], got {got}")
@@ -261,8 +263,8 @@ class Projector:
         w_rows = num_ws if s.wplus else 1
         start = stats.w_avg.reshape(1, w_dim).expand(N, -1) if w_init is None else w_init
         start = start.detach().to(device=device, dtype=torch.float32)
-        if K > 1:
-            start = start_points(G, stats, start, gens, K, s.start_psi)
+        if K > 1 or s.start_from == "sample":
+            start = start_points(G, stats, start, gens, K, s.start_psi, sample_first=s.start_from == "sample")
         w_opt = start.reshape(N * K, 1, w_dim).repeat(1, w_rows, 1)
         opt = _RowAdam([w_opt.requires_grad_(True)] + [n.requires_grad_(True) for n in noise], s.betas, s.eps)
 
@@ -430,15 +432,15 @@ class Projector:
 
 @torch.no_grad()
 def start_points(G, stats: WStats, w0: torch.Tensor, gens: Sequence[torch.Generator], starts: int,
-                 psi: float = 1.0) -> torch.Tensor:
+                 psi: float = 1.0, sample_first: bool = False) -> torch.Tensor:
     """The starts of a multi-start projection: [N * starts, w_dim], row k * starts + j for image k's start j.
-    Start 0 is ``w0[k]`` (mu_w in App. D); start j > 0 is ``mu_w + psi (f(z) - mu_w)`` with z ~ N(0, I) drawn
-    from ``gens[k * starts + j]`` (one generator per row)."""
+    Start 0 is ``w0[k]`` (mu_w in App. D), or with ``sample_first`` a sample as the others; start j > 0 is
+    ``mu_w + psi (f(z) - mu_w)`` with z ~ N(0, I) drawn from ``gens[k * starts + j]`` (one generator per row)."""
     N = w0.shape[0]
     if len(gens) != N * starts:
         raise ValueError(f"need one generator per start: {N} x {starts}, got {len(gens)}")
     out = w0.repeat_interleave(starts, dim=0).clone()
-    sampled = [r for r in range(N * starts) if r % starts]
+    sampled = [r for r in range(N * starts) if r % starts or sample_first]
     if sampled:
         z = torch.stack([torch.randn([G.z_dim], generator=gens[r]) for r in sampled]).to(out.device)
         w = G.mapping(z, truncation_psi=1.0)[:, 0]

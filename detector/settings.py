@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 PYRAMIDS = ("paper", "official")
+STARTS = ("mean", "sample")
 
 # Default noise-regulariser pyramid: 'paper' follows the App. D text (each 2x2 down-sampling step is followed by a
 # multiplication by 2, keeping white noise at unit variance); 'official' is NVIDIA's code (plain 2x2 averaging).
@@ -90,6 +91,9 @@ class ProjectorSettings:
     keep_starts      how many of the closest starts continue after ``start_steps`` (all of them when >= starts);
                      the result is the closest of those at the end
     start_psi        truncation of the sampled starts towards mu_w (1: samples of W as they are)
+    start_from       "mean": the (first) start is mu_w, as App. D; "sample": it is a sample of W too,
+                     ``mu_w + start_psi (f(z) - mu_w)`` with z from the image's own seed (the second look's start:
+                     a run from mu_w that stalled in a wrong basin tends to stall there again from mu_w)
     refine_steps     steps of refinement after App. D's schedule: w and noise at ``refine_lr``, ramped down to 0
                      with a half cosine, no w noise (0: none)
     refine_lr        the refinement's initial learning rate
@@ -155,6 +159,7 @@ class ProjectorSettings:
     start_fraction: float = 0.2
     keep_starts: int = 1
     start_psi: float = 1.0
+    start_from: str = "mean"
     refine_steps: int = 0
     refine_lr: float = 0.01
     refine_mse: float = 0.0
@@ -225,6 +230,8 @@ class ProjectorSettings:
             bad("several starts need at least 2 steps")
         if not 0 <= self.start_psi <= 1:
             bad(f"start_psi must be in [0, 1], got {self.start_psi}")
+        if self.start_from not in STARTS:
+            bad(f"start_from must be one of {STARTS}, got {self.start_from!r}")
         if not self.refine_lr >= 0 or not self.refine_mse >= 0:
             bad(f"refine_lr and refine_mse must be >= 0, got {self.refine_lr}, {self.refine_mse}")
         if self.wplus and self.starts > 1:
@@ -295,7 +302,7 @@ _INACTIVE = ((("starts", 1), ("keep_starts", "start_fraction", "start_psi")),
              (("refine_steps", 0), ("refine_lr", "refine_mse")),
              (("model_jpeg", False), ()), (("model_resize", False), ()), (("source_size", None), ()),
              (("align", 0), ("align_steps",)), (("early_stop_schedule", None), ()),
-             (("degrade_from", 0.0), ()))
+             (("degrade_from", 0.0), ()), (("start_from", "mean"), ()))
 
 
 def settings_identity(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -309,6 +316,8 @@ def settings_identity(d: Dict[str, Any]) -> Dict[str, Any]:
         if out.get(key, idle) == idle:
             for k in (key,) + dependents:
                 out.pop(k, None)
+    if d.get("start_from", "mean") != "mean" and "start_psi" in d:  # one start, but sampled: its truncation acts
+        out["start_psi"] = d["start_psi"]
     if "starts" in out and out.get("keep_starts", 1) >= out["starts"]:  # every start runs to the end
         out.pop("start_fraction", None)
         out["keep_starts"] = out["starts"]

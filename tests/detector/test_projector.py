@@ -710,6 +710,39 @@ def test_sampled_starts_are_samples_of_w_truncated_by_start_psi(G):
     assert len({tuple(v.tolist()) for v in full[:, 1:].reshape(-1, G.w_dim)}) == n * (K - 1)
 
 
+def test_a_sampled_start_replaces_mu_w_and_batch_equals_one_by_one(G):
+    # start_from="sample" (the second look's start): the one start is a sample of W drawn as the multi-start's
+    # sampled starts are, from the image's own stream
+    stats = cached_w_stats(G, 1000)
+    w0 = stats.w_avg.reshape(1, -1).expand(4, -1)
+    gens = [torch.Generator().manual_seed(r) for r in range(4)]
+    first = start_points(G, stats, w0, gens, 1, 0.5, sample_first=True)
+    gens = [torch.Generator().manual_seed(r) for r in range(4)]
+    z = torch.stack([torch.randn([G.z_dim], generator=g) for g in gens])
+    with torch.no_grad():
+        expected = stats.w_avg + 0.5 * (G.mapping(z)[:, 0] - stats.w_avg)
+    assert torch.allclose(first, expected, atol=1e-6) and not torch.allclose(first, w0)
+
+    targets = torch.cat([generated_images(G, 2), real_like_images(1)])
+    mean = ProjectorSettings(steps=20, w_avg_samples=1000)
+    sample = dataclasses.replace(mean, start_from="sample")
+    seeds = [5, 6, 7]
+    from_mean = project(G, targets, mean, distance=mse, seed=seeds)
+    batch = project(G, targets, sample, distance=mse, seed=seeds)
+    for k, r in enumerate(batch):
+        assert r.settings["start_from"] == "sample" and not torch.allclose(r.w, from_mean[k].w)
+        [single] = project(G, targets[k:k + 1], sample, distance=mse, seed=[seeds[k]])
+        assert abs(single.distance - r.distance) < 1e-4 and torch.allclose(single.w, r.w, atol=1e-4)
+    with pytest.raises(ValueError, match="w_init"):
+        project(G, targets[:1], sample, distance=mse, w_init=w0[:1])
+    with pytest.raises(ValueError, match="start_from"):
+        ProjectorSettings(start_from="random")
+    # idle at "mean" (records made before the field name the same projection); with a sampled start the
+    # truncation of that start acts
+    assert "start_from" not in settings_identity(mean.to_dict())
+    assert settings_identity(dataclasses.replace(sample, start_psi=0.7).to_dict())["start_psi"] == 0.7
+
+
 def test_refinement_schedule_and_it_does_not_lose_ground(G):
     targets = torch.cat([generated_images(G, 1), real_like_images(1)])
     base = ProjectorSettings(steps=40, w_avg_samples=1000)

@@ -220,7 +220,8 @@ def test_second_look_skips_the_winner_only_where_that_cannot_change_a_verdict(mo
                  for n in names for s in (0, 1) for i in range(6)}
         paths = [Path(f"img{i}.png") for i in range(6)]
 
-        def fake_check_images(G, ps, distance, *, seed, draws=draws, **kw):
+        def fake_check_images(G, ps, distance, *, seed, settings, draws=draws, **kw):
+            assert settings.start_from == "sample"  # another start: a sample of W, not mu_w again
             calls.append((G, seed, [p.name for p in ps]))
             return [CheckRecord(str(p), distance=draws[(G, seed, int(p.stem[3:]))], sha256=p.stem) for p in ps]
 
