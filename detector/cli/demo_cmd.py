@@ -36,6 +36,9 @@ def demo(
                                      "number).")] = DEFAULT_STEPS,
     n_generated: Annotated[int, typer.Option(
         "--n-generated", metavar="N", help="Fresh digits each demo network generates.")] = DEFAULT_N_GENERATED,
+    second_look: Annotated[bool, typer.Option(
+        "--second-look/--no-second-look", help="Project a digit some network claims once more, from another "
+                                               "start, under the networks that could change its verdict.")] = True,
     device: DeviceOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -58,7 +61,7 @@ def demo(
             raise UsageError("--n-generated must be >= 0")
         with Progress("projecting", unit="images") as progress:
             result = run_demo(out, steps=steps, n_generated=n_generated, device=device or default_device(),
-                              progress=progress, log=lambda s: typer.echo(s, err=True))
+                              progress=progress, log=lambda s: typer.echo(s, err=True), second_look=second_look)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
             return
