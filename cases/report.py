@@ -23,6 +23,7 @@ JSON schema (version 1; :data:`REPORT_SCHEMA`, checked by :func:`validate_report
                  stale_results: int     results of content that no recorded path has any more
                  verdicts: {verdict (str): count (int)}   over processed + errors
                  margin: float          the margin between networks the verdicts are made at (`batch --margin`)
+                 second_look: bool      claimed images were projected again from another start (`--second-look`)
                  models: [{name: str, path: str, file_sha256: str, weights_sha256: str|None,
                            threshold: float|None, threshold_source: str ('calibration'|'self'|'user'|'none'),
                            target_fpr: float|None, calibrated: bool, auc: float|None,
@@ -93,7 +94,8 @@ REPORT_SCHEMA = {
     "format": _S, "version": _I, "generated": _S,
     "case": {"case_id": _S, "path": _S, "created": _S},
     "summary": {"inputs": _I, "distinct": _I, "processed": _I, "pending": _I, "errors": _I, "unreadable": _I,
-                "changed": _I, "stale_results": _I, "verdicts": _D, "margin": _F, "models": [MODEL_SCHEMA]},
+                "changed": _I, "stale_results": _I, "verdicts": _D, "margin": _F, "second_look": _B,
+                "models": [MODEL_SCHEMA]},
     "histogram": {"bins": [_F], "models": [{"name": _S, "case": [_I], "generated": ([_I], _N),
                                              "real": ([_I], _N)}]},
     "evaluation": (_D, _N),
@@ -263,6 +265,7 @@ def build_report(store: CaseStore) -> Tuple[Dict[str, Any], Dict[str, List[Resul
                     "processed": processed, "pending": distinct - processed - errors, "errors": errors,
                     "unreadable": len(m.get("unreadable", [])), "changed": len(m.get("changed", [])),
                     "stale_results": stale, "verdicts": dict(sorted(verdicts.items())), "margin": margin,
+                    "second_look": bool(m.get("settings", {}).get("second_look", False)),
                     "models": [_model_summary(e, override) for e in models]},
         "histogram": _histogram(models, by_model),
         "evaluation": None,

@@ -268,11 +268,19 @@ def _overview(doc: Dict[str, Any], records: Dict[str, List[ResultRecord]]) -> st
 {names}. For each network
 the tool searched for the input from which the network reproduces the image most closely (StyleGAN2 §5) and
 measured how close that reproduction is (LPIPS distance: smaller is closer). A network's own images come back
-almost exactly; other images do not.</p>
+almost exactly; other images do not.{_second_look_sentence(s)}</p>
 <p><b>What was found.</b> {'; '.join(found) if found else 'nothing yet'}.</p>
 {_contact_sheet(doc, records)}
 <p><b>How sure.</b></p><ul>{sure}</ul>{_evaluation(doc)}</section>
 """
+
+
+def _second_look_sentence(summary: Dict[str, Any]) -> str:
+    if not summary.get("second_look"):
+        return ""
+    return (" An image a network claimed was searched a second time, from another starting point, under every "
+            "network that could change its verdict, and the closer of the two reproductions counts: one search "
+            "stuck far from the answer cannot decide alone.")
 
 
 def _known_truth(doc: Dict[str, Any]) -> str:

@@ -315,6 +315,7 @@ def test_batch_margin_makes_the_case_verdicts_and_is_kept(tmp_path, lpips_weight
         docs[case] = json.loads((tmp_path / case / "report" / "report.json").read_text())
         validate_report(docs[case])
     assert docs["one"]["summary"]["margin"] == 1.5 and "margin" not in docs["one"]["provenance"]["settings"]
+    assert docs["one"]["summary"]["second_look"] is False  # stated only where it was taken (the demo's test)
     assert docs["wide"]["summary"]["margin"] == 1e6 and docs["wide"]["provenance"]["settings"]["margin"] == 1e6
     assert "at least 1e+06 times larger" in (tmp_path / "wide" / "report" / "report.html").read_text()
     claimed = [img for img in docs["one"]["images"] if img["attributed_to"] or img["verdict"].startswith("ambig")]

@@ -93,6 +93,7 @@ def test_demo_outcome(tmp_path, monkeypatch):
     assert [confusion["matrix"][i][i] for i in (0, 1)] == [r.own[m] for m in NAMES]
     assert confusion["matrix"][2][2] == 6 - r.real_attributed
     assert "Against the known sources" in html.read_text()
+    assert doc["summary"]["second_look"] is True and "searched a second time" in html.read_text()
     assert "attributed to it" in r.summary()
     # Re-running resumes the case: nothing is projected twice.
     r2 = demo_mod.run_demo(tmp_path / "demo")
