@@ -19,13 +19,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["JpegCoefficients", "JpegFormatError", "read_jpeg_coefficients"]
+from .jpeg import ZIGZAG
 
-# T.81 Figure A.6: the zig-zag sequence, as natural (row-major) indices of the 64 coefficients
-_ZIGZAG = np.array([
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21,
-    28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61,
-    54, 47, 55, 62, 63])
+__all__ = ["JpegCoefficients", "JpegFormatError", "read_jpeg_coefficients"]
 
 _SEQUENTIAL_HUFFMAN = {0xC0: "baseline", 0xC1: "extended sequential"}
 _REFUSED = {0xC2: "progressive", 0xC3: "lossless", 0xC5: "hierarchical", 0xC6: "hierarchical",
@@ -185,7 +181,7 @@ def read_jpeg_coefficients(data: bytes) -> JpegCoefficients:
                 n = 128 if precision else 64
                 vals = np.frombuffer(seg[k + 1:k + 1 + n], dtype=">u2" if precision else np.uint8).astype(np.int64)
                 table = np.zeros(64, dtype=np.int64)
-                table[_ZIGZAG] = vals
+                table[ZIGZAG] = vals
                 qt[tid] = table.reshape(8, 8)
                 k += 1 + n
         elif marker == 0xC4:  # DHT
@@ -282,6 +278,6 @@ def _decode_scan(frame: dict, scan: list, segments: List[bytes], restart: int, d
                     k += run
                     if k > 63:
                         raise JpegFormatError("a run of zeros past the end of a block")
-                    coef[_ZIGZAG[k]] = bits.extend(size)
+                    coef[ZIGZAG[k]] = bits.extend(size)
                     k += 1
                 blocks[n][r, c] = coef.reshape(8, 8)

@@ -231,8 +231,8 @@ def run_demo(out_dir: Union[str, Path] = "detect-demo", steps: int = DEFAULT_STE
     return DemoResult(
         out_dir=str(out), case_dir=str(case_dir), report_html=str(html_path), report_json=str(json_path),
         networks=names, steps=steps, second_look=second_look, thresholds=thresholds, n_generated=n_gen, own=own,
-        wrong=wrong,
-        n_real=n_real, real_attributed=real_attributed, confusion=(doc.get("evaluation") or {}).get("confusion", {}),
+        wrong=wrong, n_real=n_real, real_attributed=real_attributed,
+        confusion=(doc.get("evaluation") or {}).get("confusion", {}),
         lpips_weights=str(getattr(distance, "weights_source", "")), fetched_weights=fetched,
         wall_s=time.time() - t0, images=images)
 
