@@ -71,7 +71,7 @@ class JpegCoefficients:
 
 
 class _Huffman:
-    """A DHT table as {(length, code): symbol}, with the longest length."""
+    """A DHT table as {(code length, code): symbol} (canonical codes, T.81 Annex C)."""
 
     def __init__(self, counts: Sequence[int], symbols: Sequence[int]):
         self.codes: Dict[Tuple[int, int], int] = {}
@@ -145,6 +145,15 @@ def _entropy_segments(data: bytes, start: int) -> Tuple[List[bytes], int]:
 
 def read_jpeg_coefficients(data: bytes) -> JpegCoefficients:
     """Parse and entropy-decode a sequential Huffman JPEG (bytes of the whole file)."""
+    try:
+        return _read(data)
+    except (IndexError, KeyError, ValueError, OverflowError) as exc:
+        if isinstance(exc, JpegFormatError):
+            raise
+        raise JpegFormatError(f"a damaged JPEG ({type(exc).__name__}: {exc})") from None
+
+
+def _read(data: bytes) -> JpegCoefficients:
     if data[:2] != b"\xff\xd8":
         raise JpegFormatError("not a JPEG file (no SOI marker)")
     qt: Dict[int, np.ndarray] = {}
@@ -264,7 +273,10 @@ def _decode_scan(frame: dict, scan: list, segments: List[bytes], restart: int, d
             for n, r, c in unit:
                 dc, ac = tables[n]
                 coef = np.zeros(64, dtype=np.int32)
-                pred[n] += bits.extend(bits.symbol(dc))
+                size = bits.symbol(dc)
+                if size > 11:  # 8-bit samples: DC differences need at most 11 bits (T.81 F.1.2.1)
+                    raise JpegFormatError(f"a DC difference of {size} bits")
+                pred[n] += bits.extend(size)
                 coef[0] = pred[n]
                 k = 1
                 while k < 64:

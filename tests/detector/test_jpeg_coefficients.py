@@ -77,3 +77,19 @@ def test_files_it_does_not_read_are_refused_clearly():
     data = _jpeg_bytes(arr, quality=75)
     with pytest.raises(JpegFormatError):
         read_jpeg_coefficients(data[: len(data) // 2])
+
+
+def test_damaged_files_give_its_own_error_only():
+    data = _jpeg_bytes(natural_image(32, 32, 0), quality=75)
+    rng = np.random.default_rng(1)
+    damaged = [data[:cut] for cut in range(2, len(data), 5)]
+    for _ in range(300):
+        x = bytearray(data)
+        for _ in range(3):
+            x[rng.integers(2, len(x))] = rng.integers(0, 256)
+        damaged.append(bytes(x))
+    for d in damaged:
+        try:
+            read_jpeg_coefficients(d)
+        except JpegFormatError:
+            pass  # anything else (IndexError, OverflowError, ...) fails the test
