@@ -59,7 +59,8 @@
 #              distance), early decisions replayed on its trajectories (benchmarks/early_decisions.py, bands left
 #              one out: F's calibration predates recorded trajectories), and the
 #              second look given to the images some network claims (benchmarks/second_look_case.py, resumable;
-#              about two more projections per claimed image)
+#              about two more projections per claimed image), and the decision's cost against App. D's 1000 steps
+#              with and without the second look (benchmarks/decision_cost.py)
 #   networks   G_ema-only copies of F, F1 and F2 (with their calibrations when stored) in benchmarks/networks/, so
 #              that later measurements need not re-train them; sha256 lines for benchmarks/networks/README.md
 #   ppl        perceptual path length of both networks (W space, end points)
@@ -290,6 +291,10 @@ for stage in "$@"; do
         | tee "$E3-early.json"
       python benchmarks/second_look_case.py --case "$C3" "${truth[@]}" --state "$E3-second-look.jsonl" \
         | tee "$E3-second-look.json"
+      # issue 24's cost: steps of the case (and of its second look) over App. D's 1000, times the step-time ratio
+      python benchmarks/decision_cost.py --case "$C3" | tee "$E3-cost.json"
+      python benchmarks/decision_cost.py --case "$C3" --second-look "$E3-second-look.jsonl" \
+        | tee "$E3-cost-second-look.json"
       ;;
     inversion)
       python benchmarks/inversion_methods.py --model "$F" --sibling "$F1" --real "$WORK/data/real_dev40" \
