@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from .batching import _Frozen
 from .jpeg import DifferentiableJpeg, consistency_residual
 from .jpeg_coefficients import JpegCoefficients
 from .results import ProjectionResult
@@ -77,10 +78,7 @@ def refine_consistency(G: torch.nn.Module, result: ProjectionResult, target: tor
     target = target.to(device)
     jpeg = jpeg.to(device)
     ws, noise = result.synthesis_inputs(device)
-    frozen = [p.requires_grad for p in G.parameters()]
-    for p in G.parameters():
-        p.requires_grad_(False)
-    try:
+    with _Frozen(G, distance):  # the generator's and the distance's weights are not optimised
         with torch.no_grad():
             derived = jpeg.coefficients(target)
         if stored is None:
@@ -109,8 +107,5 @@ def refine_consistency(G: torch.nn.Module, result: ProjectionResult, target: tor
             loss.backward()
             opt.step()
         residual, dist = measure()
-    finally:
-        for p, f in zip(G.parameters(), frozen):
-            p.requires_grad_(f)
     return ConsistencyResult(residual_before=residual_before, residual=residual, distance_before=distance_before,
                              distance=dist, settings=settings.to_dict(), intervals=intervals)

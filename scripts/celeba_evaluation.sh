@@ -132,21 +132,25 @@ named() {  # named SRC NAME: the network SRC as $MODELS/NAME.pt (a copy, so the 
   echo "$MODELS/$2.pt"
 }
 
+restore() {  # restore DEST NAME: where DEST is missing, the file committed as benchmarks/results/NAME (a pattern)
+  local saved
+  saved=$(find benchmarks/results -name "$2" | head -n 1)
+  if [ -n "$saved" ] && [ ! -f "$1" ]; then cp "$saved" "$1"; fi
+}
+
 calibrate() {  # calibrate MODEL: resumable through $WORK/eval/cal-NAME.jsonl; the record also in cal-NAME.json,
   # which, when it is there already (e.g. from benchmarks/results/ onto a machine that re-trained the same weights,
   # or a fresh $WORK), is stored with the model instead of projecting again
-  local name saved
+  local name
   name=$(basename "$1" .pt)
   # a record committed to benchmarks/results/ (NAME-WEIGHTS-calibration-METHOD.json) stands in for a missing one
-  saved=$(find benchmarks/results -name "$name-????????-calibration-${METHOD:-default}.json" | head -n 1)
-  if [ -n "$saved" ] && [ ! -f "$WORK/eval/cal-$name$SUFFIX.json" ]; then cp "$saved" "$WORK/eval/cal-$name$SUFFIX.json"; fi
+  restore "$WORK/eval/cal-$name$SUFFIX.json" "$name-????????-calibration-${METHOD:-default}.json"
   if [ -f "$WORK/eval/cal-$name$SUFFIX.json" ]; then
     detect calibrate --model "$1" --record "$WORK/eval/cal-$name$SUFFIX.json"
   else
     # continue committed progress (its header names the weights, so another network's calibration refuses it
     # rather than mixing them)
-    saved=$(find benchmarks/results -name "$name-????????-calibrating$SUFFIX.jsonl" | head -n 1)
-    if [ -n "$saved" ] && [ ! -f "$WORK/eval/cal-$name$SUFFIX.jsonl" ]; then cp "$saved" "$WORK/eval/cal-$name$SUFFIX.jsonl"; fi
+    restore "$WORK/eval/cal-$name$SUFFIX.jsonl" "$name-????????-calibrating$SUFFIX.jsonl"
     local real="$WORK/data/real_cal200"
     if [ "$CAL_N" != 200 ]; then real="$WORK/data/real_cal$CAL_N"; first "$WORK/data/real_cal200" "$CAL_N" "$real"; fi
     detect calibrate --model "$1" "${MARGS[@]}" --real "$real" --n-generated "$CAL_N" --fpr 0.01 \
@@ -209,8 +213,7 @@ for stage in "$@"; do
     robustness)
       part="${ROB_PART:-a}"
       # continue committed progress (benchmarks/results/robustness-PART-progress.jsonl) in a fresh $WORK
-      saved=benchmarks/results/robustness-$part-progress.jsonl
-      [ -f "$saved" ] && [ ! -f "$WORK/eval/robustness-$part.jsonl" ] && cp "$saved" "$WORK/eval/robustness-$part.jsonl"
+      restore "$WORK/eval/robustness-$part.jsonl" "robustness-$part-progress.jsonl"
       # the JPEG conditions project once for both their plain rows and the consistency refinement's
       if [ "$part" = a ]; then
         conds=(png:100) jpegs=(jpeg90:100 jpeg75:100) appd=(png:30 jpeg75:30)
@@ -292,9 +295,7 @@ for stage in "$@"; do
       python benchmarks/second_look_case.py --case "$C3" "${truth[@]}" --state "$E3-second-look.jsonl" \
         | tee "$E3-second-look.json"
       # issue 24's cost: steps of the case (and of its second look) over App. D's 1000, times the step-time ratio
-      python benchmarks/decision_cost.py --case "$C3" | tee "$E3-cost.json"
-      python benchmarks/decision_cost.py --case "$C3" --second-look "$E3-second-look.jsonl" \
-        | tee "$E3-cost-second-look.json"
+      python benchmarks/decision_cost.py --case "$C3" --second-look "$E3-second-look.jsonl" | tee "$E3-cost.json"
       ;;
     inversion)
       python benchmarks/inversion_methods.py --model "$F" --sibling "$F1" --real "$WORK/data/real_dev40" \
