@@ -9,7 +9,8 @@ source network, concatenated with a ``source`` and ``under`` name per row), scor
 
 For each source and rule: the median and smallest margin against every other network, and the verdicts at
 ``--margin`` (own, wrong, ambiguous, not attributed) where every candidate's threshold is known, also under
-``lowest``, the rule before issue 24 (the lowest raw distance, attributed when within its network's threshold).
+``lowest``, the rule before issue 24 (:func:`detector.attribution.attribute`: the lowest raw distance among the
+networks whose threshold it clears).
 A calibration is a record (``.json``), a calibrated model file, or a progress file (``.jsonl``, ``detect
 calibrate --progress-file``: its generated rows give the own median; no threshold). A finished case can stand in
 for the cross rows (``--case``, with ``--truth FOLDER=NAME`` as ``detect score`` takes it; ``none`` for real
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.attribution import attribute  # noqa: E402
 from detector.scoring import CALIBRATION, DEFAULT_MARGIN, RATIO, Reference, decide  # noqa: E402
 
 
@@ -67,8 +69,7 @@ def verdict_key(d: Dict[str, float], names: List[str], refs: Dict[str, Reference
                 margin: float) -> Tuple[Optional[str], bool]:
     """(attributed network or None, ambiguous) of one image under ``rule``: relative, threshold or lowest."""
     if rule == "lowest":
-        best = min(names, key=lambda n: (d[n], n))
-        return (best if d[best] <= refs[best].threshold else None), False
+        return attribute({n: d[n] for n in names}, {n: refs[n].threshold for n in names}).network, False
     dec = decide(d, refs, margin, ranked_by=None if rule == "relative" else RATIO)
     return dec.network, dec.is_ambiguous
 
