@@ -176,7 +176,7 @@ def _project_batch(models, entries, batch: Sequence[Tuple[str, str]], distance, 
 def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[PathLike, Sequence[PathLike]],
               case_dir: PathLike, settings=None, distance=None, *, batch_size: int = 16, seed: int = 0,
               threshold: Optional[float] = None, early_stop: bool = False, margin: float = DEFAULT_MARGIN,
-              strict: bool = False, second_look: bool = False, progress: Optional[BatchProgress] = None, rank: int = 0,
+              strict: bool = False, second_look: bool = True, progress: Optional[BatchProgress] = None, rank: int = 0,
               world_size: int = 1, device: Optional[str] = None,
               models: Optional[Sequence[Any]] = None) -> BatchSummary:
     """Project every input not yet in the case ``case_dir`` (created on the first call) under every model.

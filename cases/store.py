@@ -167,7 +167,9 @@ class CaseStore:
         if then != now:
             diff = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
             hint = (" (cases made before lr 0.2 became the default below 256 px resume with --method appd)"
-                    if diff == ["lr"] and then.get("lr") == 0.1 and now.get("lr") is None else "")
+                    if diff == ["lr"] and then.get("lr") == 0.1 and now.get("lr") is None else
+                    " (cases made before the second look became the default resume with --no-second-look)"
+                    if diff == ["second_look"] and now.get("second_look") and not then.get("second_look") else "")
             problems.append(f"projector settings differ ({', '.join(diff)}){hint}")
         if int(m["seed"]) != int(seed):
             problems.append(f"seed {seed} != {m['seed']}")

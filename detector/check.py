@@ -249,14 +249,15 @@ def progress_passes(n_networks: int, second_look: bool) -> int:
 def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], distance: Callable, *,
                    settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
                    early_stop: bool = False, margin: float = DEFAULT_MARGIN, strict: bool = False,
-                   second_look: bool = False,
+                   second_look: bool = True,
                    progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> List[ImageCheck]:
     """Check every image against every candidate network (:func:`check_images` per network, same per-image seeds)
     and decide among them with :func:`detector.scoring.decide`: each distance is judged against its own network's
     calibration (``threshold``, when given, replaces every network's). ``progress(k, step, steps, losses)``
     reports the k-th network's projection (k from ``len(candidates)`` on: its second look).
 
-    ``second_look`` (several networks): an image some network claims (attributed or ambiguous) is projected again
+    ``second_look`` (several networks; the default since the three-network face case measured it, issue 24): an
+    image some network claims (attributed or ambiguous) is projected again
     from another start (a sample of W, projection seed ``seed + 1``) under every compared network that could change
     its verdict, and each network's closer run counts (:func:`second_look_pass`): one projection that stalled under
     the true network no longer hands the image to a sibling alone. Images nobody claims are not projected again."""
@@ -382,7 +383,7 @@ class CheckRun:
 def check_files(model_paths: Sequence[Path], paths: Sequence[Path], distance: Callable, *,
                 settings: Optional[ProjectorSettings] = None, threshold: Optional[float] = None, seed: int = 0,
                 early_stop: bool = False, margin: float = DEFAULT_MARGIN, device: str = "cpu", strict: bool = False,
-                second_look: bool = False,
+                second_look: bool = True,
                 progress: Optional[Callable[[int, int, int, np.ndarray], None]] = None) -> CheckRun:
     """`detect check`: load each model file and its calibration, warn about networks whose calibration is missing,
     weak or made with other projector settings, set aside (with a warning) a calibration measured with another

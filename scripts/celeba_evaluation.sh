@@ -247,7 +247,7 @@ for stage in "$@"; do
       first "$WORK/data/gen_f2_100" "$N_CASE" "$WORK/data/case/gen_f2"
       first "$WORK/data/real_eval100" "$N_CASE" "$WORK/data/case/real"
       detect batch "$WORK/data/case" --model "$MODELS/celeba32-f.pt" --model "$MODELS/celeba32-f2.pt" \
-        --case "$WORK/cases/two-networks$SUFFIX" --steps 1000 "${MARGS[@]}"
+        --case "$WORK/cases/two-networks$SUFFIX" --steps 1000 --no-second-look "${MARGS[@]}"
       detect report "$WORK/cases/two-networks$SUFFIX"
       ;;
     case-f1)
@@ -257,7 +257,7 @@ for stage in "$@"; do
       generated "$F1" "$WORK/data/case-ft/gen_f-t1" 2000000 25
       first "$WORK/data/real_eval100" 25 "$WORK/data/case-ft/real"
       detect batch "$WORK/data/case-ft" --model "$MODELS/celeba32-f.pt" --model "$MODELS/celeba32-f-t1.pt" \
-        --case "$WORK/cases/f-vs-f-t1$SUFFIX" --steps 1000 "${MARGS[@]}"
+        --case "$WORK/cases/f-vs-f-t1$SUFFIX" --steps 1000 --no-second-look "${MARGS[@]}"
       detect report "$WORK/cases/f-vs-f-t1$SUFFIX"
       detect score "$WORK/cases/f-vs-f-t1$SUFFIX" --truth gen_f=celeba32-f --truth gen_f-t1=celeba32-f-t1 \
         --truth real=none --scatter "$WORK/eval/f-vs-f-t1$SUFFIX-scatter.png" --json | tee "$WORK/eval/f-vs-f-t1$SUFFIX-metrics.json"
@@ -274,9 +274,10 @@ for stage in "$@"; do
       done
       first "$WORK/data/real_eval100" $((2 * N_CASE)) "$D3/real"
       # --trajectory 25: the clean distances under every network every 25 steps, to measure early decisions
-      # among three networks afterwards (the results are those of a run without it)
+      # among three networks afterwards (the results are those of a run without it); one look, as it was
+      # measured: the second look is given to the finished case by analyse-case3 (both looks' verdicts counted)
       detect batch "$D3" --model "$MODELS/celeba32-f.pt" --model "$MODELS/celeba32-f-t1.pt" \
-        --model "$MODELS/celeba32-f2.pt" --case "$C3" --steps 1000 --trajectory 25 "${MARGS[@]}"
+        --model "$MODELS/celeba32-f2.pt" --case "$C3" --steps 1000 --trajectory 25 --no-second-look "${MARGS[@]}"
       detect report "$C3"
       detect score "$C3" --truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 \
         --truth real=none --scatter "$WORK/eval/three-networks-n$N_CASE$SUFFIX-scatter.png" --json \

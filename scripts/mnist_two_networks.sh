@@ -48,7 +48,7 @@ write_pngs(load_mnist(mnist), range(9600, 9600 + n), out)
 EOF
       # --trajectory 7: clean distances every 7 steps (as the calibrations), for the early decisions (issue 27)
       detect batch "$W/case-inputs" --model "$A" --model "$B" --case "$W/cases/demo-pair" --steps 300 \
-        --trajectory 7
+        --trajectory 7 --no-second-look  # one look, as recorded; second_look_case.py measures the second
       detect report "$W/cases/demo-pair"
       detect score "$W/cases/demo-pair" --truth gen_a=demo_mnist32_a --truth gen_b=demo_mnist32_b \
         --truth real=none --scatter "$W/demo-pair-scatter.png" --json | tee "$W/demo-pair-metrics.json"

@@ -65,7 +65,7 @@ def batch(
         "--threshold", metavar="X", help="Decision threshold for every network (default: each network's "
                                          "calibration; without one, no verdict).")] = None,
     margin: MarginOption = DEFAULT_MARGIN,
-    second_look: SecondLookOption = False,
+    second_look: SecondLookOption = True,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print what this run did as JSON instead of a "
                                                          "line.")] = False,

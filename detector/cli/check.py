@@ -58,7 +58,7 @@ def check(
                                               "compare several networks.")],
     threshold: ThresholdOption = None,
     margin: MarginOption = DEFAULT_MARGIN,
-    second_look: SecondLookOption = False,
+    second_look: SecondLookOption = True,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", metavar="DIR",
         help="Write each image's re-synthesis, difference image and JSON record here (in a folder per network "

@@ -117,9 +117,10 @@ MarginOption = Annotated[float, typer.Option(
                                   "of its own images' median distance, is at least X times the best's; else "
                                   "'ambiguous'.")]
 SecondLookOption = Annotated[bool, typer.Option(
-    "--second-look", help="With several networks: project an image some network claims once more, from "
-                          "another start, under each network that could change its verdict, and count each "
-                          "network's closer run (one stalled projection no longer decides alone).")]
+    "--second-look/--no-second-look",
+    help="With several networks: project an image some network claims once more, from another start, under "
+         "each network that could change its verdict, and count each network's closer run (one stalled "
+         "projection no longer decides alone).")]
 StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Refuse images that would need cropping or resizing to the network's size (exit 2, one line "
                      "each) instead of changing them.")]

@@ -255,9 +255,10 @@ def test_thumbnail_captions_say_what_the_verdict_names():
 
 
 def test_batch_second_look_keeps_the_closer_run_in_the_case(tmp_path, lpips_weights):
-    """`detect batch --second-look`: inputs a network claims are projected again under every network (seed + 1);
-    the case keeps each network's closer run and both distances (report per_model ``looks``), inputs nobody
-    claims have none; the choice is recorded, so the case is not resumed without it."""
+    """`detect batch` with several networks (the second look is the default): inputs a network claims are
+    projected again under every network (seed + 1); the case keeps each network's closer run and both distances
+    (report per_model ``looks``), inputs nobody claims have none; the choice is recorded, so the case is not
+    resumed without it, and a case made with one look is not resumed with two (the message says how)."""
     from tests.cases.test_store import tiny_generator as tiny
 
     G = tiny(0)
@@ -267,8 +268,8 @@ def test_batch_second_look_keeps_the_closer_run_in_the_case(tmp_path, lpips_weig
     make_images(tmp_path / "imgs" / "real", n_fake=0, n_real=2, G=G)
     args = ["batch", str(tmp_path / "imgs"), "--model", str(tmp_path / "g.pt"), "--model", str(tmp_path / "h.pt"),
             "--steps", "3"]
-    assert runner.invoke(app, args + ["--case", str(tmp_path / "one")]).exit_code == 0
-    r = runner.invoke(app, args + ["--case", str(tmp_path / "two"), "--second-look"])
+    assert runner.invoke(app, args + ["--case", str(tmp_path / "one"), "--no-second-look"]).exit_code == 0
+    r = runner.invoke(app, args + ["--case", str(tmp_path / "two")])  # the default with several networks
     assert r.exit_code == 0, r.output
     docs = {}
     for case in ("one", "two"):
@@ -291,8 +292,10 @@ def test_batch_second_look_keeps_the_closer_run_in_the_case(tmp_path, lpips_weig
                 assert pm["looks"] is None and pm["distance"] == pm1["distance"]
     assert claimed >= 1
     assert docs["two"]["provenance"]["settings"]["second_look"] is True
-    again = runner.invoke(app, args + ["--case", str(tmp_path / "two")])
+    again = runner.invoke(app, args + ["--case", str(tmp_path / "two"), "--no-second-look"])
     assert again.exit_code == 2
+    older = runner.invoke(app, args + ["--case", str(tmp_path / "one")])  # a case made before it was the default
+    assert older.exit_code == 2 and "resume with --no-second-look" in older.output
 
 
 def test_batch_margin_makes_the_case_verdicts_and_is_kept(tmp_path, lpips_weights):
@@ -306,7 +309,7 @@ def test_batch_margin_makes_the_case_verdicts_and_is_kept(tmp_path, lpips_weight
     save_network(tmp_path / "h.pt", tiny(1), calibration=CALIBRATION)
     make_images(tmp_path / "imgs" / "gen_g", n_fake=2, n_real=0, G=G)
     args = ["batch", str(tmp_path / "imgs"), "--model", str(tmp_path / "g.pt"), "--model", str(tmp_path / "h.pt"),
-            "--steps", "3"]
+            "--steps", "3", "--no-second-look"]  # one look: both cases decide the same distances
     docs = {}
     for case, extra in (("one", []), ("wide", ["--margin", "1e6"])):
         r = runner.invoke(app, args + ["--case", str(tmp_path / case)] + extra)
@@ -315,7 +318,7 @@ def test_batch_margin_makes_the_case_verdicts_and_is_kept(tmp_path, lpips_weight
         docs[case] = json.loads((tmp_path / case / "report" / "report.json").read_text())
         validate_report(docs[case])
     assert docs["one"]["summary"]["margin"] == 1.5 and "margin" not in docs["one"]["provenance"]["settings"]
-    assert docs["one"]["summary"]["second_look"] is False  # stated only where it was taken (the demo's test)
+    assert docs["one"]["summary"]["second_look"] is False  # stated as taken or not (the demo's test: taken)
     assert docs["wide"]["summary"]["margin"] == 1e6 and docs["wide"]["provenance"]["settings"]["margin"] == 1e6
     assert "at least 1e+06 times larger" in (tmp_path / "wide" / "report" / "report.html").read_text()
     claimed = [img for img in docs["one"]["images"] if img["attributed_to"] or img["verdict"].startswith("ambig")]

@@ -273,10 +273,10 @@ def test_several_networks_in_one_check(setup):
 
 
 def test_second_look_projects_claimed_images_again_and_keeps_the_closer_run(setup):
-    """--second-look: an image a network claims is projected once more from another start (a sample of W, seed + 1)
-    under the networks that could change its verdict (the winner only where they unsettle it); each network's closer
-    run counts and both are reported; an image nobody claims is not projected again. The second run is the
-    library's projection from a sampled start at seed 1."""
+    """The second look (the default with several networks): an image a network claims is projected once more from
+    another start (a sample of W, seed + 1) under the networks that could change its verdict (the winner only where
+    they unsettle it); each network's closer run counts and both are reported; an image nobody claims is not
+    projected again. The second run is the library's projection from a sampled start at seed 1."""
     import dataclasses
 
     from detector.check import check_images
@@ -287,12 +287,13 @@ def test_second_look_projects_claimed_images_again_and_keeps_the_closer_run(setu
     t = _two_calibrated_networks(setup)
     base = ["check", str(t / "fake.png"), str(t / "real.jpg"), "--model", str(t / "g.pt"), "--model",
             str(t / "g2.pt"), "--steps", "6", "--device", "cpu", "--json", "--margin", "1.2"]
-    plain = json.loads(runner.invoke(app, base).stdout)
+    plain = json.loads(runner.invoke(app, base + ["--no-second-look"]).stdout)
+    assert plain["second_look"] is False
     first = {r["path"].split("/")[-1]: r for r in plain["results"]}
     sampled = dataclasses.replace(ProjectorSettings(**plain["settings"]), start_from="sample")
     second = {name: check_images(load_model(t / f"{name}.pt").G_ema, [t / "fake.png"], load_lpips("vgg"),
                                  settings=sampled, seed=1)[0].distance for name in ("g", "g2")}
-    r = runner.invoke(app, base + ["--second-look"])
+    r = runner.invoke(app, base)
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["second_look"] is True
@@ -309,7 +310,7 @@ def test_second_look_projects_claimed_images_again_and_keeps_the_closer_run(setu
         assert c["distance"] == pytest.approx(min(d1, d2), rel=1e-5)
         assert "looks" not in real["candidates"][name]
         assert real["candidates"][name]["distance"] == first["real.jpg"]["candidates"][name]["distance"]
-    text = runner.invoke(app, base[:-3] + ["--second-look"])
+    text = runner.invoke(app, base[:-3])
     assert text.exit_code == 0 and "the closer of two runs" in text.stdout
 
 
