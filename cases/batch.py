@@ -192,8 +192,8 @@ def run_batch(inputs: Union[PathLike, Sequence[PathLike]], model_paths: Union[Pa
     same choice. ``margin``: the case's verdicts are made at it (:func:`cases.report.case_margin`; recorded with
     the settings when not the default).
     ``strict``: inputs that would need cropping or resizing are recorded as bad inputs (recorded with the
-    settings too). ``second_look`` (several models): inputs some network claims are projected once more under
-    the networks that could change their verdict, each keeping its closer run
+    settings too). ``second_look`` (several models; the default): inputs some network claims are projected once
+    more under the networks that could change their verdict, each keeping its closer run
     (:func:`detector.check.second_look_pass`; recorded with the settings too).
     See the module docstring for resuming, changed and bad inputs, and ranks.
     """

@@ -257,10 +257,10 @@ def check_networks(candidates: Sequence[Candidate], paths: Sequence[Path], dista
     reports the k-th network's projection (k from ``len(candidates)`` on: its second look).
 
     ``second_look`` (several networks; the default since the three-network face case measured it, issue 24): an
-    image some network claims (attributed or ambiguous) is projected again
-    from another start (a sample of W, projection seed ``seed + 1``) under every compared network that could change
-    its verdict, and each network's closer run counts (:func:`second_look_pass`): one projection that stalled under
-    the true network no longer hands the image to a sibling alone. Images nobody claims are not projected again."""
+    image some network claims (attributed or ambiguous) is projected again from another start (a sample of W,
+    projection seed ``seed + 1``) under every compared network that could change its verdict, and each network's
+    closer run counts (:func:`second_look_pass`): one projection that stalled under the true network no longer
+    hands the image to a sibling alone. Images nobody claims are not projected again."""
     if not candidates:
         raise ValueError("check_networks needs at least one network")
     names = [c.name for c in candidates]
