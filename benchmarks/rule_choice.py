@@ -14,11 +14,14 @@ networks whose threshold it clears).
 A calibration is a record (``.json``), a calibrated model file, or a progress file (``.jsonl``, ``detect
 calibrate --progress-file``: its generated rows give the own median; no threshold). A finished case can stand in
 for the cross rows (``--case``, with ``--truth FOLDER=NAME`` as ``detect score`` takes it; ``none`` for real
-images, whose verdicts are counted too). Prints JSON.
+images, whose verdicts are counted too); ``--second-look STATE`` scores the distances after the case's second look
+(``benchmarks/second_look_case.py``'s state) instead, and ``--same-images OTHER_CASE`` keeps only the images (by
+content) that another case holds, so that two cases of different sizes are compared on the same images. Prints JSON.
 
     python benchmarks/rule_choice.py --cross benchmarks/results/celeba32-three-networks-dev-cross.jsonl \\
         --calibration F=cal-celeba32-f.json --calibration F1=cal-celeba32-f-t1.jsonl --calibration F2=...
     python benchmarks/rule_choice.py --case CASE --truth gen_f=F --truth real=none --calibration F=... ...
+    python benchmarks/rule_choice.py --case CASE --second-look STATE.jsonl --same-images SMALLER_CASE ...
 """
 
 from __future__ import annotations
@@ -51,17 +54,34 @@ def load_calibration(path: Path) -> Tuple[List[float], Optional[float]]:
     return list(rec["generated_distances"]), float(rec["threshold"])
 
 
-def case_rows(case: Path, truth: List[str]) -> Dict[Tuple[str, int], Dict[str, float]]:
+def case_images(case: Path) -> List[dict]:
+    """The images of a case's report (``detect report``)."""
+    return json.loads((case / "report" / "report.json").read_text())["images"]
+
+
+def case_rows(case: Path, truth: List[str], second_look: Optional[Path] = None,
+              same_images: Optional[Path] = None) -> Dict[Tuple[str, int], Dict[str, float]]:
     """(source, index) -> {network: distance} from a case's report (``source``: the NAME its folder maps to by
-    ``truth`` items FOLDER=NAME, ``none`` for real images); images in no mapped folder are left out."""
+    ``truth`` items FOLDER=NAME, ``none`` for real images); images in no mapped folder are left out. With
+    ``second_look`` (a second_look_case.py state) an image's distances are those after its second look; with
+    ``same_images`` (another case) only the images that case holds (by sha256) are kept."""
     folders = dict(t.partition("=")[::2] for t in truth)
-    report = json.loads((case / "report" / "report.json").read_text())
+    after: Dict[str, Dict[str, float]] = {}
+    if second_look is not None:
+        for line in second_look.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                after[r["sha256"]] = r["second"]
+    keep = None if same_images is None else {img["sha256"] for img in case_images(same_images)}
     rows: Dict[Tuple[str, int], Dict[str, float]] = {}
-    for i, img in enumerate(report["images"]):
+    for i, img in enumerate(case_images(case)):
+        if keep is not None and img["sha256"] not in keep:
+            continue
         parts = Path(img["paths"][0]).parts
         src = next((folders[f] for f in parts if f in folders), None)
-        if src is not None and all(v is not None for v in img["distances"].values()):
-            rows[(src, i)] = {n: float(v) for n, v in img["distances"].items()}
+        distances = after.get(img["sha256"], img["distances"])
+        if src is not None and all(v is not None for v in distances.values()):
+            rows[(src, i)] = {n: float(v) for n, v in distances.items()}
     return rows
 
 
@@ -82,6 +102,8 @@ def main(argv=None) -> dict:
     p.add_argument("--truth", action="append", default=[], metavar="FOLDER=NAME")
     p.add_argument("--calibration", action="append", required=True, metavar="NAME=FILE")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    p.add_argument("--second-look", type=Path, help="with --case: second_look_case.py's state of that case")
+    p.add_argument("--same-images", type=Path, metavar="CASE", help="with --case: only the images CASE holds")
     a = p.parse_args(argv)
     own, thresholds = {}, {}
     for item in a.calibration:
@@ -91,7 +113,9 @@ def main(argv=None) -> dict:
     if a.case is not None:
         if not a.truth:
             p.error("--case needs --truth FOLDER=NAME for each folder")
-        dist = case_rows(a.case, a.truth)
+        dist = case_rows(a.case, a.truth, a.second_look, a.same_images)
+    elif a.second_look or a.same_images:
+        p.error("--second-look and --same-images go with --case")
     else:
         for line in a.cross.read_text().splitlines():
             if line.strip():

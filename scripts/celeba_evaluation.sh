@@ -61,6 +61,11 @@
 #              second look given to the images some network claims (benchmarks/second_look_case.py, resumable;
 #              about two more projections per claimed image), and the decision's cost against App. D's 1000 steps
 #              with and without the second look (benchmarks/decision_cost.py)
+#   compare-appd
+#              issue 24's side by side, after METHOD=appd CAL_N=100 N_CASE=15 calibrate-f calibrate-f2 calibrate-f1
+#              case3 (App. D alone: its projector and calibrations, one look): on the App. D case's images, the rules
+#              on App. D's distances (lowest = the rule before issue 24, relative = the product's), and the default
+#              case's distances on the same images (three-networks-n30: one look, and after its second look)
 #   networks   G_ema-only copies of F, F1 and F2 (with their calibrations when stored) in benchmarks/networks/, so
 #              that later measurements need not re-train them; sha256 lines for benchmarks/networks/README.md
 #   ppl        perceptual path length of both networks (W space, end points)
@@ -297,6 +302,16 @@ for stage in "$@"; do
         | tee "$E3-second-look.json"
       # issue 24's cost: steps of the case (and of its second look) over App. D's 1000, times the step-time ratio
       python benchmarks/decision_cost.py --case "$C3" --second-look "$E3-second-look.jsonl" | tee "$E3-cost.json"
+      ;;
+    compare-appd)
+      CA="$WORK/cases/three-networks-n$N_CASE-appd" C3="$WORK/cases/three-networks-n30" E3="$WORK/eval/three-networks"
+      truth=(--truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 --truth real=none)
+      cals() { for n in celeba32-f celeba32-f-t1 celeba32-f2; do echo "--calibration $n=$WORK/eval/cal-$n$1.json"; done; }
+      python benchmarks/rule_choice.py --case "$CA" "${truth[@]}" $(cals -appd) | tee "$E3-n$N_CASE-appd-rules.json"
+      python benchmarks/rule_choice.py --case "$C3" --same-images "$CA" "${truth[@]}" $(cals "") \
+        | tee "$E3-n30-on-n$N_CASE-rules.json"
+      python benchmarks/rule_choice.py --case "$C3" --same-images "$CA" --second-look "$E3-n30-second-look.jsonl" \
+        "${truth[@]}" $(cals "") | tee "$E3-n30-second-look-on-n$N_CASE-rules.json"
       ;;
     inversion)
       python benchmarks/inversion_methods.py --model "$F" --sibling "$F1" --real "$WORK/data/real_dev40" \
