@@ -128,7 +128,10 @@ generated() {  # generated MODEL DIR FIRST_SEED [N=100]: N images with random (s
 
 first() {  # first DIR N OUT: a folder of links to the first N images of DIR (sorted by name)
   mkdir -p "$3"
-  find "$1" -maxdepth 1 -name '*.png' | sort | head -n "$2" | while read -r f; do ln -sf "$(realpath "$f")" "$3/"; done
+  # awk reads to the end: with head, sort could die of SIGPIPE, which pipefail turns into a silent exit
+  find "$1" -maxdepth 1 -name '*.png' | sort | awk -v n="$2" 'NR <= n' | while read -r f; do
+    ln -sf "$(realpath "$f")" "$3/"
+  done
 }
 
 named() {  # named SRC NAME: the network SRC as $MODELS/NAME.pt (a copy, so the case names its networks)
@@ -139,7 +142,7 @@ named() {  # named SRC NAME: the network SRC as $MODELS/NAME.pt (a copy, so the 
 
 restore() {  # restore DEST NAME: where DEST is missing, the file committed as benchmarks/results/NAME (a pattern)
   local saved
-  saved=$(find benchmarks/results -name "$2" | head -n 1)
+  saved=$(find benchmarks/results -name "$2" -print -quit)
   if [ -n "$saved" ] && [ ! -f "$1" ]; then cp "$saved" "$1"; fi
 }
 
