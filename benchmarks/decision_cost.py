@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from _common import machine_info  # noqa: E402
 
+from cases.metrics import load_case_report  # noqa: E402
 from detector.images import load_image  # noqa: E402
 from detector.projector import Projector  # noqa: E402
 from detector.settings import METHODS, ProjectorSettings  # noqa: E402
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=16)
     a = p.parse_args(argv)
     torch.set_flush_denormal(True)
-    report = json.loads((a.case / "report" / "report.json").read_text())
+    report = load_case_report(a.case)
     prov = report["provenance"]
     settings_dict = {k: v for k, v in prov["settings"].items()  # the projector's, without what batch adds
                      if k in {f.name for f in dataclasses.fields(ProjectorSettings)}}

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cases.metrics import load_case_report, parse_truth, true_label  # noqa: E402
 from detector.attribution import attribute  # noqa: E402
 from detector.scoring import CALIBRATION, DEFAULT_MARGIN, RATIO, Reference, decide  # noqa: E402
 
@@ -54,31 +55,25 @@ def load_calibration(path: Path) -> Tuple[List[float], Optional[float]]:
     return list(rec["generated_distances"]), float(rec["threshold"])
 
 
-def case_images(case: Path) -> List[dict]:
-    """The images of a case's report (``detect report``)."""
-    return json.loads((case / "report" / "report.json").read_text())["images"]
-
-
 def case_rows(case: Path, truth: List[str], second_look: Optional[Path] = None,
               same_images: Optional[Path] = None) -> Dict[Tuple[str, int], Dict[str, float]]:
     """(source, index) -> {network: distance} from a case's report (``source``: the NAME its folder maps to by
     ``truth`` items FOLDER=NAME, ``none`` for real images); images in no mapped folder are left out. With
     ``second_look`` (a second_look_case.py state) an image's distances are those after its second look; with
     ``same_images`` (another case) only the images that case holds (by sha256) are kept."""
-    folders = dict(t.partition("=")[::2] for t in truth)
+    folders = parse_truth(truth)
     after: Dict[str, Dict[str, float]] = {}
     if second_look is not None:
         for line in second_look.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
                 after[r["sha256"]] = r["second"]
-    keep = None if same_images is None else {img["sha256"] for img in case_images(same_images)}
+    keep = None if same_images is None else {img["sha256"] for img in load_case_report(same_images)["images"]}
     rows: Dict[Tuple[str, int], Dict[str, float]] = {}
-    for i, img in enumerate(case_images(case)):
+    for i, img in enumerate(load_case_report(case)["images"]):
         if keep is not None and img["sha256"] not in keep:
             continue
-        parts = Path(img["paths"][0]).parts
-        src = next((folders[f] for f in parts if f in folders), None)
+        src = true_label(img["paths"], folders)
         distances = after.get(img["sha256"], img["distances"])
         if src is not None and all(v is not None for v in distances.values()):
             rows[(src, i)] = {n: float(v) for n, v in distances.items()}

@@ -20,6 +20,7 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
+from cases.metrics import load_case_report, parse_truth, true_label  # noqa: E402
 from cases.report import case_margin  # noqa: E402
 from detector.calibration_store import load_calibration  # noqa: E402
 from detector.check import Candidate, CheckRecord, second_look_pass  # noqa: E402
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
     p.add_argument("--margin", type=float, help="default: the case's own (detect batch --margin)")
     a = p.parse_args(argv)
     torch.set_flush_denormal(True)
-    report = json.loads((a.case / "report" / "report.json").read_text())
+    report = load_case_report(a.case)
     prov = report["provenance"]
     case_settings = dict(prov["settings"])  # the projector's, plus what batch records beside them
     if case_settings.pop("second_look", False):
@@ -67,11 +68,11 @@ def main(argv=None) -> dict:
         # the references the case's verdicts were made with (its manifest's summary of each calibration)
         refs[m["name"]] = Reference.from_calibration(m["name"], m["calibration"], prov["threshold_override"])
     distance = load_lpips(prov["distance"]["net"])
-    folders = dict(t.partition("=")[::2] for t in a.truth)
+    folders = parse_truth(a.truth)
     images = []
     for img in report["images"]:
-        src = next((folders[f] for f in Path(img["paths"][0]).parts if f in folders), "")
-        if src != "" and all(v is not None for v in img["distances"].values()):
+        src = true_label(img["paths"], folders)
+        if src is not None and all(v is not None for v in img["distances"].values()):
             images.append((img, None if src == "none" else src))
     done = {}
     if a.state.exists():

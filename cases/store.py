@@ -71,6 +71,12 @@ _BATCH_RE = re.compile(r"^batch-r(\d{3,})-(\d{6,})\.h5$")
 
 # Settings that change speed, memory or placement but not results: a case may be resumed with other values.
 NON_RESULT_SETTINGS = ("device", "chunk_size")
+# Defaults that changed: (setting, its value in older cases, its value now, how such a case resumes)
+CHANGED_DEFAULTS = (("lr", 0.1, None, "cases made before lr 0.2 became the default below 256 px resume with "
+                                      "--method appd"),
+                    ("second_look", None, True, "cases made before the second look became the default resume "
+                                                "with --no-second-look"))
+
 
 class CaseError(RuntimeError):
     """A case folder cannot be used as asked (missing, not a case, created with other settings ...)."""
@@ -166,10 +172,8 @@ class CaseStore:
         then, now = _comparable(m["settings"]), _comparable(json.loads(json.dumps(settings)))
         if then != now:
             diff = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
-            hint = (" (cases made before lr 0.2 became the default below 256 px resume with --method appd)"
-                    if diff == ["lr"] and then.get("lr") == 0.1 and now.get("lr") is None else
-                    " (cases made before the second look became the default resume with --no-second-look)"
-                    if diff == ["second_look"] and now.get("second_look") and not then.get("second_look") else "")
+            hint = next((f" ({how})" for key, old, new, how in CHANGED_DEFAULTS
+                         if diff == [key] and then.get(key) == old and now.get(key) == new), "")
             problems.append(f"projector settings differ ({', '.join(diff)}){hint}")
         if int(m["seed"]) != int(seed):
             problems.append(f"seed {seed} != {m['seed']}")

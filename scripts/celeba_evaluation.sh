@@ -105,6 +105,12 @@ MARGS=(${METHOD:+--method "$METHOD"})
 SUFFIX="${METHOD:+-$METHOD}"
 MODELS="$WORK/models$SUFFIX"
 mkdir -p "$WORK"/{runs,data,eval,cases}
+# the three-network case's sources (detect score's and the benchmarks' --truth), and its networks' calibrations
+TRUTH3=(--truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 --truth real=none)
+cals3() {  # cals3 SUFFIX: --calibration=NAME=FILE for F, F1 and F2, the records made with that suffix, one a line
+  local n
+  for n in celeba32-f celeba32-f-t1 celeba32-f2; do echo "--calibration=$n=$WORK/eval/cal-$n$1.json"; done
+}
 
 train() {  # train RUN PRESET [extra args]: start, or continue a run that exists
   local run=$1 preset=$2
@@ -298,34 +304,30 @@ for stage in "$@"; do
       detect batch "$D3" --model "$MODELS/celeba32-f.pt" --model "$MODELS/celeba32-f-t1.pt" \
         --model "$MODELS/celeba32-f2.pt" --case "$C3" --steps 1000 --trajectory 25 --no-second-look "${MARGS[@]}"
       detect report "$C3"
-      detect score "$C3" --truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 \
-        --truth real=none --scatter "$WORK/eval/three-networks-n$N_CASE$SUFFIX-scatter.png" --json \
+      detect score "$C3" "${TRUTH3[@]}" --scatter "$WORK/eval/three-networks-n$N_CASE$SUFFIX-scatter.png" --json \
         | tee "$WORK/eval/three-networks-n$N_CASE$SUFFIX-metrics.json"
       ;;
     analyse-case3)
       C3="$WORK/cases/three-networks-n$N_CASE$SUFFIX" E3="$WORK/eval/three-networks-n$N_CASE$SUFFIX"
-      truth=(--truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 --truth real=none)
-      cals=(--calibration "celeba32-f=$WORK/eval/cal-celeba32-f$SUFFIX.json"
-            --calibration "celeba32-f-t1=$WORK/eval/cal-celeba32-f-t1$SUFFIX.json"
-            --calibration "celeba32-f2=$WORK/eval/cal-celeba32-f2$SUFFIX.json")
-      detect report "$C3" "${truth[@]}"
-      python benchmarks/rule_choice.py --case "$C3" "${truth[@]}" "${cals[@]}" | tee "$E3-rules.json"
+      mapfile -t cals < <(cals3 "$SUFFIX")
+      detect report "$C3" "${TRUTH3[@]}"
+      python benchmarks/rule_choice.py --case "$C3" "${TRUTH3[@]}" "${cals[@]}" | tee "$E3-rules.json"
       python benchmarks/early_decisions.py --case "$C3" "${cals[@]}" --trajectories "$E3-trajectories.jsonl" \
         | tee "$E3-early.json"
-      python benchmarks/second_look_case.py --case "$C3" "${truth[@]}" --state "$E3-second-look.jsonl" \
+      python benchmarks/second_look_case.py --case "$C3" "${TRUTH3[@]}" --state "$E3-second-look.jsonl" \
         | tee "$E3-second-look.json"
       # issue 24's cost: steps of the case (and of its second look) over App. D's 1000, times the step-time ratio
       python benchmarks/decision_cost.py --case "$C3" --second-look "$E3-second-look.jsonl" | tee "$E3-cost.json"
       ;;
     compare-appd)
       CA="$WORK/cases/three-networks-n$N_CASE-appd" C3="$WORK/cases/three-networks-n30" E3="$WORK/eval/three-networks"
-      truth=(--truth gen_f=celeba32-f --truth gen_f1=celeba32-f-t1 --truth gen_f2=celeba32-f2 --truth real=none)
-      cals() { for n in celeba32-f celeba32-f-t1 celeba32-f2; do echo "--calibration $n=$WORK/eval/cal-$n$1.json"; done; }
-      python benchmarks/rule_choice.py --case "$CA" "${truth[@]}" $(cals -appd) | tee "$E3-n$N_CASE-appd-rules.json"
-      python benchmarks/rule_choice.py --case "$C3" --same-images "$CA" "${truth[@]}" $(cals "") \
+      mapfile -t appd < <(cals3 -appd)
+      mapfile -t default < <(cals3 "")
+      python benchmarks/rule_choice.py --case "$CA" "${TRUTH3[@]}" "${appd[@]}" | tee "$E3-n$N_CASE-appd-rules.json"
+      python benchmarks/rule_choice.py --case "$C3" --same-images "$CA" "${TRUTH3[@]}" "${default[@]}" \
         | tee "$E3-n30-on-n$N_CASE-rules.json"
       python benchmarks/rule_choice.py --case "$C3" --same-images "$CA" --second-look "$E3-n30-second-look.jsonl" \
-        "${truth[@]}" $(cals "") | tee "$E3-n30-second-look-on-n$N_CASE-rules.json"
+        "${TRUTH3[@]}" "${default[@]}" | tee "$E3-n30-second-look-on-n$N_CASE-rules.json"
       ;;
     inversion)
       python benchmarks/inversion_methods.py --model "$F" --sibling "$F1" --real "$WORK/data/real_dev40" \

@@ -471,3 +471,21 @@ def test_a_file_damaged_inside_its_arrays_without_a_recorded_hash_is_found_and_q
     s = run(env, "case")
     assert [q["file"] for q in s.quarantined] == [f"results/{victim.name}"] and s.processed == 2
     assert len(list(CaseStore.open(env / "case").results())) == 6
+
+
+@pytest.mark.parametrize("old, new, hint", [
+    ({"lr": 0.1}, {}, "resume with --method appd"),
+    ({}, {"second_look": True}, "resume with --no-second-look"),
+])
+def test_a_case_made_before_a_default_changed_is_refused_with_how_to_resume(tmp_path, old, new, hint):
+    """A case whose settings differ from today's only by a default that changed since is refused, and the message
+    says which option resumes it; any other difference gets no such hint."""
+    base = ProjectorSettings(steps=3).to_dict()
+    models = [{"path": "g.pt", "file_sha256": "0" * 64}]
+    CaseStore.create(tmp_path / "case", settings={**base, **old}, seed=0, models=models)
+    store = CaseStore.open(tmp_path / "case")
+    with pytest.raises(CaseError, match=hint):
+        store.check_compatible(settings={**base, **new}, seed=0, models=models)
+    with pytest.raises(CaseError) as other:
+        store.check_compatible(settings={**base, **new, "steps": 4}, seed=0, models=models)
+    assert "resume with" not in str(other.value)
