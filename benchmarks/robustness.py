@@ -17,7 +17,9 @@ replicated), ``blur`` (Gaussian, radius 0.6 px). Methods: ``plain`` (the project
 before and after), from one projection.
 
 Per condition and method: ROC AUC, and at the clean calibration's threshold (``--calibration`` record, what a
-user with a calibrated network experiences) the TPR and the achieved FPR with 95 % intervals. Resumable:
+user with a calibrated network experiences) the TPR and the achieved FPR with 95 % intervals; a method projected
+otherwise than the calibration (``appd``) is scored at its own clean calibration's threshold
+(``--method-calibration appd=cal-appd.json``) where one is given. Resumable:
 distances are appended to ``--state`` (JSONL) after each batch; ``--report-only`` summarises. Prints JSON;
 ``--plot`` draws AUC and TPR/FPR per condition.
 
@@ -153,18 +155,21 @@ def rates(k: int, n: int) -> dict:
     return {"count": k, "n": n, "rate": k / n if n else None, "ci95": [lo, hi]}
 
 
-def report(records: List[dict], threshold: float) -> dict:
+def report(records: List[dict], threshold: float, method_thresholds: Dict[str, float] | None = None) -> dict:
+    """Per condition and method: AUC, medians, and TPR / FPR at the clean threshold (``method_thresholds[method]``
+    where given, else ``threshold``)."""
     out: Dict[str, dict] = {}
     for (cond, method) in dict.fromkeys((r["condition"], r["method"]) for r in records):
         rows = [r for r in records if r["condition"] == cond and r["method"] == method]
+        thr = (method_thresholds or {}).get(method, threshold)
         gen = [r["distance"] for r in rows if r["kind"] == "generated"]
         real = [r["distance"] for r in rows if r["kind"] == "real"]
-        entry = {"n_generated": len(gen), "n_real": len(real),
+        entry = {"n_generated": len(gen), "n_real": len(real), "clean_threshold": thr,
                  "auc": roc_auc(gen, real) if gen and real else None,
                  "median_generated": float(np.median(gen)) if gen else None,
                  "median_real": float(np.median(real)) if real else None,
-                 "tpr_at_clean_threshold": rates(sum(d <= threshold for d in gen), len(gen)),
-                 "fpr_at_clean_threshold": rates(sum(d <= threshold for d in real), len(real)),
+                 "tpr_at_clean_threshold": rates(sum(d <= thr for d in gen), len(gen)),
+                 "fpr_at_clean_threshold": rates(sum(d <= thr for d in real), len(real)),
                  "seconds_per_image": float(np.mean([r["seconds_per_image"] for r in rows]))}
         res = [(r["kind"], r["consistency"]["residual"]) for r in rows if r.get("consistency")]
         if res:
@@ -219,6 +224,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--calibration", required=True, help="the clean calibration record (JSON) of --model")
+    p.add_argument("--method-calibration", action="append", default=[], metavar="METHOD=PATH",
+                   help="the clean calibration a method's rows are scored at (e.g. appd=cal-appd.json; repeat)")
     p.add_argument("--real", required=True, type=Path, help="held-out real faces, PNGs at the network's size")
     p.add_argument("--condition", action="append", required=True, metavar="NAME:N",
                    help="a condition and its images per population (repeat)")
@@ -239,6 +246,14 @@ def main(argv=None) -> dict:
 
     cal = json.loads(Path(a.calibration).read_text(encoding="utf-8"))
     threshold = float(cal["threshold"])
+    method_cals = {}
+    for item in a.method_calibration:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--method-calibration {item!r}: METHOD=PATH")
+        c = json.loads(Path(path).read_text(encoding="utf-8"))
+        method_cals[name] = {"path": path, "threshold": float(c["threshold"]), "fpr_ci": c.get("fpr_ci")}
+    method_thresholds = {m: c["threshold"] for m, c in method_cals.items()}
     records = [json.loads(x) for x in a.state.read_text().splitlines() if x.strip()] if a.state.exists() else []
     done = {(r["condition"], r["method"], r["kind"], r["name"]) for r in records}
     conds = [(c.partition(":")[0], int(c.partition(":")[2] or 30)) for c in a.condition]
@@ -304,9 +319,10 @@ def main(argv=None) -> dict:
                               file=sys.stderr)
     doc = {"benchmark": "robustness", "model": a.model, "threshold": threshold,
            "calibration_target_fpr": cal.get("target_fpr"), "calibration_fpr_ci": cal.get("fpr_ci"),
+           "method_calibrations": method_cals,
            "steps": a.steps, "machine": info, "methods": {m: o for m, o in methods},
            "consistency": csettings.to_dict() if any(m == "consistency" for m, _ in methods) else None,
-           "conditions": report(records, threshold)}
+           "conditions": report(records, threshold, method_thresholds)}
     if a.plot:
         plot(doc, a.plot)
     print(json.dumps(doc, indent=1))
