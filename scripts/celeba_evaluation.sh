@@ -230,34 +230,25 @@ for stage in "$@"; do
       part="${ROB_PART:-a}"
       # continue committed progress (benchmarks/results/robustness-PART-progress.jsonl) in a fresh $WORK
       restore "$WORK/eval/robustness-$part.jsonl" "robustness-$part-progress.jsonl"
-      # the JPEG conditions project once for both their plain rows and the consistency refinement's
+      # ordered passes "CONDITIONS=METHOD", the ones that decide defaults first; the JPEG conditions project once for
+      # both their plain rows and the consistency refinement's; a file at 32 px that went through 16 or 24 px needs
+      # --source-size for the resize model, one saved at 16 px is resized by the loader, which knows it
+      rs=resize:model_resize=true
       if [ "$part" = a ]; then
-        conds=(png:100) jpegs=(jpeg90:100 jpeg75:100) appd=(png:30 jpeg75:30)
+        passes=("png:100=plain" "jpeg75:100,jpeg90:100=consistency" "png:30,jpeg75:30=appd:lr=0.1")
       else
-        conds=(down0.5:30 down0.75:30 small0.5:30 shift1:30 shift2:30 shift4:30 shift8:30 blur:30)
-        jpegs=(jpeg95:30 jpeg50:30 jpeg90x2:30) appd=(down0.5:30 shift4:30)
+        passes=("down0.5:30,down0.75:30=plain" "down0.5:30=$rs,source_size=16" "shift4:30,shift8:30=plain"
+                "jpeg50:30=consistency" "small0.5:30=plain" "small0.5:30=$rs" "shift1:30,shift2:30,blur:30=plain"
+                "down0.75:30=$rs,source_size=24" "jpeg95:30,jpeg90x2:30=consistency" "down0.5:30,shift4:30=appd:lr=0.1")
       fi
-      for pass in default jpeg appd; do
+      for pass in "${passes[@]}"; do
         cargs=()
-        case "$pass" in
-          default) for c in "${conds[@]}"; do cargs+=(--condition "$c"); done; methods=(--method plain) ;;
-          jpeg) for c in "${jpegs[@]}"; do cargs+=(--condition "$c"); done; methods=(--method consistency) ;;
-          appd) for c in "${appd[@]}"; do cargs+=(--condition "$c"); done; methods=(--method appd:lr=0.1) ;;
-        esac
+        IFS=, read -r -a conds <<< "${pass%%=*}"
+        for c in "${conds[@]}"; do cargs+=(--condition "$c"); done
         python benchmarks/robustness.py --model "$MODELS/celeba32-f.pt" --calibration "$WORK/eval/cal-celeba32-f.json" \
           --real "$WORK/data/real_eval100" --work "$WORK/robustness" --state "$WORK/eval/robustness-$part.jsonl" \
-          "${cargs[@]}" "${methods[@]}" > "$WORK/eval/robustness-$part.json"
+          "${cargs[@]}" --method "${pass#*=}" > "$WORK/eval/robustness-$part.json"
       done
-      if [ "$part" = b ]; then  # the resize model beside plain projection: a file at 32 px that went through
-        # 16 or 24 px needs --source-size; one saved at 16 px is resized by the loader, which knows it
-        for cm in down0.5:30=resize:model_resize=true,source_size=16 down0.75:30=resize:model_resize=true,source_size=24 \
-                  small0.5:30=resize:model_resize=true; do
-          python benchmarks/robustness.py --model "$MODELS/celeba32-f.pt" \
-            --calibration "$WORK/eval/cal-celeba32-f.json" --real "$WORK/data/real_eval100" --work "$WORK/robustness" \
-            --state "$WORK/eval/robustness-$part.jsonl" --condition "${cm%%=*}" --method "${cm#*=}" \
-            > "$WORK/eval/robustness-$part.json"
-        done
-      fi
       ;;
     robustness-report)
       cat "$WORK"/eval/robustness-[ab].jsonl > "$WORK/eval/robustness.jsonl"
