@@ -238,7 +238,7 @@ for stage in "$@"; do
         passes=("png:100=plain" "jpeg75:100,jpeg90:100=consistency" "png:30,jpeg75:30=appd:lr=0.1")
       else
         passes=("down0.5:30,down0.75:30=plain" "down0.5:30=$rs,source_size=16" "shift4:30,shift8:30=plain"
-                "jpeg50:30=consistency" "small0.5:30=plain" "small0.5:30=$rs" "shift1:30,shift2:30,blur:30=plain"
+                "small0.5:30=plain" "jpeg50:30=consistency" "small0.5:30=$rs" "shift1:30,shift2:30,blur:30=plain"
                 "down0.75:30=$rs,source_size=24" "jpeg95:30,jpeg90x2:30=consistency" "down0.5:30,shift4:30=appd:lr=0.1")
       fi
       for pass in "${passes[@]}"; do
