@@ -21,7 +21,7 @@ user with a calibrated network experiences) the TPR and the achieved FPR with 95
 otherwise than the calibration (``appd``) is scored at its own clean calibration's threshold
 (``--method-calibration appd=cal-appd.json``) where one is given. Resumable:
 distances are appended to ``--state`` (JSONL) after each batch; ``--report-only`` summarises. Prints JSON;
-``--plot`` draws AUC and TPR/FPR per condition.
+``--plot`` draws AUC and TPR/FPR per condition, ``--markdown`` writes the table for the docs.
 
     python benchmarks/robustness.py --model F.pt --calibration cal.json --real real_eval100 --work /tmp/rob \\
         --state rob.jsonl --condition png:100 --condition jpeg75:100 --condition shift4:30 --method plain
@@ -220,6 +220,35 @@ def plot(doc: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+#: The issue's order of conditions, for tables (others follow in the order met).
+CONDITION_ORDER = ["png", "jpeg95", "jpeg90", "jpeg90x2", "jpeg75", "jpeg50", "down0.75", "down0.5", "small0.5",
+                   "shift1", "shift2", "shift4", "shift8", "blur"]
+
+
+def markdown(doc: dict) -> str:
+    """The report as a Markdown table: per condition and method, the images, ROC AUC, and at the clean threshold
+    (the method's own calibration where it has one) the generated and the real images under it."""
+    conds = doc["conditions"]
+    order = [c for c in CONDITION_ORDER if c in conds] + [c for c in conds if c not in CONDITION_ORDER]
+    lines = ["| condition | projection | images | AUC | generated under the clean threshold (TPR) | "
+             "real under it (FPR, 95 % interval) | median generated / real |", "|---|---|---|---|---|---|---|"]
+    for c in order:
+        for m in sorted(conds[c], key=lambda m: (m != "plain", m)):
+            e = conds[c][m]
+            t, f = e["tpr_at_clean_threshold"], e["fpr_at_clean_threshold"]
+            auc = "-" if e["auc"] is None else f"{e['auc']:.4f}"
+            fpr = "-" if not f["n"] else f"{f['count']}/{f['n']} ({f['ci95'][0]:.2f}-{f['ci95'][1]:.2f})"
+            tpr = "-" if not t["n"] else f"{t['count']}/{t['n']}"
+            med = " / ".join("-" if v is None else f"{v:.4f}" for v in (e["median_generated"], e["median_real"]))
+            lines.append(f"| {c} | {m} | {e['n_generated']} + {e['n_real']} | {auc} | {tpr} | {fpr} | {med} |")
+            if e.get("residual"):  # the consistency refinement's own statistic (no clean threshold of its own)
+                r = e["residual"]
+                auc = "-" if r["auc"] is None else f"{r['auc']:.4f}"
+                med = " / ".join("-" if v is None else f"{v:.2g}" for v in (r["median_generated"], r["median_real"]))
+                lines.append(f"| {c} | {m}: its JPEG residual | | {auc} | | | {med} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
@@ -236,6 +265,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed-offset", type=int, default=2_000_000)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--markdown", type=Path, help="also write the report as a Markdown table here")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--consistency-steps", type=int, default=ConsistencySettings.steps)
@@ -325,6 +355,10 @@ def main(argv=None) -> dict:
            "conditions": report(records, threshold, method_thresholds)}
     if a.plot:
         plot(doc, a.plot)
+    if a.markdown:
+        from stylegan.util.files import atomic_write_text
+
+        atomic_write_text(a.markdown, markdown(doc))
     print(json.dumps(doc, indent=1))
     return doc
 

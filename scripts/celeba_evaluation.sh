@@ -258,7 +258,7 @@ for stage in "$@"; do
         --method-calibration appd="$WORK/eval/cal-celeba32-f-appd.json" \
         --real "$WORK/data/real_eval100" --work "$WORK/robustness" --state "$WORK/eval/robustness.jsonl" \
         --condition png --method plain --report-only --plot "$WORK/eval/robustness.png" \
-        | tee "$WORK/eval/robustness.json"
+        --markdown "$WORK/eval/robustness.md" | tee "$WORK/eval/robustness.json"
       ;;
     case)
       generated "$F" "$WORK/data/gen_f100" 2000000
