@@ -12,9 +12,10 @@ compares x with D(g(w, n)), D the same processing x went through, known from the
 * **JPEG** - a JPEG file at the network's size is compared with the JPEG of the re-synthesis under the file's own
   quantisation tables and chroma subsampling (:class:`detector.jpeg.DifferentiableJpeg`). Not modelled for a JPEG
   that was cropped or resized afterwards (its 8x8 blocks no longer sit on the network's grid).
-* **shift** - the framing may be off by a few pixels: D translates the re-synthesis by the (dy, dx) found by
-  :func:`detector.resampling.estimate_shift` against a first, short projection, and both images are cropped to
-  the pixels the shift did not invent (:meth:`Degradation.target` crops the suspect image the same way).
+* **shift** - the framing may be off by a few pixels: D translates the re-synthesis by (dy, dx), and both images
+  are cropped to the pixels the shift did not invent (:meth:`Degradation.target` crops the suspect image the same
+  way). The shift is searched with short projections at candidate shifts, compared on one common central crop
+  (:func:`search_shifts`).
 
 :class:`DegradationSpec` is the hashable description (images with the same one are projected together; batch
 results stay those of one-by-one runs), :meth:`DegradationSpec.build` the module the projector applies.
@@ -32,7 +33,7 @@ import torch
 from stylegan.images import REDUCING_GAP
 
 from .jpeg import DifferentiableJpeg, JpegQuality
-from .resampling import estimate_shift, resize, shift, shift_valid_box
+from .resampling import resize, shift, shift_valid_box
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,26 @@ class DegradationSpec:
     jpeg: Optional[Tuple[str, Tuple[int, ...], Optional[Tuple[int, ...]]]] = None
     shift: Tuple[int, int] = (0, 0)
     jpeg_quality: Optional[int] = None  # for the record only (the tables decide)
+    margin: int = 0  # > 0: compare on the central box [margin, R - margin) instead of the shift's own box
 
     @property
     def is_identity(self) -> bool:
-        return self.via_size is None and self.jpeg is None and self.shift == (0, 0)
+        return self.via_size is None and self.jpeg is None and self.shift == (0, 0) and not self.margin
 
     @staticmethod
     def jpeg_key(q: JpegQuality) -> Tuple[str, Tuple[int, ...], Optional[Tuple[int, ...]]]:
         chroma = None if q.chroma_table is None else tuple(int(v) for v in np.asarray(q.chroma_table).ravel())
         return (q.subsampling, tuple(int(v) for v in np.asarray(q.luma_table).ravel()), chroma)
 
-    def with_shift(self, dy: int, dx: int) -> "DegradationSpec":
-        return DegradationSpec(self.via_size, self.jpeg, (int(dy), int(dx)), self.jpeg_quality)
+    def with_shift(self, dy: int, dx: int, margin: int = 0) -> "DegradationSpec":
+        return dataclasses.replace(self, shift=(int(dy), int(dx)), margin=int(margin))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"via_size": self.via_size, "jpeg_quality": self.jpeg_quality,
-                "jpeg_subsampling": None if self.jpeg is None else self.jpeg[0], "shift": list(self.shift)}
+        d = {"via_size": self.via_size, "jpeg_quality": self.jpeg_quality,
+             "jpeg_subsampling": None if self.jpeg is None else self.jpeg[0], "shift": list(self.shift)}
+        if self.margin:
+            d["margin"] = self.margin
+        return d
 
     def build(self, resolution: int) -> "Degradation":
         return Degradation(self, int(resolution))
@@ -82,6 +87,12 @@ class Degradation(torch.nn.Module):
             self.jpeg = DifferentiableJpeg(q)
         dy, dx = spec.shift
         self.box = shift_valid_box(resolution, resolution, dy, dx)
+        if spec.margin:
+            m = int(spec.margin)
+            if max(abs(dy), abs(dx)) > m or 2 * m >= resolution:
+                raise ValueError(f"a central box of margin {m} is not inside the pixels of shift {spec.shift} "
+                                 f"at {resolution} px")
+            self.box = (m, resolution - m, m, resolution - m)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom, left, right = self.box
@@ -100,12 +111,12 @@ class Degradation(torch.nn.Module):
             x = v / 127.5 - 1
         if photometric and self.jpeg is not None:
             x = self.jpeg(x)
-        if s.shift != (0, 0):
+        if s.shift != (0, 0) or s.margin:
             x = self._crop(shift(x, s.shift[0], s.shift[1]))
         return x
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
-        return self._crop(x) if self.spec.shift != (0, 0) else x
+        return self._crop(x) if self.spec.shift != (0, 0) or self.spec.margin else x
 
 
 
@@ -139,57 +150,113 @@ def spec_for(image: Any, settings: Any, resolution: int) -> DegradationSpec:
     return DegradationSpec(via, jpeg, (0, 0), quality)
 
 
+def search_grid(max_shift: int) -> Tuple[List[int], List[int]]:
+    """The values per axis of :func:`search_shifts`' first grid (five, rounded from -max_shift to max_shift: 0, +-4,
+    +-8 for 8) and the spacings it then refines at (halving the widest gap down to 1: 2, 1 for 8)."""
+    A = int(max_shift)
+    values = sorted({int(round(v)) for v in np.linspace(-A, A, 5)})
+    gap = max([b - a for a, b in zip(values, values[1:])] or [1])
+    spacings = []
+    while gap > 1:
+        gap = (gap + 1) // 2
+        spacings.append(gap)
+    return values, spacings
+
+
+def search_shifts(projector: Any, targets: torch.Tensor, specs: List[DegradationSpec],
+                  project: Callable[[Any, Dict[int, DegradationSpec]], Dict[int, Any]]) -> List[DegradationSpec]:
+    """Each image's shift (at most ``settings.align`` px each way), by short projections (``align_steps``) at
+    candidate shifts: a 5 x 5 grid (:func:`search_grid`), then the 8 neighbours of the closest at half the spacing,
+    down to 1 px. Every candidate is compared on the same central crop (margin ``align``: pixels no candidate
+    invents), since LPIPS on crops of different sizes is not comparable (docs/measurements.md, the align pilot).
+    ``project(projector, {k: spec})`` projects images k at their specs and returns {k: result}. Returns the specs
+    with the closest shift (compared on its own crop from then on)."""
+    from .projector import Projector  # here: the projector module does not depend on this one
+
+    s = projector.settings
+    A = int(s.align)
+    R = int(projector.G.img_resolution)
+    if R - 2 * A < 8:
+        raise ValueError(f"align {A} px leaves a central crop of {R - 2 * A} px at {R} px (at most {(R - 8) // 2})")
+    short = dataclasses.replace(s, steps=s.align_steps, early_stop=None, early_stop_schedule=None,
+                                clean_checkpoints=False, starts=1, keep_starts=1, refine_steps=0, align=0,
+                                trace_every=0)
+    proj = Projector(projector.G, projector.distance, short)
+    values, spacings = search_grid(A)
+    N = targets.shape[0]
+    tried: List[Dict[Tuple[int, int], float]] = [{} for _ in range(N)]
+
+    def evaluate(cands: List[List[Tuple[int, int]]]) -> None:
+        rounds = max(len(c) for c in cands)
+        for r in range(rounds):  # round r: each image's r-th candidate, all images in one call
+            idx = [k for k in range(N) if r < len(cands[k])]
+            if not idx:
+                continue
+            res = project(proj, {k: specs[k].with_shift(*cands[k][r], margin=A) for k in idx})
+            for k in idx:
+                tried[k][cands[k][r]] = float(res[k].distance)
+
+    evaluate([[(dy, dx) for dy in values for dx in values]] * N)
+    best = [min(t, key=t.get) for t in tried]
+    for step in spacings:
+        cands = []
+        for k in range(N):
+            y, x = best[k]
+            cands.append([(y + a, x + b) for a in (-step, 0, step) for b in (-step, 0, step)
+                          if abs(y + a) <= A and abs(x + b) <= A and (y + a, x + b) not in tried[k]])
+        evaluate(cands)
+        best = [min(t, key=t.get) for t in tried]
+    return [spec.with_shift(*b) for spec, b in zip(specs, best)]
+
+
+def search_cost(max_shift: int) -> int:
+    """Short projections :func:`search_shifts` runs per image at most: 25 + 8 per refinement."""
+    values, spacings = search_grid(max_shift)
+    return len(values) ** 2 + 8 * len(spacings)
+
+
 def project_degraded(projector: Any, targets: torch.Tensor, specs: List[DegradationSpec], seeds: List[int],
                      progress: Optional[Callable[[float, float, np.ndarray], None]] = None
                      ) -> Tuple[list, List[DegradationSpec]]:
     """Project targets [N, C, R, R] with a :class:`detector.projector.Projector`, each compared through its own
-    degradation. With ``settings.align`` > 0, a first projection of ``align_steps`` steps gives each image a
-    re-synthesis, :func:`detector.resampling.estimate_shift` the (dy, dx) that best maps it onto the image (at
-    most ``align`` px), and the projection proper compares at that shift. Images of one spec are projected
-    together (results stay those of one-by-one runs). Returns (results in order, the specs used, shifts set).
-    ``progress(done, total, losses)`` counts steps per image over both passes."""
-    from .projector import Projector  # here: the projector module does not depend on this one
-
+    degradation. With ``settings.align`` > 0 each image's shift is searched first (:func:`search_shifts`) and the
+    projection proper compares at it. Images of one spec are projected together (results stay those of one-by-one
+    runs). Returns (results in order, the specs used). ``progress(done, total, losses)`` counts steps per image
+    over the search and the projection."""
     s = projector.settings
     R = int(projector.G.img_resolution)
     specs = list(specs)
     N = targets.shape[0]
-    passes = [s.align_steps] if s.align else []
-    total = float(sum(passes) + s.image_steps())
+    search_steps = s.align_steps * search_cost(s.align) if s.align else 0
+    total = float(search_steps + s.image_steps())
     done = [0.0]
 
-    def grouped(proj, steps_each: float) -> list:
-        out: list = [None] * N
+    def grouped(proj, chosen: Dict[int, DegradationSpec], steps_each: float) -> Dict[int, Any]:
+        """One projection of images ``chosen`` (index -> spec), images of one spec together."""
+        out: Dict[int, Any] = {}
         groups: Dict[DegradationSpec, List[int]] = {}
-        for k, spec in enumerate(specs):
+        for k, spec in chosen.items():
             groups.setdefault(spec, []).append(k)
         for spec, idx in groups.items():
             base, share = done[0], len(idx) / N
 
             def step_progress(step, steps, losses, base=base, share=share):
                 if progress is not None:
-                    progress(base + steps_each * share * step / steps, total, losses)
+                    progress(min(total, base + steps_each * share * step / steps), total, losses)
 
             res = proj.project(targets[idx], seeds=[seeds[k] for k in idx], progress=step_progress,
                                degradation=None if spec.is_identity else spec.build(R))
-            done[0] = base + steps_each * share
-            for k, r in zip(idx, res):
-                out[k] = r
+            done[0] = min(total, base + steps_each * share)
+            out.update(zip(idx, res))
         return out
 
     if s.align:
-        short = dataclasses.replace(s, steps=s.align_steps, early_stop=None, early_stop_schedule=None,
-                                    clean_checkpoints=False, starts=1, keep_starts=1, refine_steps=0, align=0,
-                                    trace_every=0)
-        first = grouped(Projector(projector.G, projector.distance, short), float(s.align_steps))
-        with torch.no_grad():
-            for k, r in enumerate(first):
-                ref = r.image[None].to(targets.device)
-                if not specs[k].is_identity:
-                    ref = specs[k].build(R).to(targets.device)(ref)
-                est = estimate_shift(targets[k:k + 1], ref.clamp(-1, 1), s.align)[0]
-                specs[k] = specs[k].with_shift(est.dy, est.dx)
-    return grouped(projector, float(s.image_steps())), specs
+        specs = search_shifts(projector, targets, specs,
+                              lambda proj, chosen: grouped(proj, chosen, float(s.align_steps)))
+        done[0] = float(search_steps)  # the search's budget is its most; what it did not need is skipped
+    res = grouped(projector, dict(enumerate(specs)), float(s.image_steps()))
+    return [res[k] for k in range(N)], specs
 
 
-__all__ = ["DegradationSpec", "Degradation", "describe_spec", "spec_for", "project_degraded"]
+__all__ = ["DegradationSpec", "Degradation", "describe_spec", "spec_for", "search_grid", "search_shifts",
+           "search_cost", "project_degraded"]

@@ -116,8 +116,10 @@ class ProjectorSettings:
     degrade_from     the fraction of ``steps`` from which the modelled JPEG and resize enter the loss (0: from the
                      start; 1: only the reported distance, the optimisation itself compares the plain
                      re-synthesis); a shift's crop always applies
-    align            the largest shift (px) searched for between the image and a first projection of
-                     ``align_steps`` steps (0: none); the image is then compared at that shift
+    align            the largest shift (px, each way) searched for (0: none): short projections of
+                     ``align_steps`` steps at candidate shifts, compared on one central crop (at most 41 per image
+                     for 8 px; :func:`detector.degradation.search_shifts`); the image is then compared at the
+                     closest
     early_stop_schedule None, or ((step, under, far), ...): at each of these steps the clean distance of each active
                      image is evaluated, and the image is frozen when it is below ``under`` or above ``far``
                      (inf: never). The bands come from measured trajectories (:mod:`detector.early`), so no

@@ -38,7 +38,8 @@
 #              0.5x and 0.75x down and back, half-size upscaled, shifts 1/2/4/8 px, blur on 30 + 30; the projector's
 #              default everywhere (on the JPEG conditions followed by the JPEG-consistency refinement, which
 #              adds its own rows) and App. D (lr 0.1) on 30 + 30 of PNG, JPEG 75, 0.5x and 4 px beside it; the resize
-#              model (model_resize, source_size) on 0.5x, 0.75x and half-size beside plain projection. ROB_PART=a|b
+#              model (model_resize, source_size) on 0.5x, 0.75x and half-size beside plain projection; the shift
+#              search (--align 8) on 15 + 15 of 8 px and of PNG. ROB_PART=a|b
 #              splits the conditions between two one-thread lanes (state files robustness-a/b.jsonl);
 #              robustness-report merges them into the record and plot (~14 core-hours in all), App. D's rows
 #              scored at App. D's own clean calibration of F
@@ -235,7 +236,8 @@ for stage in "$@"; do
       # --source-size for the resize model, one saved at 16 px is resized by the loader, which knows it
       rs=resize:model_resize=true
       if [ "$part" = a ]; then
-        passes=("png:100=plain" "jpeg75:100,jpeg90:100=consistency" "png:30,jpeg75:30=appd:lr=0.1")
+        passes=("png:100=plain" "jpeg75:100=consistency" "shift8:15,png:15=align:align=8" "jpeg90:100=consistency"
+                "png:30,jpeg75:30=appd:lr=0.1")
       else
         passes=("down0.5:30,down0.75:30=plain" "down0.5:30=$rs,source_size=16" "shift4:30,shift8:30=plain"
                 "small0.5:30=plain" "jpeg50:30=consistency" "small0.5:30=$rs" "shift1:30,shift2:30,blur:30=plain"

@@ -111,7 +111,8 @@ SourceSizeOption = Annotated[Optional[int], typer.Option(
     help="The images went through PX x PX (resized to it and back) before arriving at the network's size.")]
 AlignOption = Annotated[Optional[int], typer.Option(
     "--align", metavar="PX", rich_help_panel=DEGRADED,
-    help="Search a shift of up to PX pixels against a short first projection and compare at it (0: off).")]
+    help="Search each image's shift, up to PX pixels each way, by short projections at candidate shifts (up to "
+         "41 for 8 px, each 100 steps) and compare at the closest (0: off).")]
 MarginOption = Annotated[float, typer.Option(
     "--margin", metavar="X", help="With several networks: attribute only when the runner-up's distance, in units "
                                   "of its own images' median distance, is at least X times the best's; else "

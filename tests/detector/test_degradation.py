@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.degradation import DegradationSpec, describe_spec, project_degraded, spec_for
+from detector.degradation import DegradationSpec, describe_spec, project_degraded, search_cost, spec_for
 from detector.images import load_image
 from detector.jpeg import DifferentiableJpeg
 from detector.processing import Preprocessing
@@ -82,34 +82,60 @@ def load_image_from_array(a, quality):
 
 
 class _StubProjector:
-    """Returns as re-synthesis a fixed image per target (the 'true' one), and records what it was asked."""
+    """A projector whose distance is the squared distance between the shift it is compared at and image k's true
+    shift (``truth[k]``, k its seed), plus 0.5 off the search's common crop; records what it was asked."""
 
-    def __init__(self, truth, settings):
+    def __init__(self, truth, settings, calls):
         self.G = SimpleNamespace(img_resolution=32)
         self.distance = None
         self.settings = settings
         self.truth = truth
-        self.calls = []
+        self.calls = calls
 
     def project(self, targets, seeds, progress=None, degradation=None):
-        self.calls.append((len(seeds), None if degradation is None else degradation.spec))
-        idx = [int(s) for s in seeds]
-        return [SimpleNamespace(image=self.truth[i], distance=0.0) for i in idx]
+        spec = DegradationSpec() if degradation is None else degradation.spec
+        self.calls.append((self.settings.steps, tuple(int(k) for k in seeds), spec))
+        if progress is not None:
+            progress(self.settings.steps, self.settings.steps, np.zeros(len(seeds)))
+        out = []
+        for k in seeds:
+            (ty, tx), (dy, dx) = self.truth[int(k)], spec.shift
+            out.append(SimpleNamespace(distance=float((dy - ty) ** 2 + (dx - tx) ** 2) + (0 if spec.margin else .5)))
+        return out
 
 
-def test_shift_search_finds_the_framing_and_compares_there(monkeypatch):
-    a = torch.stack([_tensor(_texture(seed=s))[0] for s in range(3)])
-    targets = torch.cat([shift(a[0:1], 2, -1), a[1:2], shift(a[2:3], -3, 0)])
-    settings = ProjectorSettings(steps=10, align=4, align_steps=5)
-    stub = _StubProjector(a, settings)
+@pytest.mark.parametrize("align,truth", [(8, [(4, 4), (0, 0), (-3, 7), (8, -8)]), (2, [(1, -2), (0, 1)]),
+                                         (5, [(5, 5), (-1, 3)])])
+def test_shift_search_finds_each_shift_on_a_common_crop(monkeypatch, align, truth):
+    settings = ProjectorSettings(steps=10, align=align, align_steps=5)
+    calls = []
     import detector.projector as projector_module
 
-    monkeypatch.setattr(projector_module, "Projector", lambda G, dist, s: _StubProjector(a, s))
-    _, specs = project_degraded(stub, targets, [DegradationSpec()] * 3, [0, 1, 2])
-    assert [sp.shift for sp in specs] == [(2, -1), (0, 0), (-3, 0)]
-    # the projection proper: one call per distinct processing
-    assert sorted((n, (0, 0) if sp is None else sp.shift) for n, sp in stub.calls) == [
-        (1, (-3, 0)), (1, (0, 0)), (1, (2, -1))]
+    monkeypatch.setattr(projector_module, "Projector", lambda G, dist, s: _StubProjector(truth, s, calls))
+    main = _StubProjector(truth, settings, calls)
+    seen = []
+    targets = torch.zeros(len(truth), 3, 32, 32)
+    res, specs = project_degraded(main, targets, [DegradationSpec()] * len(truth), list(range(len(truth))),
+                                  progress=lambda done, total, losses: seen.append((done, total)))
+    assert [sp.shift for sp in specs] == truth and all(sp.margin == 0 for sp in specs)
+    short = [c for c in calls if c[0] == 5]
+    assert short and all(sp.margin == align for _, _, sp in short)  # every candidate on the same crop
+    per_image = [sum(k in seeds for _, seeds, _ in short) for k in range(len(truth))]
+    assert max(per_image) <= search_cost(align)
+    # the projection proper: at each image's own shift, on that shift's crop
+    assert sorted((seeds, sp.shift) for n, seeds, sp in calls if n == 10) == sorted(
+        ((k,), t) for k, t in enumerate(truth))
+    assert [r.distance for r in res] == [0.5] * len(truth)
+    assert seen[-1][0] == seen[-1][1] and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+
+
+def test_the_common_crop_is_inside_every_candidate():
+    x = _tensor(_texture())
+    d = DegradationSpec(shift=(3, -4), margin=4).build(32)
+    assert d(x).shape == d.target(x).shape == (1, 3, 24, 24)
+    torch.testing.assert_close(d.target(shift(x, 3, -4)), d(x))
+    with pytest.raises(ValueError, match="central box"):
+        DegradationSpec(shift=(5, 0), margin=4).build(32)
 
 
 @pytest.fixture
