@@ -175,9 +175,7 @@ def search_shifts(projector: Any, targets: torch.Tensor, specs: List[Degradation
 
     s = projector.settings
     A = int(s.align)
-    R = int(projector.G.img_resolution)
-    if R - 2 * A < 8:
-        raise ValueError(f"align {A} px leaves a central crop of {R - 2 * A} px at {R} px (at most {(R - 8) // 2})")
+    s.check_network(projector.G.img_resolution)
     short = dataclasses.replace(s, steps=s.align_steps, early_stop=None, early_stop_schedule=None,
                                 clean_checkpoints=False, starts=1, keep_starts=1, refine_steps=0, align=0,
                                 trace_every=0)

@@ -49,6 +49,10 @@ METHODS: Dict[str, Dict[str, Any]] = {
 }
 
 
+class SettingsError(ValueError):
+    """Settings that do not fit the network they are used on (e.g. a shift search wider than its images allow)."""
+
+
 @dataclass(frozen=True)
 class ProjectorSettings:
     """Every option of the projector; the defaults are StyleGAN2 App. D's, but for the two departures below 256 px.
@@ -255,6 +259,13 @@ class ProjectorSettings:
     def start_steps(self) -> int:
         """Steps after which the closest of several starts is kept (``start_fraction`` of ``steps``)."""
         return min(int(self.steps) - 1, max(1, round(self.start_fraction * self.steps)))
+
+    def check_network(self, img_resolution: int) -> None:
+        """Raise :class:`SettingsError` when these settings cannot run on a network of ``img_resolution``."""
+        room = int(img_resolution) - 2 * int(self.align)
+        if self.align and room < 8:
+            raise SettingsError(f"--align {self.align} leaves a central crop of {room} px at {img_resolution} px; "
+                                f"at most {max(0, (int(img_resolution) - 8) // 2)} there")
 
     def image_steps(self) -> int:
         """Optimisation steps one image costs (each a synthesis forward/backward and a distance): the

@@ -20,12 +20,13 @@ OUTPUT = "Output"
 def detector_errors() -> tuple:
     """Error types that are the user's input, for every `detect` command."""
     from detector.images import ImageInputError
+    from detector.settings import SettingsError
     from stylegan.config import ConfigError
     from stylegan.data import DatasetError
     from stylegan.formats import ModelFormatError
     from stylegan.perceptual import LPIPSWeightsError
 
-    return (ImageInputError, LPIPSWeightsError, ConfigError, DatasetError, ModelFormatError)
+    return (ImageInputError, LPIPSWeightsError, ConfigError, DatasetError, ModelFormatError, SettingsError)
 
 
 def case_errors() -> tuple:

@@ -214,6 +214,15 @@ def test_cli_options_reach_the_settings_and_the_record(tiny):
     assert Preprocessing.from_dict(res["preprocessing"]).jpeg["quality"] == 60
 
 
+def test_a_search_wider_than_the_network_allows_is_refused(tiny):
+    t, _ = tiny
+    r = CliRunner().invoke(app, ["check", str(t / "b.png"), "--model", str(t / "g.pt"), "--steps", "2",
+                                 "--threshold", "0.5", "--device", "cpu", "--align", "8"])
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: --align 8 leaves a central crop of 0 px at 16 px; at most 4 there"]
+
+
 def test_a_calibration_compares_like_check(tiny):
     """With --align, a calibration searches each image's shift as `detect check` does, and records the setting."""
     t, G = tiny
