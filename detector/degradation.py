@@ -45,25 +45,25 @@ class DegradationSpec:
     jpeg: Optional[Tuple[str, Tuple[int, ...], Optional[Tuple[int, ...]]]] = None
     shift: Tuple[int, int] = (0, 0)
     jpeg_quality: Optional[int] = None  # for the record only (the tables decide)
-    margin: int = 0  # > 0: compare on the central box [margin, R - margin) instead of the shift's own box
+    window: int = 0  # > 0: compare a window x window square centred in the shift's own box, not the whole box
 
     @property
     def is_identity(self) -> bool:
-        return self.via_size is None and self.jpeg is None and self.shift == (0, 0) and not self.margin
+        return self.via_size is None and self.jpeg is None and self.shift == (0, 0) and not self.window
 
     @staticmethod
     def jpeg_key(q: JpegQuality) -> Tuple[str, Tuple[int, ...], Optional[Tuple[int, ...]]]:
         chroma = None if q.chroma_table is None else tuple(int(v) for v in np.asarray(q.chroma_table).ravel())
         return (q.subsampling, tuple(int(v) for v in np.asarray(q.luma_table).ravel()), chroma)
 
-    def with_shift(self, dy: int, dx: int, margin: int = 0) -> "DegradationSpec":
-        return dataclasses.replace(self, shift=(int(dy), int(dx)), margin=int(margin))
+    def with_shift(self, dy: int, dx: int, window: int = 0) -> "DegradationSpec":
+        return dataclasses.replace(self, shift=(int(dy), int(dx)), window=int(window))
 
     def to_dict(self) -> Dict[str, Any]:
         d = {"via_size": self.via_size, "jpeg_quality": self.jpeg_quality,
              "jpeg_subsampling": None if self.jpeg is None else self.jpeg[0], "shift": list(self.shift)}
-        if self.margin:
-            d["margin"] = self.margin
+        if self.window:
+            d["window"] = self.window
         return d
 
     def build(self, resolution: int) -> "Degradation":
@@ -87,12 +87,13 @@ class Degradation(torch.nn.Module):
             self.jpeg = DifferentiableJpeg(q)
         dy, dx = spec.shift
         self.box = shift_valid_box(resolution, resolution, dy, dx)
-        if spec.margin:
-            m = int(spec.margin)
-            if max(abs(dy), abs(dx)) > m or 2 * m >= resolution:
-                raise ValueError(f"a central box of margin {m} is not inside the pixels of shift {spec.shift} "
-                                 f"at {resolution} px")
-            self.box = (m, resolution - m, m, resolution - m)
+        if spec.window:  # a square of one size in every candidate of a search, centred in the shift's box
+            W = int(spec.window)
+            top, bottom, left, right = self.box
+            if W > bottom - top or W > right - left:
+                raise ValueError(f"a {W} px window does not fit the pixels of shift {spec.shift} at {resolution} px")
+            top, left = top + (bottom - top - W) // 2, left + (right - left - W) // 2
+            self.box = (top, top + W, left, left + W)
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom, left, right = self.box
@@ -111,12 +112,12 @@ class Degradation(torch.nn.Module):
             x = v / 127.5 - 1
         if photometric and self.jpeg is not None:
             x = self.jpeg(x)
-        if s.shift != (0, 0) or s.margin:
+        if s.shift != (0, 0) or s.window:
             x = self._crop(shift(x, s.shift[0], s.shift[1]))
         return x
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
-        return self._crop(x) if self.spec.shift != (0, 0) or self.spec.margin else x
+        return self._crop(x) if self.spec.shift != (0, 0) or self.spec.window else x
 
 
 
@@ -167,8 +168,9 @@ def search_shifts(projector: Any, targets: torch.Tensor, specs: List[Degradation
                   project: Callable[[Any, Dict[int, DegradationSpec]], Dict[int, Any]]) -> List[DegradationSpec]:
     """Each image's shift (at most ``settings.align`` px each way), by short projections (``align_steps``) at
     candidate shifts: a 5 x 5 grid (:func:`search_grid`), then the 8 neighbours of the closest at half the spacing,
-    down to 1 px. Every candidate is compared on the same central crop (margin ``align``: pixels no candidate
-    invents), since LPIPS on crops of different sizes is not comparable (docs/measurements.md, the align pilot).
+    down to 1 px. Every candidate is compared on a square of one size, R - ``align`` (centred in the pixels it
+    does not invent), since LPIPS on crops of different sizes is not comparable (docs/measurements.md, the align
+    pilot; a central crop common to all candidates, 16 px at 32, let a wrong shift fit as well as the right one).
     ``project(projector, {k: spec})`` projects images k at their specs and returns {k: result}. Returns the specs
     with the closest shift (compared on its own crop from then on)."""
     from .projector import Projector  # here: the projector module does not depend on this one
@@ -176,6 +178,7 @@ def search_shifts(projector: Any, targets: torch.Tensor, specs: List[Degradation
     s = projector.settings
     A = int(s.align)
     s.check_network(projector.G.img_resolution)
+    W = int(projector.G.img_resolution) - A
     short = dataclasses.replace(s, steps=s.align_steps, early_stop=None, early_stop_schedule=None,
                                 clean_checkpoints=False, starts=1, keep_starts=1, refine_steps=0, align=0,
                                 trace_every=0)
@@ -190,7 +193,7 @@ def search_shifts(projector: Any, targets: torch.Tensor, specs: List[Degradation
             idx = [k for k in range(N) if r < len(cands[k])]
             if not idx:
                 continue
-            res = project(proj, {k: specs[k].with_shift(*cands[k][r], margin=A) for k in idx})
+            res = project(proj, {k: specs[k].with_shift(*cands[k][r], window=W) for k in idx})
             for k in idx:
                 tried[k][cands[k][r]] = float(res[k].distance)
 

@@ -121,7 +121,7 @@ class ProjectorSettings:
                      start; 1: only the reported distance, the optimisation itself compares the plain
                      re-synthesis); a shift's crop always applies
     align            the largest shift (px, each way) searched for (0: none): short projections of
-                     ``align_steps`` steps at candidate shifts, compared on one central crop (at most 41 per image
+                     ``align_steps`` steps at candidate shifts, compared on squares of one size (at most 41 per image
                      for 8 px; :func:`detector.degradation.search_shifts`); the image is then compared at the
                      closest
     early_stop_schedule None, or ((step, under, far), ...): at each of these steps the clean distance of each active
@@ -262,10 +262,10 @@ class ProjectorSettings:
 
     def check_network(self, img_resolution: int) -> None:
         """Raise :class:`SettingsError` when these settings cannot run on a network of ``img_resolution``."""
-        room = int(img_resolution) - 2 * int(self.align)
+        room = int(img_resolution) - int(self.align)
         if self.align and room < 8:
-            raise SettingsError(f"--align {self.align} leaves a central crop of {room} px at {img_resolution} px; "
-                                f"at most {max(0, (int(img_resolution) - 8) // 2)} there")
+            raise SettingsError(f"--align {self.align} leaves {room} px to compare at {img_resolution} px; "
+                                f"at most {max(0, int(img_resolution) - 8)} there")
 
     def image_steps(self) -> int:
         """Optimisation steps one image costs (each a synthesis forward/backward and a distance): the

@@ -83,7 +83,7 @@ def load_image_from_array(a, quality):
 
 class _StubProjector:
     """A projector whose distance is the squared distance between the shift it is compared at and image k's true
-    shift (``truth[k]``, k its seed), plus 0.5 off the search's common crop; records what it was asked."""
+    shift (``truth[k]``, k its seed), plus 0.5 outside the search (no window); records what it was asked."""
 
     def __init__(self, truth, settings, calls):
         self.G = SimpleNamespace(img_resolution=32)
@@ -100,13 +100,13 @@ class _StubProjector:
         out = []
         for k in seeds:
             (ty, tx), (dy, dx) = self.truth[int(k)], spec.shift
-            out.append(SimpleNamespace(distance=float((dy - ty) ** 2 + (dx - tx) ** 2) + (0 if spec.margin else .5)))
+            out.append(SimpleNamespace(distance=float((dy - ty) ** 2 + (dx - tx) ** 2) + (0 if spec.window else .5)))
         return out
 
 
 @pytest.mark.parametrize("align,truth", [(8, [(4, 4), (0, 0), (-3, 7), (8, -8)]), (2, [(1, -2), (0, 1)]),
                                          (5, [(5, 5), (-1, 3)])])
-def test_shift_search_finds_each_shift_on_a_common_crop(monkeypatch, align, truth):
+def test_shift_search_finds_each_shift_on_windows_of_one_size(monkeypatch, align, truth):
     settings = ProjectorSettings(steps=10, align=align, align_steps=5)
     calls = []
     import detector.projector as projector_module
@@ -117,9 +117,9 @@ def test_shift_search_finds_each_shift_on_a_common_crop(monkeypatch, align, trut
     targets = torch.zeros(len(truth), 3, 32, 32)
     res, specs = project_degraded(main, targets, [DegradationSpec()] * len(truth), list(range(len(truth))),
                                   progress=lambda done, total, losses: seen.append((done, total)))
-    assert [sp.shift for sp in specs] == truth and all(sp.margin == 0 for sp in specs)
+    assert [sp.shift for sp in specs] == truth and all(sp.window == 0 for sp in specs)
     short = [c for c in calls if c[0] == 5]
-    assert short and all(sp.margin == align for _, _, sp in short)  # every candidate on the same crop
+    assert short and all(sp.window == 32 - align for _, _, sp in short)  # every candidate on one size
     per_image = [sum(k in seeds for _, seeds, _ in short) for k in range(len(truth))]
     assert max(per_image) <= search_cost(align)
     # the projection proper: at each image's own shift, on that shift's crop
@@ -129,13 +129,14 @@ def test_shift_search_finds_each_shift_on_a_common_crop(monkeypatch, align, trut
     assert seen[-1][0] == seen[-1][1] and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
 
 
-def test_the_common_crop_is_inside_every_candidate():
+def test_a_search_window_is_centred_in_the_pixels_of_its_shift():
     x = _tensor(_texture())
-    d = DegradationSpec(shift=(3, -4), margin=4).build(32)
+    d = DegradationSpec(shift=(3, -4), window=24).build(32)
     assert d(x).shape == d.target(x).shape == (1, 3, 24, 24)
+    assert d.box == (3 + 2, 3 + 2 + 24, 0 + 2, 2 + 24)  # centred in rows 3-31, columns 0-27
     torch.testing.assert_close(d.target(shift(x, 3, -4)), d(x))
-    with pytest.raises(ValueError, match="central box"):
-        DegradationSpec(shift=(5, 0), margin=4).build(32)
+    with pytest.raises(ValueError, match="does not fit"):
+        DegradationSpec(shift=(9, 0), window=24).build(32)
 
 
 @pytest.fixture
@@ -217,10 +218,10 @@ def test_cli_options_reach_the_settings_and_the_record(tiny):
 def test_a_search_wider_than_the_network_allows_is_refused(tiny):
     t, _ = tiny
     r = CliRunner().invoke(app, ["check", str(t / "b.png"), "--model", str(t / "g.pt"), "--steps", "2",
-                                 "--threshold", "0.5", "--device", "cpu", "--align", "8"])
+                                 "--threshold", "0.5", "--device", "cpu", "--align", "12"])
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [
-        "error: --align 8 leaves a central crop of 0 px at 16 px; at most 4 there"]
+        "error: --align 12 leaves 4 px to compare at 16 px; at most 8 there"]
 
 
 def test_a_calibration_compares_like_check(tiny):
