@@ -144,7 +144,6 @@ def check_images(G: torch.nn.Module, paths: Sequence[Path], distance: Callable, 
     :func:`detector.scoring.decide` at that margin or a smaller one."""
     th: Optional[Threshold] = threshold_for(calibration, threshold)
     settings = settings or ProjectorSettings()
-    settings.check_network(G.img_resolution)
     bands = early_bands(calibration, th, settings, far_factor) if early_stop else None
     settings = effective_settings(settings, bands, allow_under=candidates <= 1)
     records, loaded, index = load_targets(paths, G.img_resolution, G.img_channels, strict)

@@ -14,7 +14,7 @@ compares x with D(g(w, n)), D the same processing x went through, known from the
   that was cropped or resized afterwards (its 8x8 blocks no longer sit on the network's grid).
 * **shift** - the framing may be off by a few pixels: D translates the re-synthesis by (dy, dx), and both images
   are cropped to the pixels the shift did not invent (:meth:`Degradation.target` crops the suspect image the same
-  way). The shift is searched with short projections at candidate shifts, compared on one common central crop
+  way). The shift is searched with short projections at candidate shifts, each compared on a square of one size
   (:func:`search_shifts`).
 
 :class:`DegradationSpec` is the hashable description (images with the same one are projected together; batch
