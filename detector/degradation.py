@@ -99,9 +99,15 @@ class Degradation(torch.nn.Module):
         top, bottom, left, right = self.box
         return x[..., top:bottom, left:right]
 
-    def forward(self, img: torch.Tensor, photometric: bool = True) -> torch.Tensor:
+    def image_spec(self, k: int) -> DegradationSpec:
+        """The spec of image k (every image's, here)."""
+        return self.spec
+
+    def forward(self, img: torch.Tensor, photometric: bool = True, images: Optional[List[int]] = None
+                ) -> torch.Tensor:
         """``photometric`` False: the shift's crop only (no resize, no JPEG), for the steps before
-        ``ProjectorSettings.degrade_from``."""
+        ``ProjectorSettings.degrade_from``. ``images`` (which image each row is) is for a
+        :class:`DegradationBank`; one degradation applies to every row."""
         s, R = self.spec, self.resolution
         x = img
         if photometric and s.via_size is not None:
@@ -118,6 +124,39 @@ class Degradation(torch.nn.Module):
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         return self._crop(x) if self.spec.shift != (0, 0) or self.spec.window else x
+
+
+class DegradationBank(torch.nn.Module):
+    """One degradation per image of a projection, e.g. one image at many candidate shifts in one batch (the shift
+    search): ``forward(img, photometric, images)`` applies image ``images[j]``'s to row j. Every spec must crop to
+    one size (equal windows), so that the rows stack."""
+
+    def __init__(self, specs: List[DegradationSpec], resolution: int):
+        super().__init__()
+        self.specs = list(specs)
+        if not self.specs:
+            raise ValueError("a degradation bank needs at least one spec")
+        distinct = list(dict.fromkeys(self.specs))
+        self.mods = torch.nn.ModuleList([spec.build(resolution) for spec in distinct])
+        self.which = [distinct.index(spec) for spec in self.specs]
+        sides = {(m.box[1] - m.box[0], m.box[3] - m.box[2]) for m in self.mods}
+        if len(sides) != 1:
+            raise ValueError(f"the specs of a bank must crop to one size, got {sorted(sides)}")
+
+    def image_spec(self, k: int) -> DegradationSpec:
+        return self.specs[k]
+
+    def forward(self, img: torch.Tensor, photometric: bool = True, images: Optional[List[int]] = None
+                ) -> torch.Tensor:
+        images = list(range(img.shape[0])) if images is None else list(images)
+        if len(images) != img.shape[0]:
+            raise ValueError(f"{img.shape[0]} rows but {len(images)} image indices")
+        return torch.cat([self.mods[self.which[k]](img[j:j + 1], photometric) for j, k in enumerate(images)])
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.specs):
+            raise ValueError(f"{x.shape[0]} targets for a bank of {len(self.specs)} specs")
+        return torch.cat([self.mods[self.which[k]].target(x[k:k + 1]) for k in range(x.shape[0])])
 
 
 
@@ -164,15 +203,17 @@ def search_grid(max_shift: int) -> Tuple[List[int], List[int]]:
     return values, spacings
 
 
-def search_shifts(projector: Any, targets: torch.Tensor, specs: List[DegradationSpec],
-                  project: Callable[[Any, Dict[int, DegradationSpec]], Dict[int, Any]]) -> List[DegradationSpec]:
+def search_shifts(projector: Any, targets: torch.Tensor, specs: List[DegradationSpec], seeds: List[int],
+                  project: Callable[[Any, List[int], List[DegradationSpec]], list]) -> List[DegradationSpec]:
     """Each image's shift (at most ``settings.align`` px each way), by short projections (``align_steps``) at
     candidate shifts: a 5 x 5 grid (:func:`search_grid`), then the 8 neighbours of the closest at half the spacing,
     down to 1 px. Every candidate is compared on a square of one size, R - ``align`` (centred in the pixels it
     does not invent), since LPIPS on crops of different sizes is not comparable (docs/measurements.md, the align
     pilot; a central crop common to all candidates, 16 px at 32, let a wrong shift fit as well as the right one).
-    ``project(projector, {k: spec})`` projects images k at their specs and returns {k: result}. Returns the specs
-    with the closest shift (compared on its own crop from then on)."""
+    One round's candidates of all images are projected as one batch (:class:`DegradationBank`; a candidate's
+    result is the one it gets alone, with its image's seed). ``project(proj, images, specs)`` projects row j as
+    image ``images[j]`` compared through ``specs[j]`` and returns the results in order. Returns the specs with the
+    closest shift (compared on its own crop from then on)."""
     from .projector import Projector  # here: the projector module does not depend on this one
 
     s = projector.settings
@@ -188,14 +229,12 @@ def search_shifts(projector: Any, targets: torch.Tensor, specs: List[Degradation
     tried: List[Dict[Tuple[int, int], float]] = [{} for _ in range(N)]
 
     def evaluate(cands: List[List[Tuple[int, int]]]) -> None:
-        rounds = max(len(c) for c in cands)
-        for r in range(rounds):  # round r: each image's r-th candidate, all images in one call
-            idx = [k for k in range(N) if r < len(cands[k])]
-            if not idx:
-                continue
-            res = project(proj, {k: specs[k].with_shift(*cands[k][r], window=W) for k in idx})
-            for k in idx:
-                tried[k][cands[k][r]] = float(res[k].distance)
+        rows = [(k, c) for k in range(N) for c in cands[k]]
+        if not rows:
+            return
+        res = project(proj, [k for k, _ in rows], [specs[k].with_shift(*c, window=W) for k, c in rows])
+        for (k, c), r in zip(rows, res):
+            tried[k][c] = float(r.distance)
 
     evaluate([[(dy, dx) for dy in values for dx in values]] * N)
     best = [min(t, key=t.get) for t in tried]
@@ -232,32 +271,38 @@ def project_degraded(projector: Any, targets: torch.Tensor, specs: List[Degradat
     total = float(search_steps + s.image_steps())
     done = [0.0]
 
-    def grouped(proj, chosen: Dict[int, DegradationSpec], steps_each: float) -> Dict[int, Any]:
-        """One projection of images ``chosen`` (index -> spec), images of one spec together."""
-        out: Dict[int, Any] = {}
-        groups: Dict[DegradationSpec, List[int]] = {}
-        for k, spec in chosen.items():
-            groups.setdefault(spec, []).append(k)
-        for spec, idx in groups.items():
-            base, share = done[0], len(idx) / N
+    def step_progress(steps_each: float, share: float):
+        base = done[0]
 
-            def step_progress(step, steps, losses, base=base, share=share):
-                if progress is not None:
-                    progress(min(total, base + steps_each * share * step / steps), total, losses)
+        def report(step, steps, losses):
+            if progress is not None:
+                progress(min(total, base + steps_each * share * step / steps), total, losses)
+        return report
 
-            res = proj.project(targets[idx], seeds=[seeds[k] for k in idx], progress=step_progress,
-                               degradation=None if spec.is_identity else spec.build(R))
-            done[0] = min(total, base + steps_each * share)
-            out.update(zip(idx, res))
-        return out
+    def rows(proj, images: List[int], row_specs: List[DegradationSpec]) -> list:
+        """One batch of the search: row j is image images[j] through row_specs[j] (each row counts as 1/N image
+        in the progress)."""
+        report = step_progress(float(s.align_steps), len(images) / N)
+        res = proj.project(targets[images], seeds=[seeds[k] for k in images], progress=report,
+                           degradation=DegradationBank(row_specs, R))
+        done[0] = min(total, done[0] + float(s.align_steps) * len(images) / N)
+        return res
 
     if s.align:
-        specs = search_shifts(projector, targets, specs,
-                              lambda proj, chosen: grouped(proj, chosen, float(s.align_steps)))
+        specs = search_shifts(projector, targets, specs, seeds, rows)
         done[0] = float(search_steps)  # the search's budget is its most; what it did not need is skipped
-    res = grouped(projector, dict(enumerate(specs)), float(s.image_steps()))
-    return [res[k] for k in range(N)], specs
+    out: Dict[int, Any] = {}
+    groups: Dict[DegradationSpec, List[int]] = {}
+    for k, spec in enumerate(specs):  # the projection proper: images of one spec together
+        groups.setdefault(spec, []).append(k)
+    for spec, idx in groups.items():
+        report = step_progress(float(s.image_steps()), len(idx) / N)
+        res = projector.project(targets[idx], seeds=[seeds[k] for k in idx], progress=report,
+                                degradation=None if spec.is_identity else spec.build(R))
+        done[0] = min(total, done[0] + float(s.image_steps()) * len(idx) / N)
+        out.update(zip(idx, res))
+    return [out[k] for k in range(N)], specs
 
 
-__all__ = ["DegradationSpec", "Degradation", "describe_spec", "spec_for", "search_grid", "search_shifts",
-           "search_cost", "project_degraded"]
+__all__ = ["DegradationSpec", "Degradation", "DegradationBank", "describe_spec", "spec_for", "search_grid",
+           "search_shifts", "search_cost", "project_degraded"]

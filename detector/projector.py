@@ -198,7 +198,8 @@ class Projector:
         generated image at the w that made it, or for continuing an earlier projection). ``degradation``: a
         :class:`detector.degradation.Degradation` applied to every re-synthesis before the distance (its
         ``target`` to the targets), so that a JPEG, resized or shifted suspect image is compared with the same
-        processing of g(w, n); the result's ``image`` stays g(w, n) itself.
+        processing of g(w, n), or a :class:`detector.degradation.DegradationBank` (one per image, all cropping
+        to one size); the result's ``image`` stays g(w, n) itself.
         """
         self.check_targets(targets)
         N = targets.shape[0]
@@ -243,10 +244,13 @@ class Projector:
         # the step from which the modelled JPEG / resize enters the loss (the reported distance always has it)
         degrade_from_step = math.ceil(s.degrade_from * s.steps - 1e-9)
 
-        def observed(img: torch.Tensor, step: Optional[int] = None) -> torch.Tensor:  # what the distance compares
+        def observed(img: torch.Tensor, a: int, b: int, step: Optional[int] = None) -> torch.Tensor:
+            """What the distance compares, for the rows a..b of ``active_list`` (a bank of degradations applies
+            each image's own)."""
             if degrade is None:
                 return img
-            return degrade(img, photometric=step is None or step >= degrade_from_step)
+            return degrade(img, photometric=step is None or step >= degrade_from_step,
+                           images=[active_list[r] // K for r in range(a, b)])
 
         prepared_all = dist.prepare(compared)
         if K > 1:
@@ -280,8 +284,6 @@ class Projector:
         lr_max = s.effective_lr(G.img_resolution)
         base_settings = dict(s.to_dict(), w_std=stats.w_std, effective_alpha=alpha, effective_lr=lr_max,
                              distance=_name(self.distance))
-        if degrade is not None:
-            base_settings["degradation"] = degrade.spec.to_dict()
 
         def params():
             return opt.params[0], opt.params[1:]
@@ -297,7 +299,7 @@ class Projector:
                     if s.clamp_output:
                         img = img.clamp(-1, 1)
                     imgs.append(img)
-                    ds.append(dist(observed(img), _Distance.rows(prepared, a, b)))
+                    ds.append(dist(observed(img, a, b), _Distance.rows(prepared, a, b)))
             return ws, torch.cat(imgs), torch.cat(ds)
 
         def finish(rows: List[int], ws, img, d, steps_run: int, stopped: Optional[int]):
@@ -321,7 +323,8 @@ class Projector:
                     image=img[r].detach().to("cpu", torch.float32).clone(),
                     steps_run=steps_run,
                     stopped_at_step=stopped,
-                    settings=dict(base_settings, seed=seeds[k], **start_info[k]),
+                    settings=dict(base_settings, seed=seeds[k], **start_info[k], **(
+                        {} if degrade is None else {"degradation": degrade.image_spec(k).to_dict()})),
                     clean_trace=tuple(history[row]),
                 )
 
@@ -361,7 +364,7 @@ class Projector:
                 img = synthesis(ws, noise=chunk_maps, fused_modconv=s.fused_modconv)
                 if s.clamp_output:
                     img = img.clamp(-1, 1)
-                img = observed(img, step)
+                img = observed(img, a, b, step)
                 d = dist(img, _Distance.rows(prepared, a, b))
                 if alpha:
                     reg = noise_regularization(chunk_maps, s.pyramid)

@@ -11,7 +11,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.degradation import DegradationSpec, describe_spec, project_degraded, search_cost, spec_for
+from detector.degradation import (
+    DegradationBank,
+    DegradationSpec,
+    describe_spec,
+    project_degraded,
+    search_cost,
+    search_grid,
+    spec_for,
+)
 from detector.images import load_image
 from detector.jpeg import DifferentiableJpeg
 from detector.processing import Preprocessing
@@ -93,12 +101,12 @@ class _StubProjector:
         self.calls = calls
 
     def project(self, targets, seeds, progress=None, degradation=None):
-        spec = DegradationSpec() if degradation is None else degradation.spec
-        self.calls.append((self.settings.steps, tuple(int(k) for k in seeds), spec))
+        specs = [DegradationSpec() if degradation is None else degradation.image_spec(j) for j in range(len(seeds))]
+        self.calls.append((self.settings.steps, tuple(int(k) for k in seeds), specs))
         if progress is not None:
             progress(self.settings.steps, self.settings.steps, np.zeros(len(seeds)))
         out = []
-        for k in seeds:
+        for k, spec in zip(seeds, specs):
             (ty, tx), (dy, dx) = self.truth[int(k)], spec.shift
             out.append(SimpleNamespace(distance=float((dy - ty) ** 2 + (dx - tx) ** 2) + (0 if spec.window else .5)))
         return out
@@ -119,11 +127,12 @@ def test_shift_search_finds_each_shift_on_windows_of_one_size(monkeypatch, align
                                   progress=lambda done, total, losses: seen.append((done, total)))
     assert [sp.shift for sp in specs] == truth and all(sp.window == 0 for sp in specs)
     short = [c for c in calls if c[0] == 5]
-    assert short and all(sp.window == 32 - align for _, _, sp in short)  # every candidate on one size
-    per_image = [sum(k in seeds for _, seeds, _ in short) for k in range(len(truth))]
+    assert len(short) == 1 + len(search_grid(align)[1])  # a round's candidates of all images in one batch
+    assert all(sp.window == 32 - align for _, _, sps in short for sp in sps)  # every candidate on one size
+    per_image = [sum(seeds.count(k) for _, seeds, _ in short) for k in range(len(truth))]
     assert max(per_image) <= search_cost(align)
     # the projection proper: at each image's own shift, on that shift's crop
-    assert sorted((seeds, sp.shift) for n, seeds, sp in calls if n == 10) == sorted(
+    assert sorted((seeds, sps[0].shift) for n, seeds, sps in calls if n == 10) == sorted(
         ((k,), t) for k, t in enumerate(truth))
     assert [r.distance for r in res] == [0.5] * len(truth)
     assert seen[-1][0] == seen[-1][1] and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
@@ -137,6 +146,19 @@ def test_a_search_window_is_centred_in_the_pixels_of_its_shift():
     torch.testing.assert_close(d.target(shift(x, 3, -4)), d(x))
     with pytest.raises(ValueError, match="does not fit"):
         DegradationSpec(shift=(9, 0), window=24).build(32)
+
+
+def test_a_bank_applies_each_images_own_degradation():
+    x = torch.cat([_tensor(_texture()), -_tensor(_texture())])
+    specs = [DegradationSpec(shift=(3, -4), window=24), DegradationSpec(shift=(-8, 8), window=24)]
+    bank = DegradationBank(specs, 32)
+    alone = [sp.build(32) for sp in specs]
+    torch.testing.assert_close(bank.target(x), torch.cat([alone[k].target(x[k:k + 1]) for k in range(2)]))
+    torch.testing.assert_close(bank(x[[1, 0, 1]], images=[1, 0, 1]),
+                               torch.cat([alone[1](x[1:2]), alone[0](x[:1]), alone[1](x[1:2])]))
+    assert bank.image_spec(1) == specs[1]
+    with pytest.raises(ValueError, match="one size"):
+        DegradationBank([DegradationSpec(shift=(2, 0)), DegradationSpec(shift=(0, 0))], 32)
 
 
 @pytest.fixture
@@ -199,6 +221,24 @@ def test_degrade_from_one_optimises_plainly_and_reports_through_the_model(tiny):
     assert float((half.result.w - late.result.w).abs().max()) > 1e-3
     with pytest.raises(ValueError, match="degrade_from"):
         ProjectorSettings(degrade_from=1.5)
+
+
+def test_candidates_in_one_batch_get_what_each_gets_alone(tiny):
+    """The shift search's batch: one image at three shifts through a bank gives each shift the projection it
+    gets alone (same seed), and each result records its own spec."""
+    _, G = tiny
+    from detector.projector import Projector
+    from stylegan.perceptual import load_lpips
+
+    proj = Projector(G, load_lpips("vgg"), ProjectorSettings(steps=5, w_avg_samples=256))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    specs = [DegradationSpec(shift=c, window=12) for c in [(0, 0), (2, -1), (-2, 2)]]
+    together = proj.project(x.expand(3, -1, -1, -1), seeds=[7, 7, 7], degradation=DegradationBank(specs, 16))
+    for spec, r in zip(specs, together):
+        alone = proj.project(x, seeds=[7], degradation=spec.build(16))[0]
+        assert r.distance == pytest.approx(alone.distance, abs=1e-6)
+        assert r.settings["degradation"] == spec.to_dict()
+    assert len({round(r.distance, 6) for r in together}) == 3  # the shifts did compare different pixels
 
 
 def test_cli_options_reach_the_settings_and_the_record(tiny):

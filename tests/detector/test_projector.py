@@ -512,7 +512,7 @@ def test_settings_and_validation(G):
                                    "early_stop_schedule", "degrade_from"))}
     assert settings_identity(ProjectorSettings(lr=0.1).to_dict()) == settings_identity(before) == before
     # so do those written before the degradation fields (issue 26); a modelled degradation names itself
-    assert settings_identity(ProjectorSettings(align=4).to_dict())["align_steps"] == 100
+    assert settings_identity(ProjectorSettings(align=4).to_dict())["align_steps"] == 300
     assert settings_identity(ProjectorSettings(model_jpeg=True).to_dict())["model_jpeg"] is True
     assert settings_identity(ProjectorSettings(starts=2).to_dict())["starts"] == 2
     assert "refine_lr" in settings_identity(ProjectorSettings(refine_steps=3).to_dict())
