@@ -159,8 +159,6 @@ class DegradationBank(torch.nn.Module):
         return torch.cat([self.mods[self.which[k]].target(x[k:k + 1]) for k in range(x.shape[0])])
 
 
-
-
 def describe_spec(spec: DegradationSpec) -> str:
     """'the re-synthesis as is' or e.g. 'the re-synthesis resized to 16 and back, JPEG q75 (4:2:0), shifted +1,-2'."""
     parts = []
@@ -203,7 +201,7 @@ def search_grid(max_shift: int) -> Tuple[List[int], List[int]]:
     return values, spacings
 
 
-def search_shifts(projector: Any, targets: torch.Tensor, specs: List[DegradationSpec], seeds: List[int],
+def search_shifts(projector: Any, targets: torch.Tensor, specs: List[DegradationSpec],
                   project: Callable[[Any, List[int], List[DegradationSpec]], list]) -> List[DegradationSpec]:
     """Each image's shift (at most ``settings.align`` px each way), by short projections (``align_steps``) at
     candidate shifts: a 5 x 5 grid (:func:`search_grid`), then the 8 neighbours of the closest at half the spacing,
@@ -289,7 +287,7 @@ def project_degraded(projector: Any, targets: torch.Tensor, specs: List[Degradat
         return res
 
     if s.align:
-        specs = search_shifts(projector, targets, specs, seeds, rows)
+        specs = search_shifts(projector, targets, specs, rows)
         done[0] = float(search_steps)  # the search's budget is its most; what it did not need is skipped
     out: Dict[int, Any] = {}
     groups: Dict[DegradationSpec, List[int]] = {}
