@@ -231,17 +231,18 @@ for stage in "$@"; do
       part="${ROB_PART:-a}"
       # continue committed progress (benchmarks/results/robustness-PART-progress.jsonl) in a fresh $WORK
       restore "$WORK/eval/robustness-$part.jsonl" "robustness-$part-progress.jsonl"
-      # ordered passes "CONDITIONS=METHOD", the ones that decide defaults first; the JPEG conditions project once for
+      # ordered passes "CONDITIONS=METHOD", the ones that decide defaults first (the shift search last: its
+      # treatment of padded borders is being changed, docs/measurements.md); the JPEG conditions project once for
       # both their plain rows and the consistency refinement's; a file at 32 px that went through 16 or 24 px needs
       # --source-size for the resize model, one saved at 16 px is resized by the loader, which knows it
       rs=resize:model_resize=true
       if [ "$part" = a ]; then
-        passes=("png:100=plain" "jpeg75:100=consistency" "shift8:15=align:align=8" "jpeg90:100=consistency")
+        passes=("png:100=plain" "jpeg75:100=consistency" "jpeg90:100=consistency" "shift8:15=align:align=8")
       else
         passes=("down0.5:30,down0.75:30=plain" "down0.5:30=$rs,source_size=16" "shift4:30,shift8:30=plain"
                 "small0.5:30=plain" "jpeg50:30=consistency" "small0.5:30=$rs" "shift1:30,shift2:30,blur:30=plain"
-                "png:15=align:align=8" "down0.75:30=$rs,source_size=24" "jpeg95:30,jpeg90x2:30=consistency"
-                "down0.5:30,shift4:30,png:30,jpeg75:30=appd:lr=0.1")
+                "down0.75:30=$rs,source_size=24" "jpeg95:30,jpeg90x2:30=consistency"
+                "down0.5:30,shift4:30,png:30,jpeg75:30=appd:lr=0.1" "png:15=align:align=8")
       fi
       for pass in "${passes[@]}"; do
         cargs=()
