@@ -106,7 +106,8 @@ def main(argv=None) -> None:
                        key=lambda c: (max(abs(c[0] - k), abs(c[1] - k)), c), default=(k, k))
             for kind in ("generated", "real"):
                 ranked = [sorted(v, key=lambda r: r["distance"]) for (kd, _), v in sorted(per.items()) if kd == kind]
-                ranks = [[tuple(r["candidate"]) for r in v].index(near) + 1 for v in ranked]
+                ranks = [next((j + 1 for j, r in enumerate(v) if tuple(r["candidate"]) == near), None)
+                         for v in ranked]  # None: not projected yet (a run cut short)
                 print(json.dumps({"condition": f"shift{k}", "method": method, "kind": kind, "true": [k, k],
                                   "nearest_candidate": list(near), "picked_nearest": sum(x == 1 for x in ranks),
                                   "n": len(ranked), "ranks_of_nearest": ranks,
